@@ -1,0 +1,209 @@
+"""The MCP server: thin tools over the ClipSearch core, run in worker threads so the event loop never blocks."""
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote, urlparse
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context, Image
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from server.collection import DEFAULT_COLLECTION
+from server.errors import ClipSearchError
+from server.evaluate import DEFAULT_KS
+from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
+from server.paths import PathGuard
+from server.search import MAX_K, MAX_QUERY_CHARS
+from server.service import ClipSearch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_THUMBNAILS = 10
+PROGRESS_INTERVAL_SECONDS = 0.25
+
+CollectionName = Annotated[
+    str, Field(description="Collection to use; collections are independent indexes (letters, digits, . _ -)")
+]
+TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1-{MAX_K}")]
+Thumbnails = Annotated[
+    int, Field(ge=0, le=MAX_THUMBNAILS, description="Also return the top N hits as small JPEG images you can see")
+]
+
+INSTRUCTIONS = (
+    "Search the user's own photos by description or by example. Index a folder once with index_folder "
+    "(re-running only processes new or changed files), then use search_images_by_text or search_similar_images. "
+    "Paths are absolute and must lie inside the folders the user allowed."
+)
+
+
+def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
+    """An MCP server over `service`. File access is confined to `roots`, else to the roots the client declares."""
+    server = MCPServer("clipsearch", instructions=INSTRUCTIONS)
+    configured = tuple(roots)
+
+    async def guard_for(ctx: Context) -> PathGuard:
+        if configured:
+            return PathGuard(configured)
+        return PathGuard(await _client_roots(ctx))
+
+    @server.tool(annotations=ToolAnnotations(title="Index a folder of images", destructive_hint=False))
+    async def index_folder(
+        folder: Annotated[str, Field(description="Absolute path of the folder whose images to index")],
+        ctx: Context,
+        collection: CollectionName = DEFAULT_COLLECTION,
+        recursive: Annotated[bool, Field(description="Include subfolders")] = True,
+        remove_missing: Annotated[
+            bool, Field(description="Drop catalogued images under this folder that no longer exist")
+        ] = True,
+    ) -> Annotated[CallToolResult, IndexReport]:
+        """Index (or re-index) a folder's images so they can be searched. Only new or changed files are embedded;
+        renamed files keep their vectors; unreadable files are skipped and listed with the reason."""
+        guard = await guard_for(ctx)
+        report_progress = _progress_reporter(ctx)
+        report = await _run(
+            lambda: service.index_folder(folder, collection, recursive, remove_missing, guard, report_progress)
+        )
+        text = (
+            f"Indexed {report.folder} into '{report.collection}': {report.indexed_total} images in total; "
+            f"{report.added} added, {report.updated} updated, {report.moved} moved, {report.unchanged} unchanged, "
+            f"{report.removed} removed, {report.failed} failed; {report.seconds:.1f} s."
+        )
+        return _result(report, text)
+
+    @server.tool(annotations=ToolAnnotations(title="Find images by description", read_only_hint=True))
+    async def search_images_by_text(
+        query: Annotated[
+            str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What the image shows, in words")
+        ],
+        ctx: Context,
+        k: TopK = 10,
+        collection: CollectionName = DEFAULT_COLLECTION,
+        thumbnails: Thumbnails = 0,
+    ) -> Annotated[CallToolResult, SearchResponse]:
+        """Find the images in a collection that best match a text description, best first, with cosine scores."""
+        response = await _run(lambda: service.search_text(query, k, collection))
+        return await _search_result(service, response, thumbnails, ctx, guard_for)
+
+    @server.tool(annotations=ToolAnnotations(title="Find similar images", read_only_hint=True))
+    async def search_similar_images(
+        image_path: Annotated[str, Field(description="Absolute path of the example image (need not be indexed)")],
+        ctx: Context,
+        k: TopK = 10,
+        collection: CollectionName = DEFAULT_COLLECTION,
+        thumbnails: Thumbnails = 0,
+    ) -> Annotated[CallToolResult, SearchResponse]:
+        """Find the images in a collection most similar to an example image, best first, with cosine scores.
+        An indexed example comes back first with a score of about 1."""
+        guard = await guard_for(ctx)
+        response = await _run(lambda: service.search_image(image_path, k, collection, guard))
+        return await _search_result(service, response, thumbnails, ctx, guard_for)
+
+    @server.tool(annotations=ToolAnnotations(title="Measure retrieval quality", read_only_hint=True))
+    async def evaluate_retrieval(
+        collection: CollectionName = DEFAULT_COLLECTION,
+        ground_truth: Annotated[
+            str, Field(description="'folders': an image's label is its parent folder's name")
+        ] = "folders",
+        ks: Annotated[
+            list[Annotated[int, Field(ge=1, le=MAX_K)]],
+            Field(min_length=1, max_length=20, description="Cut-offs k for Recall@k"),
+        ] = list(DEFAULT_KS),  # noqa: B006 - pydantic copies defaults
+    ) -> Annotated[CallToolResult, EvaluationReport]:
+        """Measure how well search works on a collection, as in the CLIP+FAISS paper: mean average precision and
+        Recall@k for text-to-image ('a photo of a {label}') and image-to-image queries."""
+        report = await _run(lambda: service.evaluate(collection, ground_truth, ks))
+        lines = [f"Evaluation of '{report.collection}' ({report.images} images, {report.labels} labels):"]
+        for direction, metrics in (("text→image", report.text_to_image), ("image→image", report.image_to_image)):
+            recalls = ", ".join(f"R@{k} {v:.3f}" for k, v in metrics.recall_at.items())
+            lines.append(f"{direction}: mAP {metrics.map:.3f}, {recalls} ({metrics.queries} queries)")
+        return _result(report, "\n".join(lines))
+
+    @server.tool(annotations=ToolAnnotations(title="List collections", read_only_hint=True))
+    async def list_collections() -> Annotated[CallToolResult, CollectionList]:
+        """List the collections with their image counts and the model each was built with."""
+        listing = await _run(service.list_collections)
+        names = ", ".join(f"{c.name} ({c.images} images)" for c in listing.collections) or "none yet"
+        return _result(listing, f"Collections in {listing.index_dir}: {names}")
+
+    return server
+
+
+async def _run(fn: Callable[[], T]) -> T:
+    """Run blocking core work in a worker thread; domain errors become tool errors the client can read."""
+    try:
+        return await anyio.to_thread.run_sync(fn)
+    except ClipSearchError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+def _result(model: BaseModel, text: str, extra: Sequence[ContentBlock] = ()) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=text), *extra], structured_content=model.model_dump(mode="json")
+    )
+
+
+async def _search_result(
+    service: ClipSearch,
+    response: SearchResponse,
+    thumbnails: int,
+    ctx: Context,
+    guard_for: Callable[[Context], Any],
+) -> CallToolResult:
+    lines = [f"{len(response.results)} results in '{response.collection}' for {response.query!r}:"]
+    lines += [f"{hit.rank}. {hit.score:.3f}  {hit.path}" for hit in response.results]
+    images: list[ContentBlock] = []
+    if thumbnails:
+        guard: PathGuard = await guard_for(ctx)
+        for hit in response.results[:thumbnails]:
+            try:
+                data = await _run(lambda path=hit.path: service.thumbnail(path, guard))
+            except ToolError as exc:
+                lines.append(f"(no thumbnail for rank {hit.rank}: {exc})")
+                continue
+            images.append(Image(data=data, format="jpeg").to_image_content())
+    return _result(response, "\n".join(lines), images)
+
+
+def _progress_reporter(ctx: Context) -> Callable[[int, int, str], None]:
+    """A thread-side callback that forwards progress to the client, at most a few times a second."""
+    last = 0.0
+
+    def report(done: int, total: int, message: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done < total and now - last < PROGRESS_INTERVAL_SECONDS:
+            return
+        last = now
+        try:
+            anyio.from_thread.run(ctx.report_progress, done, total, message)
+        except Exception:  # progress is best effort; never fail an indexing run over it
+            log.debug("progress notification failed", exc_info=True)
+
+    return report
+
+
+async def _client_roots(ctx: Context) -> list[Path]:
+    """The file:// roots the client declares, or none when it declares none or cannot be asked."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            result = await ctx.session.list_roots()
+    except Exception as exc:
+        log.info("client roots unavailable: %s", exc)
+        return []
+    paths = []
+    for root in result.roots:
+        parsed = urlparse(str(root.uri))
+        if parsed.scheme == "file":
+            paths.append(Path(unquote(parsed.path)))
+    return paths

@@ -1,0 +1,161 @@
+"""The `clipsearch` command: the same core calls as the MCP tools, with tables for people and --json for scripts."""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from server.collection import DEFAULT_COLLECTION
+from server.errors import ClipSearchError
+from server.evaluate import DEFAULT_KS, DEFAULT_TEMPLATE
+from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
+
+EXIT_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", help="CLIP checkpoint: hub name or local folder (env CLIPSEARCH_MODEL)")
+    common.add_argument("--index-dir", help="Where collections live (env CLIPSEARCH_INDEX_DIR)")
+    common.add_argument("-v", "--verbose", action="store_true", help="Log progress details to stderr")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="Print the structured result as JSON")
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("--collection", "-c", default=DEFAULT_COLLECTION, help="Collection name (default: %(default)s)")
+    topk = argparse.ArgumentParser(add_help=False)
+    topk.add_argument("-k", type=int, default=10, help="Number of results (default: %(default)s)")
+
+    parser = argparse.ArgumentParser(prog="clipsearch", description="Search your own images by text or by example.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    index = commands.add_parser("index", parents=[common, output, named], help="Index a folder's images")
+    index.add_argument("folder")
+    index.add_argument("--no-recursive", dest="recursive", action="store_false", help="Skip subfolders")
+    index.add_argument(
+        "--keep-missing", dest="remove_missing", action="store_false", help="Keep entries for files that vanished"
+    )
+    search = commands.add_parser("search", parents=[common, output, named, topk], help="Find images by description")
+    search.add_argument("text")
+    similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
+    similar.add_argument("image")
+    evaluate = commands.add_parser("eval", parents=[common, output, named], help="Measure retrieval quality")
+    evaluate.add_argument("--ground-truth", default="folders", help="'folders' (labels are parent folder names)")
+    evaluate.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="Cut-offs for Recall@k")
+    evaluate.add_argument("--template", default=DEFAULT_TEMPLATE, help="Text query per label (default: %(default)r)")
+    commands.add_parser("collections", parents=[common, output], help="List collections")
+    serve = commands.add_parser("serve", parents=[common], help="Run the MCP server on stdio")
+    serve.add_argument(
+        "--root", action="append", default=[], help="Folder the server may read (repeatable; env CLIPSEARCH_ROOTS)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    from server.config import Settings
+
+    settings = Settings.load(args.model, args.index_dir, getattr(args, "root", None))
+    try:
+        if args.command == "serve":
+            return _serve(settings)
+        return _run_command(args, settings)
+    except ClipSearchError as exc:
+        print(f"clipsearch: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("clipsearch: interrupted; the collection keeps its last committed state", file=sys.stderr)
+        return 130
+
+
+def _serve(settings: Any) -> int:
+    from server.app import build_server
+    from server.service import ClipSearch
+
+    build_server(ClipSearch(settings), settings.roots).run("stdio")
+    return 0
+
+
+def _run_command(args: argparse.Namespace, settings: Any) -> int:
+    from server.service import ClipSearch
+
+    service = ClipSearch(settings)
+    result: BaseModel
+    if args.command == "index":
+        with _ProgressBar(enabled=not args.json) as bar:
+            result = service.index_folder(args.folder, args.collection, args.recursive, args.remove_missing, None, bar)
+    elif args.command == "search":
+        result = service.search_text(args.text, args.k, args.collection)
+    elif args.command == "similar":
+        result = service.search_image(args.image, args.k, args.collection)
+    elif args.command == "eval":
+        result = service.evaluate(args.collection, args.ground_truth, args.ks, args.template)
+    else:
+        result = service.list_collections()
+    print(result.model_dump_json(indent=2) if args.json else render(result))
+    return 0
+
+
+def render(result: BaseModel) -> str:
+    """A readable plain-text view of any result model."""
+    if isinstance(result, SearchResponse):
+        if not result.results:
+            return f"No images in '{result.collection}'."
+        width = max(len(str(len(result.results))), 4)
+        rows = [f"{'rank':>{width}}  {'score':>6}  path"]
+        rows += [f"{hit.rank:>{width}}  {hit.score:6.3f}  {hit.path}" for hit in result.results]
+        return "\n".join(rows)
+    if isinstance(result, IndexReport):
+        lines = [
+            f"Collection '{result.collection}': {result.indexed_total} images",
+            f"  added {result.added}, updated {result.updated}, moved {result.moved}, unchanged {result.unchanged}, "
+            f"removed {result.removed}, failed {result.failed}",
+            f"  embedded {result.embedded} in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)",
+        ]
+        lines += [f"  skipped {f.path}: {f.reason}" for f in result.failures]
+        return "\n".join(lines)
+    if isinstance(result, EvaluationReport):
+        ks = list(result.text_to_image.recall_at)
+        header = f"{'direction':<14}{'queries':>8}{'mAP':>8}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
+        rows = [f"Collection '{result.collection}': {result.images} images, {result.labels} labels", header]
+        for name, metrics in (("text→image", result.text_to_image), ("image→image", result.image_to_image)):
+            cells = "".join(f"{metrics.recall_at[k]:>8.3f}" for k in ks)
+            rows.append(f"{name:<14}{metrics.queries:>8}{metrics.map:>8.3f}{cells}")
+        return "\n".join(rows)
+    if isinstance(result, CollectionList):
+        if not result.collections:
+            return f"No collections in {result.index_dir}."
+        rows = [f"{'name':<20}{'images':>8}  {'dim':>4}  {'index':<6} model"]
+        rows += [
+            f"{c.name:<20}{c.images:>8}  {c.dim:>4}  {c.index_type:<6} {c.model}" for c in result.collections
+        ]
+        return "\n".join(rows)
+    return result.model_dump_json(indent=2)
+
+
+class _ProgressBar:
+    """tqdm on stderr, fed by the indexer's progress callback."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="img", file=sys.stderr, desc="indexing")
+        self._bar.update(done - self._bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,484 @@
+"""Named collections on disk: manifest, SQLite catalog (the truth, vectors included) and a FAISS index built from it.
+
+Layout of `<index_dir>/<name>/`: `manifest.json` (format version, model, dimension, metric, index type),
+`catalog.sqlite` (WAL; one row per image with its vector; a generation counter bumped by every commit),
+`index.<generation>.faiss` (the FAISS index matching that generation) and `write.lock`.
+
+A commit is one SQLite transaction. The FAISS file is written afterwards (temp file, fsync, rename) under the
+committed generation's name, so after a crash the newest catalog state either has its index file or the index is
+rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always agree.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_COLLECTION = "default"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    path BLOB NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_hash ON images(hash);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
+"""
+
+
+def validate_name(name: str) -> str:
+    """Collection names become folder names: letters, digits, '.', '_', '-', no path tricks."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidArgument(
+            f"Invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (no path separators or '..')."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    model: str
+    dim: int
+    metric: str
+    index_type: str
+    created: str
+
+    @classmethod
+    def new(cls, model: str, dim: int, index_type: str = "flat") -> "Manifest":
+        return cls(SCHEMA_VERSION, model, dim, "inner_product", index_type, datetime.now(UTC).isoformat())
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    id: int
+    path: Path
+    size: int
+    mtime_ns: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class NewImage:
+    path: Path
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+
+
+def _path_key(path: Path) -> bytes:
+    # Bytes, not text: file names need not be valid UTF-8.
+    return os.fsencode(str(path))
+
+
+def _entry(row: tuple[Any, ...]) -> CatalogEntry:
+    return CatalogEntry(id=row[0], path=Path(os.fsdecode(row[1])), size=row[2], mtime_ns=row[3], hash=row[4])
+
+
+def _new_index(dim: int) -> Any:
+    import faiss
+
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class Collection:
+    """One open collection. Thread-safe: searches and commits take the same lock, so readers never see a half."""
+
+    def __init__(self, name: str, folder: Path, manifest: Manifest) -> None:
+        self.name = name
+        self.folder = folder
+        self.manifest = manifest
+        self._lock = threading.RLock()
+        self._conn = _connect(folder / "catalog.sqlite")
+        self._conn.executescript(_SCHEMA)
+        self.generation = -1
+        self._index: Any = None
+        self._load_index()
+
+    # --- reading -------------------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    @property
+    def ntotal(self) -> int:
+        with self._lock:
+            return int(self._index.ntotal)
+
+    def entries_under(self, folder: Path, recursive: bool = True) -> dict[Path, CatalogEntry]:
+        """Catalogued images whose path lies under `folder` (directly, when not recursive)."""
+        prefix = _path_key(folder).rstrip(b"/") + b"/"
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, path, size, mtime_ns, hash FROM images WHERE path >= ? AND path < ?",
+                (prefix, prefix[:-1] + b"0"),
+            ).fetchall()
+        entries = (_entry(row) for row in rows)
+        return {e.path: e for e in entries if recursive or e.path.parent == folder}
+
+    def find_path(self, path: Path) -> CatalogEntry | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, path, size, mtime_ns, hash FROM images WHERE path = ?", (_path_key(path),)
+            ).fetchone()
+        return _entry(row) if row else None
+
+    def find_hash(self, content_hash: str) -> list[CatalogEntry]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, path, size, mtime_ns, hash FROM images WHERE hash = ? ORDER BY id", (content_hash,)
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def known_hashes(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._conn.execute("SELECT hash FROM images")}
+
+    def vector(self, image_id: int) -> npt.NDArray[np.float32]:
+        with self._lock:
+            row = self._conn.execute("SELECT vector FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row is None:
+            raise KeyError(image_id)
+        return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def all_vectors(self) -> tuple[npt.NDArray[np.int64], list[Path], npt.NDArray[np.float32]]:
+        """Every image's id, path and vector, in id order, from one consistent snapshot."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id, path, vector FROM images ORDER BY id").fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        paths = [Path(os.fsdecode(r[1])) for r in rows]
+        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), self.manifest.dim)
+        return ids, paths, vectors.copy()
+
+    def search(self, queries: npt.NDArray[np.float32], k: int) -> list[list[tuple[Path, float]]]:
+        """Top-k (path, cosine) per query, best first, from one consistent state of index and catalog."""
+        with self._lock:
+            self.refresh_if_stale()
+            k = min(k, int(self._index.ntotal))
+            if k == 0:
+                return [[] for _ in range(len(queries))]
+            scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+            wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+            paths: dict[int, Path] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row_id, raw in self._conn.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk):
+                    paths[row_id] = Path(os.fsdecode(raw))
+        return [
+            [(paths[int(i)], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if int(i) in paths]
+            for row_scores, row_ids in zip(scores, ids, strict=True)
+        ]
+
+    def refresh_if_stale(self) -> None:
+        """Reload the index when another process has committed since we loaded it."""
+        with self._lock:
+            if self._read_generation(self._conn) != self.generation:
+                self._load_index()
+
+    # --- writing -------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator["CollectionWriter"]:
+        """Exclusive write access across threads and processes; refuses at once if another run holds it."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.folder / "write.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise CollectionBusy(
+                f"Collection '{self.name}' is being indexed by another run; try again when that run finishes."
+            ) from exc
+        try:
+            self.refresh_if_stale()
+            writer = CollectionWriter(self)
+            try:
+                yield writer
+                writer.commit()
+            except BaseException:
+                writer.rollback()
+                raise
+            finally:
+                writer.close()
+            self._save_index()
+        finally:
+            lock.release()
+
+    def _apply_commit(
+        self, conn: sqlite3.Connection, added: dict[int, npt.NDArray[np.float32]], stale: set[int]
+    ) -> None:
+        # Catalog commit and in-memory index update happen under one lock hold: a search sees both or neither.
+        with self._lock:
+            generation = self._read_generation(conn) + 1
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+            conn.execute("COMMIT")
+            if stale:
+                self._index.remove_ids(np.fromiter(stale, dtype=np.int64, count=len(stale)))
+            if added:
+                ids = np.fromiter(added, dtype=np.int64, count=len(added))
+                self._index.add_with_ids(np.stack(list(added.values())).astype(np.float32), ids)
+            self.generation = generation
+
+    # --- index file ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_generation(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    def _load_index(self) -> None:
+        import faiss
+
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                generation = self._read_generation(self._conn)
+                count = int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+                stored = self.folder / f"index.{generation}.faiss"
+                index = None
+                if stored.is_file():
+                    try:
+                        index = faiss.read_index(str(stored))
+                    except RuntimeError as exc:
+                        log.warning("index file %s unreadable (%s); rebuilding from the catalog", stored, exc)
+                if index is None or index.ntotal != count or index.d != self.manifest.dim:
+                    index = self._rebuild(self._conn)
+                    rebuilt = True
+                else:
+                    rebuilt = False
+            finally:
+                self._conn.execute("COMMIT")
+            self._index = index
+            self.generation = generation
+        if rebuilt:
+            self._try_save_index()
+
+    def _rebuild(self, conn: sqlite3.Connection) -> Any:
+        index = _new_index(self.manifest.dim)
+        cursor = conn.execute("SELECT id, vector FROM images ORDER BY id")
+        while rows := cursor.fetchmany(4096):
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            index.add_with_ids(vectors, ids)
+        return index
+
+    def _try_save_index(self) -> None:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.folder / "write.lock"), timeout=0)
+        try:
+            with lock:
+                self._save_index()
+        except Timeout:
+            pass  # a writer is active; it will save its own index
+
+    def _save_index(self) -> None:
+        import faiss
+
+        with self._lock:
+            generation = self.generation
+            data = faiss.serialize_index(self._index).tobytes()
+        target = self.folder / f"index.{generation}.faiss"
+        _write_atomically(target, data)
+        for old in self.folder.glob("index.*.faiss"):
+            match = _INDEX_FILE.fullmatch(old.name)
+            if match and int(match.group(1)) != generation:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class CollectionWriter:
+    """Changes to one collection, batched into atomic commits. Obtain through `Collection.writer()`."""
+
+    def __init__(self, collection: Collection) -> None:
+        self._collection = collection
+        self._conn = _connect(collection.folder / "catalog.sqlite")
+        self._added: dict[int, npt.NDArray[np.float32]] = {}
+        self._stale: set[int] = set()  # ids whose current vector must leave the index (replaced or removed)
+        self._open = False
+
+    def _begin(self) -> None:
+        if not self._open:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._open = True
+
+    def add(self, image: NewImage, vector: npt.NDArray[np.float32]) -> int:
+        self._begin()
+        cursor = self._conn.execute(
+            "INSERT INTO images (path, size, mtime_ns, hash, width, height, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (_path_key(image.path), image.size, image.mtime_ns, image.hash, image.width, image.height,
+             _vector_blob(vector, self._collection.manifest.dim)),
+        )
+        image_id = int(cursor.lastrowid or 0)
+        self._added[image_id] = vector
+        return image_id
+
+    def replace(self, image_id: int, image: NewImage, vector: npt.NDArray[np.float32]) -> None:
+        """New content at a known path: same id, new vector."""
+        self._begin()
+        self._conn.execute(
+            "UPDATE images SET path = ?, size = ?, mtime_ns = ?, hash = ?, width = ?, height = ?, vector = ? "
+            "WHERE id = ?",
+            (_path_key(image.path), image.size, image.mtime_ns, image.hash, image.width, image.height,
+             _vector_blob(vector, self._collection.manifest.dim), image_id),
+        )
+        self._added[image_id] = vector
+        self._stale.add(image_id)
+
+    def move(self, image_id: int, path: Path, size: int, mtime_ns: int) -> None:
+        """Same content under a new path: the id and vector stay, so nothing is re-embedded."""
+        self._begin()
+        self._conn.execute(
+            "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?", (_path_key(path), size, mtime_ns, image_id)
+        )
+
+    def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
+        """Same content, new size or modification time recorded so the next run skips it on stat alone."""
+        self._begin()
+        self._conn.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, image_id))
+
+    def remove(self, image_ids: Iterable[int]) -> None:
+        ids = list(image_ids)
+        if not ids:
+            return
+        self._begin()
+        self._conn.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
+        for image_id in ids:
+            self._added.pop(image_id, None)
+            self._stale.add(image_id)
+
+    def commit(self) -> None:
+        if self._open:
+            self._collection._apply_commit(self._conn, self._added, self._stale)
+            self._open = False
+        self._added = {}
+        self._stale = set()
+
+    def rollback(self) -> None:
+        if self._open:
+            self._conn.execute("ROLLBACK")
+            self._open = False
+        self._added = {}
+        self._stale = set()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _vector_blob(vector: npt.NDArray[np.float32], dim: int) -> bytes:
+    array = np.ascontiguousarray(vector, dtype=np.float32)
+    if array.shape != (dim,):
+        raise ValueError(f"vector of shape {array.shape}, expected ({dim},)")
+    return array.tobytes()
+
+
+class CollectionStore:
+    """The index directory: opens, creates and lists collections, checking each manifest."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self.index_dir = index_dir
+
+    def exists(self, name: str) -> bool:
+        return (self.index_dir / validate_name(name) / "manifest.json").is_file()
+
+    def read_manifest(self, name: str) -> Manifest:
+        path = self.index_dir / validate_name(name) / "manifest.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            known = ", ".join(self.names()) or "none yet"
+            raise CollectionNotFound(
+                f"No collection named '{name}' in {self.index_dir} (collections: {known}). Index a folder into it first."
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise CollectionMismatch(f"Collection '{name}' has an unreadable manifest ({path}): {exc}") from exc
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise CollectionMismatch(
+                f"Collection '{name}' uses format version {data.get('schema_version')}, this clipsearch reads "
+                f"version {SCHEMA_VERSION}. Re-index into a new collection name."
+            )
+        return Manifest(**{field: data[field] for field in Manifest.__dataclass_fields__})
+
+    def open(self, name: str, model: str, dim: int | None = None) -> Collection:
+        """Open an existing collection, refusing one built with another model or dimension."""
+        manifest = self.read_manifest(name)
+        if manifest.model != model or (dim is not None and manifest.dim != dim):
+            raise CollectionMismatch(
+                f"Collection '{name}' was built with model '{manifest.model}' ({manifest.dim}-d); this server uses "
+                f"'{model}'{f' ({dim}-d)' if dim is not None else ''}. Use the same --model, or another collection name."
+            )
+        return Collection(name, self.index_dir / name, manifest)
+
+    def create(self, name: str, model: str, dim: int) -> Collection:
+        """Open the collection if it exists (checking its model), else create it."""
+        folder = self.index_dir / validate_name(name)
+        if (folder / "manifest.json").is_file():
+            return self.open(name, model, dim)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest.new(model, dim)
+        _write_atomically(folder / "manifest.json", json.dumps(asdict(manifest), indent=2).encode("utf-8"))
+        return Collection(name, folder, manifest)
+
+    def names(self) -> list[str]:
+        if not self.index_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.index_dir.iterdir() if (p / "manifest.json").is_file())

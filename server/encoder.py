@@ -1,0 +1,206 @@
+"""CLIP encoders: images and text into one L2-normalised float32 space. The real model loads once, lazily."""
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from server.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Encoder(Protocol):
+    """What indexing and search need from a model; tests hand in a fake."""
+
+    model_name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def input_size(self) -> int:
+        """Shortest side, in pixels, the model looks at (decoders may downscale to it)."""
+        ...
+
+    def preprocess(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        """One RGB image to the model's input array; safe to call from worker threads."""
+        ...
+
+    def encode_pixels(self, batch: npt.NDArray[np.float32]) -> Vectors:
+        """A stack of preprocessed images to unit vectors, shape (n, dim)."""
+        ...
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        """Texts to unit vectors, shape (n, dim); text beyond the model's context is truncated."""
+        ...
+
+
+def normalize(vectors: npt.NDArray[np.floating[Any]]) -> Vectors:
+    """Rows scaled to unit length (zero rows stay zero), as C-contiguous float32."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """CLIP's image preprocessing, read from the checkpoint's preprocessor config."""
+
+    shortest_edge: int
+    crop_height: int
+    crop_width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        """Resize the shortest side (bicubic), centre-crop, scale to [0, 1], normalise; returns (3, H, W)."""
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        left = (size[0] - self.crop_width) // 2
+        top = (size[1] - self.crop_height) // 2
+        image = image.crop((left, top, left + self.crop_width, top + self.crop_height))
+        pixels = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+class ClipEncoder:
+    """transformers' CLIPModel with its tokenizer; weights load on first use, once, whatever thread asks."""
+
+    def __init__(self, model_name: str, device: str | None = None, batch_size: int = 32) -> None:
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self._device_request = device
+        self._lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+
+    @property
+    def dim(self) -> int:
+        return self._load().dim
+
+    @property
+    def input_size(self) -> int:
+        return self._load().preprocessing.shortest_edge
+
+    @property
+    def device(self) -> str:
+        return self._load().device
+
+    def preprocess(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        return self._load().preprocessing(image)
+
+    def encode_pixels(self, batch: npt.NDArray[np.float32]) -> Vectors:
+        import torch
+
+        loaded = self._load()
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(batch), self.batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(batch[start : start + self.batch_size]))
+                chunk = chunk.to(loaded.device, dtype=loaded.dtype)
+                features = _features(loaded.model.get_image_features(pixel_values=chunk))
+                outputs.append(features.float().cpu().numpy())
+        return normalize(np.concatenate(outputs) if outputs else np.zeros((0, loaded.dim), np.float32))
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        import torch
+
+        loaded = self._load()
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = loaded.tokenizer(
+                    list(texts[start : start + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=loaded.context_length,
+                    return_tensors="pt",
+                ).to(loaded.device)
+                features = _features(loaded.model.get_text_features(**tokens))
+                outputs.append(features.float().cpu().numpy())
+        return normalize(np.concatenate(outputs) if outputs else np.zeros((0, loaded.dim), np.float32))
+
+    def _load(self) -> "_Loaded":
+        if self._loaded is None:
+            with self._lock:
+                if self._loaded is None:
+                    self._loaded = _load_clip(self.model_name, self._device_request)
+        return self._loaded
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    preprocessing: Preprocessing
+    device: str
+    dtype: Any
+    dim: int
+    context_length: int
+
+
+def _features(output: Any) -> Any:
+    # transformers 5 returns a model output whose pooler_output holds the projected features; 4.x returned a tensor.
+    return getattr(output, "pooler_output", output)
+
+
+def _load_clip(model_name: str, device: str | None) -> _Loaded:
+    log.info("loading CLIP model %s", model_name)
+    import torch
+    from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    # Their progress bars and advice would land on stderr of every CLI call and in the MCP client's log.
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if chosen.startswith("cuda") else torch.float32
+    try:
+        model = CLIPModel.from_pretrained(model_name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        processor = CLIPImageProcessorPil.from_pretrained(model_name)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(
+            f"Cannot load the CLIP model '{model_name}': {_first_line(exc)}. The first run downloads it from the "
+            "Hugging Face hub, which needs the network once; offline, point --model or CLIPSEARCH_MODEL at a local "
+            "folder holding a CLIP checkpoint in Hugging Face format (config.json, weights, tokenizer and "
+            "preprocessor_config.json)."
+        ) from exc
+    model = model.to(chosen).eval()
+    size = processor.size
+    crop = processor.crop_size
+    shortest = size.shortest_edge or min(size.height or 224, size.width or 224)
+    preprocessing = Preprocessing(
+        shortest_edge=int(shortest),
+        crop_height=int(crop.height if crop and crop.height else shortest),
+        crop_width=int(crop.width if crop and crop.width else shortest),
+        mean=tuple(float(v) for v in processor.image_mean),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in processor.image_std),  # type: ignore[arg-type]
+    )
+    return _Loaded(
+        model=model,
+        tokenizer=tokenizer,
+        preprocessing=preprocessing,
+        device=chosen,
+        dtype=dtype,
+        dim=int(model.config.projection_dim),
+        context_length=int(model.config.text_config.max_position_embeddings),
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,41 @@
+"""Domain errors raised by the core. Their messages are written for the person who must act on them."""
+
+
+class ClipSearchError(Exception):
+    """Base of every anticipated failure; adapters show its message as is."""
+
+
+class InvalidArgument(ClipSearchError):
+    """An argument is out of range or malformed (empty query, bad k, bad collection name)."""
+
+
+class PathNotAllowed(ClipSearchError):
+    """A path lies outside the roots this server may read, or no roots are configured."""
+
+
+class FileMissing(ClipSearchError):
+    """A folder or file named by the caller does not exist or is the wrong kind."""
+
+
+class ImageUnreadable(ClipSearchError):
+    """A file could not be decoded as an image."""
+
+
+class ModelUnavailable(ClipSearchError):
+    """The CLIP weights could not be loaded (offline and not cached, or not a CLIP checkpoint)."""
+
+
+class CollectionNotFound(ClipSearchError):
+    """No collection of that name exists in the index directory."""
+
+
+class CollectionMismatch(ClipSearchError):
+    """The collection was built with another model, dimension or format version."""
+
+
+class CollectionBusy(ClipSearchError):
+    """Another indexing run holds the collection's write lock."""
+
+
+class GroundTruthError(ClipSearchError):
+    """The evaluation ground truth is missing, malformed or yields no usable query."""

@@ -1,0 +1,112 @@
+"""Reading image files: which files count as images, decoding any mode to upright RGB, hashing and thumbnails."""
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from server.errors import ImageUnreadable
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+THUMBNAIL_MAX_SIDE = 256
+
+# Truncated files must fail loudly, not embed a half-grey picture; Pillow's decompression-bomb guard
+# (Image.MAX_IMAGE_PIXELS) stays at its default.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def content_hash(data: bytes) -> str:
+    """Hash of a file's bytes: identifies the same picture under another name."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image
+    width: int
+    height: int
+
+
+def decode(data: bytes, min_side: int | None = None) -> DecodedImage:
+    """Decode bytes to an upright RGB image; width/height are the original, upright dimensions.
+
+    With `min_side`, JPEGs are decoded in draft mode (DCT-domain downscaling) to no less than that many pixels on
+    each side: far cheaper than a full decode when the model only needs 224 px.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if min_side is not None and image.format == "JPEG":
+                image.draft("RGB", (min_side, min_side))
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombWarning as exc:
+        raise ImageUnreadable(f"image too large to decode safely ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageUnreadable(f"image too large to decode safely ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageUnreadable("not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageUnreadable(f"cannot decode image: {exc}") from exc
+    if upright is not image and _orientation_swaps_axes(image):
+        width, height = height, width
+    return DecodedImage(image=to_rgb(upright), width=width, height=height)
+
+
+def _orientation_swaps_axes(image: Image.Image) -> bool:
+    # EXIF orientations 5-8 rotate by 90 degrees.
+    return image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: transparency over white, 16/32-bit and float scaled to 0-255."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if mode.startswith("I;16") else max(float(values.max(initial=0.0)), 255.0)
+        scaled = np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_file(path: Path, max_bytes: int | None = None) -> bytes:
+    """The whole file; raises ImageUnreadable with the OS's reason (permissions, vanished file, not a file)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImageUnreadable(f"cannot read file: {exc.strerror or exc}") from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageUnreadable(f"file is larger than {max_bytes} bytes")
+    if not data:
+        raise ImageUnreadable("file is empty")
+    return data
+
+
+def thumbnail_jpeg(path: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> bytes:
+    """A small upright JPEG of the image, for showing results to an assistant."""
+    decoded = decode(read_file(path), min_side=max_side)
+    image = decoded.image.copy()
+    image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=80)
+    return out.getvalue()

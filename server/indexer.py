@@ -1,0 +1,337 @@
+"""Incremental indexing of a folder into a collection: scan, diff against the catalog, embed only what is new.
+
+Unchanged files are recognised by size and mtime; otherwise by content hash, so a renamed or moved file keeps its
+vector and a copy of known content borrows it. Decoding runs in worker threads while the main thread batches
+images through the model; changes are committed in batches, so a killed run resumes from its last commit.
+"""
+
+import logging
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from server.collection import CatalogEntry, Collection, CollectionWriter, NewImage
+from server.encoder import Encoder
+from server.errors import ClipSearchError, FileMissing
+from server.images import content_hash, decode, is_image_name, read_file
+from server.models import Failure, IndexReport
+from server.paths import PathGuard
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_FAILURES = 50
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class _Prepared:
+    """What a worker learned about one file: its hash, and its pixels unless the content is already known."""
+
+    file: FileStat
+    previous: CatalogEntry | None
+    hash: str = ""
+    width: int = 0
+    height: int = 0
+    pixels: npt.NDArray[np.float32] | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Counts:
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    embedded: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+
+def scan_folder(
+    folder: Path, recursive: bool = True, exclude: Sequence[Path] = (), guard: PathGuard | None = None
+) -> tuple[list[FileStat], list[Failure]]:
+    """Image files under `folder` by their resolved paths, skipping hidden entries, `exclude`d folders and
+    symlinks that lead outside the guard's roots. Symlinked folders are not followed (no loops)."""
+    excluded = {Path(os.path.realpath(p)) for p in exclude}
+    found: dict[Path, FileStat] = {}
+    failures: list[Failure] = []
+    pending = [folder]
+    while pending:
+        directory = pending.pop()
+        if Path(os.path.realpath(directory)) in excluded:
+            continue
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            failures.append(Failure(path=str(directory), reason=f"cannot list folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive:
+                        pending.append(path)
+                    continue
+                if not is_image_name(path):
+                    continue
+                real = Path(os.path.realpath(path))
+                if guard is not None and not guard.allows(real):
+                    failures.append(Failure(path=str(path), reason="symlink leads outside the allowed folders"))
+                    continue
+                info = os.stat(real)
+            except OSError as exc:
+                failures.append(Failure(path=str(path), reason=f"cannot read file: {exc.strerror or exc}"))
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            if any(real.is_relative_to(e) for e in excluded):
+                continue
+            found.setdefault(real, FileStat(real, info.st_size, info.st_mtime_ns))
+    return sorted(found.values(), key=lambda f: f.path), failures
+
+
+class Indexer:
+    """Runs incremental indexing with a given encoder; one instance serves many runs."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        workers: int | None = None,
+        batch_size: int = 32,
+        commit_every: int = 512,
+        commit_seconds: float = 30.0,
+    ) -> None:
+        self.encoder = encoder
+        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
+        self.batch_size = batch_size
+        self.commit_every = commit_every
+        self.commit_seconds = commit_seconds
+
+    def run(
+        self,
+        collection: Collection,
+        folder: Path,
+        recursive: bool = True,
+        remove_missing: bool = True,
+        guard: PathGuard | None = None,
+        exclude: Sequence[Path] = (),
+        progress: ProgressFn | None = None,
+    ) -> IndexReport:
+        """Bring the collection in line with the folder's images and report what changed."""
+        started = time.perf_counter()
+        if not folder.is_dir():
+            raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
+        folder = Path(os.path.realpath(folder))
+        files, scan_failures = scan_folder(folder, recursive, exclude, guard)
+        counts = _Counts(failures=list(scan_failures))
+        catalog = collection.entries_under(folder, recursive)
+        scanned = {f.path for f in files}
+        todo: list[tuple[FileStat, CatalogEntry | None]] = []
+        for file in files:
+            previous = catalog.get(file.path)
+            if previous and previous.size == file.size and previous.mtime_ns == file.mtime_ns:
+                counts.unchanged += 1
+            else:
+                todo.append((file, previous))
+        vanished: dict[str, list[CatalogEntry]] = {}
+        for entry in catalog.values():
+            if entry.path not in scanned:
+                vanished.setdefault(entry.hash, []).append(entry)
+        known = collection.known_hashes()
+        if progress:
+            progress(0, len(todo), f"{len(files)} images found, {len(todo)} to process")
+
+        with collection.writer() as writer:
+            run = _Run(self, collection, writer, counts, vanished, progress, len(todo))
+            for prepared in self._prepare_all(todo, known):
+                run.handle(prepared)
+            run.flush()
+            leftover = [e.id for entries in vanished.values() for e in entries]
+            if remove_missing and leftover:
+                writer.remove(leftover)
+                counts.removed += len(leftover)
+
+        seconds = time.perf_counter() - started
+        return IndexReport(
+            collection=collection.name,
+            folder=str(folder),
+            indexed_total=collection.count(),
+            added=counts.added,
+            updated=counts.updated,
+            moved=counts.moved,
+            unchanged=counts.unchanged,
+            removed=counts.removed,
+            failed=len(counts.failures),
+            failures=counts.failures[:MAX_REPORTED_FAILURES],
+            embedded=counts.embedded,
+            seconds=round(seconds, 3),
+            images_per_second=round(counts.embedded / seconds, 2) if seconds > 0 else 0.0,
+        )
+
+    def _prepare_all(
+        self, todo: list[tuple[FileStat, CatalogEntry | None]], known: set[str]
+    ) -> Iterator[_Prepared]:
+        """Read, hash and (for unknown content) decode files in worker threads, yielded in order, bounded in flight."""
+        window = self.workers * 2 + self.batch_size
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipsearch-decode") as pool:
+            in_flight: deque[Future[_Prepared]] = deque()
+            for file, previous in todo:
+                in_flight.append(pool.submit(self.prepare, file, previous, known))
+                if len(in_flight) >= window:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+
+    def prepare(self, file: FileStat, previous: CatalogEntry | None, known: set[str] | None = None) -> _Prepared:
+        """One file: read once, hash, and decode + preprocess unless the hash is already in the collection."""
+        result = _Prepared(file=file, previous=previous)
+        try:
+            data = read_file(file.path)
+            result.hash = content_hash(data)
+            if known is not None and result.hash in known:
+                return result
+            decoded = decode(data, min_side=self.encoder.input_size)
+            result.width, result.height = decoded.width, decoded.height
+            result.pixels = self.encoder.preprocess(decoded.image)
+        except ClipSearchError as exc:
+            result.error = str(exc)
+        except Exception as exc:  # a decoder bug on one odd file must not stop the run
+            log.exception("unexpected failure preparing %s", file.path)
+            result.error = f"unexpected error: {type(exc).__name__}: {exc}"
+        return result
+
+
+class _Run:
+    """The main-thread side of one indexing run: decides add/update/move, batches the model, commits."""
+
+    def __init__(
+        self,
+        indexer: Indexer,
+        collection: Collection,
+        writer: CollectionWriter,
+        counts: _Counts,
+        vanished: dict[str, list[CatalogEntry]],
+        progress: ProgressFn | None,
+        total: int,
+    ) -> None:
+        self.indexer = indexer
+        self.collection = collection
+        self.writer = writer
+        self.counts = counts
+        self.vanished = vanished
+        self.progress = progress
+        self.total = total
+        self.done = 0
+        self.batch: list[_Prepared] = []
+        self.vectors_this_run: dict[str, npt.NDArray[np.float32]] = {}
+        self.since_commit = 0
+        self.last_commit = time.monotonic()
+
+    def handle(self, item: _Prepared) -> None:
+        previous = item.previous
+        if item.error is not None:
+            self.counts.failures.append(Failure(path=str(item.file.path), reason=item.error))
+            if previous is not None:  # its old vector no longer describes the file
+                self.writer.remove([previous.id])
+                self.counts.removed += 1
+            self._advance(1)
+            return
+        if previous is not None and previous.hash == item.hash:
+            self.writer.touch(previous.id, item.file.size, item.file.mtime_ns)
+            self.counts.unchanged += 1
+            self._advance(1)
+            return
+        source = self._move_source(item.hash)
+        if source is not None:
+            if previous is not None:
+                self.writer.remove([previous.id])
+                self.counts.removed += 1
+            self.writer.move(source.id, item.file.path, item.file.size, item.file.mtime_ns)
+            self.counts.moved += 1
+            self._advance(1)
+            return
+        vector = self._known_vector(item.hash)
+        if vector is not None:
+            self._store(item, vector)
+            self._advance(1)
+            return
+        if item.pixels is None:
+            # Its content was known when the worker looked, but that entry has changed since: decode it now.
+            item = self.indexer.prepare(item.file, previous)
+            if item.error is not None:
+                self.handle(item)
+                return
+        self.batch.append(item)
+        if len(self.batch) >= self.indexer.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            pixels = np.stack([item.pixels for item in self.batch if item.pixels is not None])
+            vectors = self.indexer.encoder.encode_pixels(pixels)
+            for item, vector in zip(self.batch, vectors, strict=True):
+                self.vectors_this_run[item.hash] = vector
+                self._store(item, vector)
+            self.counts.embedded += len(self.batch)
+            done = len(self.batch)
+            self.batch = []
+            self._advance(done)
+
+    def _store(self, item: _Prepared, vector: npt.NDArray[np.float32]) -> None:
+        width, height = item.width, item.height
+        image = NewImage(item.file.path, item.file.size, item.file.mtime_ns, item.hash, width, height)
+        if item.previous is not None:
+            self.writer.replace(item.previous.id, image, vector)
+            self.counts.updated += 1
+        else:
+            self.writer.add(image, vector)
+            self.counts.added += 1
+
+    def _move_source(self, content: str) -> CatalogEntry | None:
+        """A catalogued file with this content whose own path is gone: the file was renamed or moved here."""
+        candidates = self.vanished.get(content)
+        if candidates:
+            entry = candidates.pop(0)
+            if not candidates:
+                del self.vanished[content]
+            return entry
+        for entry in self.collection.find_hash(content):
+            if not entry.path.exists():
+                return entry
+        return None
+
+    def _known_vector(self, content: str) -> npt.NDArray[np.float32] | None:
+        if content in self.vectors_this_run:
+            return self.vectors_this_run[content]
+        for entry in self.collection.find_hash(content):
+            return self.collection.vector(entry.id)
+        return None
+
+    def _advance(self, n: int) -> None:
+        self.done += n
+        self.since_commit += n
+        if self.since_commit >= self.indexer.commit_every or (
+            time.monotonic() - self.last_commit >= self.indexer.commit_seconds
+        ):
+            self.writer.commit()
+            self.since_commit = 0
+            self.last_commit = time.monotonic()
+        if self.progress:
+            self.progress(self.done, self.total, f"{self.done}/{self.total} processed")

@@ -1,0 +1,122 @@
+"""The one facade both adapters call: settings, the lazily loaded encoder, open collections, and the operations."""
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from server.collection import DEFAULT_COLLECTION, Collection, CollectionStore, validate_name
+from server.config import Settings
+from server.encoder import ClipEncoder, Encoder
+from server.errors import FileMissing
+from server.evaluate import DEFAULT_KS, DEFAULT_TEMPLATE, evaluate_folders
+from server.errors import GroundTruthError
+from server.images import thumbnail_jpeg
+from server.indexer import Indexer, ProgressFn
+from server.models import CollectionInfo, CollectionList, EvaluationReport, IndexReport, SearchResponse
+from server.paths import PathGuard
+from server.search import Searcher
+
+log = logging.getLogger(__name__)
+
+
+class ClipSearch:
+    """Image search over named collections. Pass a `guard` to confine file access; None means unconfined (CLI)."""
+
+    def __init__(self, settings: Settings, encoder: Encoder | None = None, indexer: Indexer | None = None) -> None:
+        self.settings = settings
+        self.encoder: Encoder = encoder or ClipEncoder(settings.model)
+        self.indexer = indexer or Indexer(self.encoder)
+        self.searcher = Searcher(self.encoder)
+        self.store = CollectionStore(settings.index_dir)
+        self._open: dict[str, Collection] = {}
+        self._lock = threading.Lock()
+
+    def collection(self, name: str, create: bool = False) -> Collection:
+        """An open collection, cached for the life of the service; `create` makes it if missing."""
+        validate_name(name)
+        with self._lock:
+            if name not in self._open:
+                if create and not self.store.exists(name):
+                    self._open[name] = self.store.create(name, self.encoder.model_name, self.encoder.dim)
+                else:
+                    self._open[name] = self.store.open(name, self.encoder.model_name)
+            return self._open[name]
+
+    def index_folder(
+        self,
+        folder: str | Path,
+        collection: str = DEFAULT_COLLECTION,
+        recursive: bool = True,
+        remove_missing: bool = True,
+        guard: PathGuard | None = None,
+        progress: ProgressFn | None = None,
+    ) -> IndexReport:
+        """Index a folder's images into a collection, embedding only new or changed files."""
+        path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
+        if not path.is_dir():
+            raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
+        target = self.collection(collection, create=True)
+        return self.indexer.run(
+            target,
+            path,
+            recursive=recursive,
+            remove_missing=remove_missing,
+            guard=guard,
+            exclude=[self.settings.index_dir],
+            progress=progress,
+        )
+
+    def search_text(self, query: str, k: int = 10, collection: str = DEFAULT_COLLECTION) -> SearchResponse:
+        return self.searcher.by_text(self.collection(collection), query, k)
+
+    def search_image(
+        self, image_path: str | Path, k: int = 10, collection: str = DEFAULT_COLLECTION, guard: PathGuard | None = None
+    ) -> SearchResponse:
+        path = guard.check(image_path) if guard else Path(image_path).expanduser().absolute()
+        return self.searcher.by_image(self.collection(collection), path, k)
+
+    def evaluate(
+        self,
+        collection: str = DEFAULT_COLLECTION,
+        ground_truth: str = "folders",
+        ks: Sequence[int] = DEFAULT_KS,
+        template: str = DEFAULT_TEMPLATE,
+    ) -> EvaluationReport:
+        if ground_truth != "folders":
+            raise GroundTruthError(f"Unknown ground truth {ground_truth!r}; supported: 'folders'.")
+        return evaluate_folders(self.collection(collection), self.encoder, ks, template)
+
+    def list_collections(self) -> CollectionList:
+        infos = []
+        for name in self.store.names():
+            manifest = self.store.read_manifest(name)
+            with self._lock:
+                cached = self._open.get(name)
+            images = cached.count() if cached else _count_rows(self.store.index_dir / name)
+            infos.append(
+                CollectionInfo(
+                    name=name, images=images, model=manifest.model, dim=manifest.dim, index_type=manifest.index_type
+                )
+            )
+        return CollectionList(index_dir=str(self.store.index_dir), collections=infos)
+
+    def thumbnail(self, path: str | Path, guard: PathGuard | None = None) -> bytes:
+        """A ≤256 px JPEG of an image, read only if the guard allows its path."""
+        checked = guard.check(path) if guard else Path(path)
+        return thumbnail_jpeg(checked)
+
+
+def _count_rows(folder: Path) -> int:
+    import sqlite3
+
+    uri = (folder / "catalog.sqlite").as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
