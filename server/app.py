@@ -2,19 +2,18 @@
 
 import logging
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 from urllib.parse import unquote, urlparse
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 from mcp.server import MCPServer
-from mcp.server.mcpserver import Context, Image
+from mcp.server.mcpserver import Context, Image, ListRoots, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, ContentBlock, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ContentBlock, ListRootsResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from server.collection import DEFAULT_COLLECTION
@@ -50,16 +49,29 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
     """An MCP server over `service`. File access is confined to `roots`, else to the roots the client declares."""
     server = MCPServer("clipsearch", instructions=INSTRUCTIONS)
     configured = tuple(roots)
+    no_roots = ListRootsResult(roots=[])
 
-    async def guard_for(ctx: Context) -> PathGuard:
-        if configured:
-            return PathGuard(configured)
-        return PathGuard(await _client_roots(ctx))
+    def ask_roots(ctx: Context) -> ListRoots | ListRootsResult:
+        # Configured roots win; otherwise ask the client, if it declared that it can answer.
+        capabilities = ctx.client_capabilities
+        if configured or capabilities is None or capabilities.roots is None:
+            return no_roots
+        return ListRoots()
+
+    def ask_roots_for_thumbnails(ctx: Context, thumbnails: int = 0) -> ListRoots | ListRootsResult:
+        return ask_roots(ctx) if thumbnails else no_roots
+
+    ClientRoots = Annotated[ListRootsResult, Resolve(ask_roots)]
+    ThumbnailRoots = Annotated[ListRootsResult, Resolve(ask_roots_for_thumbnails)]
+
+    def guard_for(client_roots: ListRootsResult) -> PathGuard:
+        return PathGuard(configured or _file_roots(client_roots))
 
     @server.tool(annotations=ToolAnnotations(title="Index a folder of images", destructive_hint=False))
     async def index_folder(
         folder: Annotated[str, Field(description="Absolute path of the folder whose images to index")],
         ctx: Context,
+        client_roots: ClientRoots,
         collection: CollectionName = DEFAULT_COLLECTION,
         recursive: Annotated[bool, Field(description="Include subfolders")] = True,
         remove_missing: Annotated[
@@ -68,7 +80,7 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
     ) -> Annotated[CallToolResult, IndexReport]:
         """Index (or re-index) a folder's images so they can be searched. Only new or changed files are embedded;
         renamed files keep their vectors; unreadable files are skipped and listed with the reason."""
-        guard = await guard_for(ctx)
+        guard = guard_for(client_roots)
         report_progress = _progress_reporter(ctx)
         report = await _run(
             lambda: service.index_folder(folder, collection, recursive, remove_missing, guard, report_progress)
@@ -85,28 +97,28 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
         query: Annotated[
             str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What the image shows, in words")
         ],
-        ctx: Context,
+        client_roots: ThumbnailRoots,
         k: TopK = 10,
         collection: CollectionName = DEFAULT_COLLECTION,
         thumbnails: Thumbnails = 0,
     ) -> Annotated[CallToolResult, SearchResponse]:
         """Find the images in a collection that best match a text description, best first, with cosine scores."""
         response = await _run(lambda: service.search_text(query, k, collection))
-        return await _search_result(service, response, thumbnails, ctx, guard_for)
+        return await _search_result(service, response, thumbnails, guard_for(client_roots))
 
     @server.tool(annotations=ToolAnnotations(title="Find similar images", read_only_hint=True))
     async def search_similar_images(
         image_path: Annotated[str, Field(description="Absolute path of the example image (need not be indexed)")],
-        ctx: Context,
+        client_roots: ClientRoots,
         k: TopK = 10,
         collection: CollectionName = DEFAULT_COLLECTION,
         thumbnails: Thumbnails = 0,
     ) -> Annotated[CallToolResult, SearchResponse]:
         """Find the images in a collection most similar to an example image, best first, with cosine scores.
         An indexed example comes back first with a score of about 1."""
-        guard = await guard_for(ctx)
+        guard = guard_for(client_roots)
         response = await _run(lambda: service.search_image(image_path, k, collection, guard))
-        return await _search_result(service, response, thumbnails, ctx, guard_for)
+        return await _search_result(service, response, thumbnails, guard)
 
     @server.tool(annotations=ToolAnnotations(title="Measure retrieval quality", read_only_hint=True))
     async def evaluate_retrieval(
@@ -153,17 +165,12 @@ def _result(model: BaseModel, text: str, extra: Sequence[ContentBlock] = ()) -> 
 
 
 async def _search_result(
-    service: ClipSearch,
-    response: SearchResponse,
-    thumbnails: int,
-    ctx: Context,
-    guard_for: Callable[[Context], Any],
+    service: ClipSearch, response: SearchResponse, thumbnails: int, guard: PathGuard
 ) -> CallToolResult:
     lines = [f"{len(response.results)} results in '{response.collection}' for {response.query!r}:"]
     lines += [f"{hit.rank}. {hit.score:.3f}  {hit.path}" for hit in response.results]
     images: list[ContentBlock] = []
     if thumbnails:
-        guard: PathGuard = await guard_for(ctx)
         for hit in response.results[:thumbnails]:
             try:
                 data = await _run(lambda path=hit.path: service.thumbnail(path, guard))
@@ -192,15 +199,8 @@ def _progress_reporter(ctx: Context) -> Callable[[int, int, str], None]:
     return report
 
 
-async def _client_roots(ctx: Context) -> list[Path]:
-    """The file:// roots the client declares, or none when it declares none or cannot be asked."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            result = await ctx.session.list_roots()
-    except Exception as exc:
-        log.info("client roots unavailable: %s", exc)
-        return []
+def _file_roots(result: ListRootsResult) -> list[Path]:
+    """The local folders among the client's declared roots (file:// URIs)."""
     paths = []
     for root in result.roots:
         parsed = urlparse(str(root.uri))

@@ -138,3 +138,8 @@ def index_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def fake_service(index_dir: Path, fake_encoder: FakeEncoder) -> ClipSearch:
     return ClipSearch(Settings(index_dir=index_dir, model=fake_encoder.model_name), encoder=fake_encoder)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

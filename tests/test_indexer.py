@@ -1,0 +1,191 @@
+"""Incremental indexing: what gets embedded, moved, updated, removed and skipped."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import COLORS, FakeEncoder, save_color
+from server.errors import CollectionMismatch, FileMissing
+from server.indexer import scan_folder
+from server.paths import PathGuard
+from server.service import ClipSearch
+
+
+def add_broken_files(folder: Path) -> None:
+    (folder / "empty.jpg").write_bytes(b"")
+    whole = (folder / "red" / "red_0.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (folder / "notes.jpg").write_text("this is text, not a picture", encoding="utf-8")
+
+
+def test_first_run_embeds_every_image_once(fake_service: ClipSearch, fake_encoder: FakeEncoder, color_folder: Path):
+    report = fake_service.index_folder(color_folder)
+    assert (report.added, report.indexed_total, report.embedded, report.failed) == (15, 15, 15, 0)
+    assert fake_encoder.images_encoded == 15
+    collection = fake_service.collection("default")
+    assert collection.count() == collection.ntotal == 15
+
+
+def test_broken_files_are_skipped_with_reasons_and_the_rest_is_indexed(fake_service: ClipSearch, color_folder: Path):
+    add_broken_files(color_folder)
+    report = fake_service.index_folder(color_folder)
+    assert report.indexed_total == 15
+    assert report.failed == 3
+    reasons = {Path(f.path).name: f.reason for f in report.failures}
+    assert set(reasons) == {"empty.jpg", "truncated.jpg", "notes.jpg"}
+    assert "empty" in reasons["empty.jpg"]
+    assert "truncated" in reasons["truncated.jpg"].lower()
+    assert "not a recognised image" in reasons["notes.jpg"]
+
+
+def test_unchanged_rerun_embeds_nothing(fake_service: ClipSearch, fake_encoder: FakeEncoder, color_folder: Path):
+    fake_service.index_folder(color_folder)
+    before = fake_encoder.images_encoded
+    report = fake_service.index_folder(color_folder)
+    assert report.added + report.updated + report.moved + report.removed == 0
+    assert report.unchanged == 15
+    assert fake_encoder.images_encoded == before
+
+
+def test_touched_file_with_same_content_is_unchanged_and_not_reembedded(
+    fake_service: ClipSearch, fake_encoder: FakeEncoder, color_folder: Path
+):
+    fake_service.index_folder(color_folder)
+    before = fake_encoder.images_encoded
+    target = color_folder / "red" / "red_1.jpg"
+    os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+    report = fake_service.index_folder(color_folder)
+    assert (report.unchanged, report.updated, report.added) == (15, 0, 0)
+    assert fake_encoder.images_encoded == before
+    assert fake_service.collection("default").find_path(target).mtime_ns == 1_000_000_000
+
+
+def test_renamed_file_is_moved_not_reembedded(fake_service: ClipSearch, fake_encoder: FakeEncoder, color_folder: Path):
+    fake_service.index_folder(color_folder)
+    collection = fake_service.collection("default")
+    old = color_folder / "blue" / "blue_0.jpg"
+    old_id = collection.find_path(old).id
+    before = fake_encoder.images_encoded
+    new = color_folder / "green" / "was_blue.jpg"
+    old.rename(new)
+    report = fake_service.index_folder(color_folder)
+    assert (report.moved, report.added, report.removed, report.embedded) == (1, 0, 0, 0)
+    assert fake_encoder.images_encoded == before
+    assert collection.find_path(old) is None
+    assert collection.find_path(new).id == old_id
+    hits = fake_service.search_text("blue", k=15).results
+    assert str(new) in [h.path for h in hits] and str(old) not in [h.path for h in hits]
+
+
+def test_file_moved_between_separately_indexed_folders_keeps_its_vector(
+    fake_service: ClipSearch, fake_encoder: FakeEncoder, tmp_path: Path
+):
+    first, second = tmp_path / "a", tmp_path / "b"
+    save_color(first / "x.jpg", COLORS["red"])
+    save_color(second / "y.jpg", COLORS["blue"])
+    fake_service.index_folder(first)
+    fake_service.index_folder(second)
+    before = fake_encoder.images_encoded
+    shutil.move(first / "x.jpg", second / "x.jpg")
+    report = fake_service.index_folder(second)
+    assert (report.moved, report.embedded) == (1, 0)
+    assert fake_encoder.images_encoded == before
+    assert fake_service.collection("default").count() == 2
+
+
+def test_deleted_file_is_removed_and_never_returned(fake_service: ClipSearch, color_folder: Path):
+    fake_service.index_folder(color_folder)
+    gone = color_folder / "red" / "red_2.jpg"
+    gone.unlink()
+    report = fake_service.index_folder(color_folder)
+    assert (report.removed, report.indexed_total) == (1, 14)
+    hits = fake_service.search_text("red", k=1000).results
+    assert len(hits) == 14
+    assert str(gone) not in {h.path for h in hits}
+
+
+def test_keep_missing_leaves_vanished_files_in_the_collection(fake_service: ClipSearch, color_folder: Path):
+    fake_service.index_folder(color_folder)
+    (color_folder / "red" / "red_2.jpg").unlink()
+    report = fake_service.index_folder(color_folder, remove_missing=False)
+    assert (report.removed, report.indexed_total) == (0, 15)
+
+
+def test_changed_content_updates_the_same_entry(fake_service: ClipSearch, color_folder: Path):
+    fake_service.index_folder(color_folder)
+    target = color_folder / "red" / "red_0.jpg"
+    old_id = fake_service.collection("default").find_path(target).id
+    save_color(target, COLORS["blue"], size=(70, 50))
+    report = fake_service.index_folder(color_folder)
+    assert (report.updated, report.embedded, report.indexed_total) == (1, 1, 15)
+    assert fake_service.collection("default").find_path(target).id == old_id
+    blue_hits = [h.path for h in fake_service.search_text("blue", k=4).results]
+    assert str(target) in blue_hits
+
+
+def test_copy_of_known_content_borrows_the_vector(
+    fake_service: ClipSearch, fake_encoder: FakeEncoder, color_folder: Path
+):
+    fake_service.index_folder(color_folder)
+    before = fake_encoder.images_encoded
+    shutil.copy(color_folder / "green" / "green_0.jpg", color_folder / "green" / "copy.jpg")
+    report = fake_service.index_folder(color_folder)
+    assert (report.added, report.embedded) == (1, 0)
+    assert fake_encoder.images_encoded == before
+
+
+def test_non_recursive_run_ignores_subfolders(fake_service: ClipSearch, color_folder: Path):
+    save_color(color_folder / "top.jpg", COLORS["white"])
+    report = fake_service.index_folder(color_folder, recursive=False)
+    assert report.indexed_total == 1
+
+
+def test_index_dir_inside_the_folder_is_never_indexed(fake_encoder: FakeEncoder, color_folder: Path):
+    from server.config import Settings
+
+    service = ClipSearch(Settings(index_dir=color_folder / "index", model=fake_encoder.model_name), fake_encoder)
+    save_color(color_folder / "index" / "stray.jpg", COLORS["red"])
+    report = service.index_folder(color_folder)
+    assert report.indexed_total == 15
+
+
+def test_hidden_files_and_folders_are_skipped(fake_service: ClipSearch, color_folder: Path):
+    save_color(color_folder / ".thumbnails" / "t.jpg", COLORS["red"])
+    save_color(color_folder / "red" / "._appledouble.jpg", COLORS["red"])
+    assert fake_service.index_folder(color_folder).indexed_total == 15
+
+
+def test_missing_folder_is_a_clear_error(fake_service: ClipSearch, tmp_path: Path):
+    with pytest.raises(FileMissing, match="does not exist"):
+        fake_service.index_folder(tmp_path / "nope")
+
+
+def test_collection_built_with_another_model_is_refused(index_dir: Path, color_folder: Path, fake_service: ClipSearch):
+    from server.config import Settings
+
+    fake_service.index_folder(color_folder)
+    other = FakeEncoder()
+    other.model_name = "another-model"
+    with pytest.raises(CollectionMismatch, match="fake-color-encoder"):
+        ClipSearch(Settings(index_dir=index_dir, model="another-model"), other).search_text("red")
+
+
+def test_symlink_leading_outside_the_roots_is_not_read(tmp_path: Path):
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    save_color(inside / "ok.jpg", COLORS["red"])
+    secret = save_color(outside / "secret.jpg", COLORS["blue"])
+    (inside / "link.jpg").symlink_to(secret)
+    files, failures = scan_folder(inside, guard=PathGuard([inside]))
+    assert [f.path.name for f in files] == ["ok.jpg"]
+    assert [Path(f.path).name for f in failures] == ["link.jpg"]
+    assert "outside" in failures[0].reason
+
+
+def test_progress_reports_reach_the_total(fake_service: ClipSearch, color_folder: Path):
+    seen: list[tuple[int, int]] = []
+    fake_service.index_folder(color_folder, progress=lambda done, total, msg: seen.append((done, total)))
+    assert seen[0] == (0, 15)
+    assert seen[-1] == (15, 15)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
