@@ -1,0 +1,1 @@
+"""Benchmarks and their helpers; run from the repository root (`python -m bench.<name>`), not part of the package."""
