@@ -144,7 +144,9 @@ class Collection:
         self.manifest = manifest
         self._lock = threading.RLock()
         self._conn = _connect(folder / "catalog.sqlite")
-        self._conn.executescript(_SCHEMA)
+        # Only a new catalog needs the schema: writing it on every open would wait on a running indexer's lock.
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+            self._conn.executescript(_SCHEMA)
         self.generation = -1
         self._index: Any = None
         self._load_index()
