@@ -130,9 +130,7 @@ def render(result: BaseModel) -> str:
         if not result.collections:
             return f"No collections in {result.index_dir}."
         rows = [f"{'name':<20}{'images':>8}  {'dim':>4}  {'index':<6} model"]
-        rows += [
-            f"{c.name:<20}{c.images:>8}  {c.dim:>4}  {c.index_type:<6} {c.model}" for c in result.collections
-        ]
+        rows += [f"{c.name:<20}{c.images:>8}  {c.dim:>4}  {c.index_type:<6} {c.model}" for c in result.collections]
         return "\n".join(rows)
     return result.model_dump_json(indent=2)
 

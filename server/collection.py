@@ -367,8 +367,15 @@ class CollectionWriter:
         self._begin()
         cursor = self._conn.execute(
             "INSERT INTO images (path, size, mtime_ns, hash, width, height, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (_path_key(image.path), image.size, image.mtime_ns, image.hash, image.width, image.height,
-             _vector_blob(vector, self._collection.manifest.dim)),
+            (
+                _path_key(image.path),
+                image.size,
+                image.mtime_ns,
+                image.hash,
+                image.width,
+                image.height,
+                _vector_blob(vector, self._collection.manifest.dim),
+            ),
         )
         image_id = int(cursor.lastrowid or 0)
         self._added[image_id] = vector
@@ -380,8 +387,16 @@ class CollectionWriter:
         self._conn.execute(
             "UPDATE images SET path = ?, size = ?, mtime_ns = ?, hash = ?, width = ?, height = ?, vector = ? "
             "WHERE id = ?",
-            (_path_key(image.path), image.size, image.mtime_ns, image.hash, image.width, image.height,
-             _vector_blob(vector, self._collection.manifest.dim), image_id),
+            (
+                _path_key(image.path),
+                image.size,
+                image.mtime_ns,
+                image.hash,
+                image.width,
+                image.height,
+                _vector_blob(vector, self._collection.manifest.dim),
+                image_id,
+            ),
         )
         self._added[image_id] = vector
         self._stale.add(image_id)
@@ -390,7 +405,8 @@ class CollectionWriter:
         """Same content under a new path: the id and vector stay, so nothing is re-embedded."""
         self._begin()
         self._conn.execute(
-            "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?", (_path_key(path), size, mtime_ns, image_id)
+            "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+            (_path_key(path), size, mtime_ns, image_id),
         )
 
     def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
@@ -449,7 +465,8 @@ class CollectionStore:
         except FileNotFoundError as exc:
             known = ", ".join(self.names()) or "none yet"
             raise CollectionNotFound(
-                f"No collection named '{name}' in {self.index_dir} (collections: {known}). Index a folder into it first."
+                f"No collection named '{name}' in {self.index_dir} (collections: {known}). "
+                "Index a folder into it first."
             ) from exc
         except (OSError, ValueError) as exc:
             raise CollectionMismatch(f"Collection '{name}' has an unreadable manifest ({path}): {exc}") from exc
@@ -464,9 +481,10 @@ class CollectionStore:
         """Open an existing collection, refusing one built with another model or dimension."""
         manifest = self.read_manifest(name)
         if manifest.model != model or (dim is not None and manifest.dim != dim):
+            wanted = f"'{model}'" + (f" ({dim}-d)" if dim is not None else "")
             raise CollectionMismatch(
                 f"Collection '{name}' was built with model '{manifest.model}' ({manifest.dim}-d); this server uses "
-                f"'{model}'{f' ({dim}-d)' if dim is not None else ''}. Use the same --model, or another collection name."
+                f"{wanted}. Use the same --model, or another collection name."
             )
         return Collection(name, self.index_dir / name, manifest)
 

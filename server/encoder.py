@@ -160,7 +160,7 @@ def _features(output: Any) -> Any:
 def _load_clip(model_name: str, device: str | None) -> _Loaded:
     log.info("loading CLIP model %s", model_name)
     import torch
-    from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+    from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil, CLIPModel
     from transformers.utils import logging as hf_logging
 
     # Their progress bars and advice would land on stderr of every CLI call and in the MCP client's log.
@@ -169,10 +169,19 @@ def _load_clip(model_name: str, device: str | None) -> _Loaded:
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if chosen.startswith("cuda") else torch.float32
     try:
-        model = CLIPModel.from_pretrained(model_name, dtype=dtype)
+        config = AutoConfig.from_pretrained(model_name)
+        if config.model_type != "clip":
+            raise ValueError(f"it is a '{config.model_type}' checkpoint, not a CLIP model")
+        model, info = CLIPModel.from_pretrained(model_name, dtype=dtype, output_loading_info=True)
+        # transformers fills absent weights with random values; a half-loaded model would search at random.
+        missing = info.get("missing_keys") or []
+        if missing:
+            raise ValueError(f"its weights lack {len(missing)} tensors (e.g. {sorted(missing)[0]})")
         tokenizer = AutoTokenizer.from_pretrained(model_name)
+        if len(tokenizer) <= 3:
+            raise ValueError("it has no tokenizer files (vocab.json/merges.txt or tokenizer.json)")
         processor = CLIPImageProcessorPil.from_pretrained(model_name)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         raise ModelUnavailable(
             f"Cannot load the CLIP model '{model_name}': {_first_line(exc)}. The first run downloads it from the "
             "Hugging Face hub, which needs the network once; offline, point --model or CLIPSEARCH_MODEL at a local "

@@ -25,9 +25,7 @@ def label_text(label: str, template: str = DEFAULT_TEMPLATE) -> str:
     return template.format(label=label.replace("_", " ").replace("-", " "))
 
 
-def ranked_relevance(
-    scores: npt.NDArray[np.float32], relevant: npt.NDArray[np.bool_]
-) -> npt.NDArray[np.bool_]:
+def ranked_relevance(scores: npt.NDArray[np.float32], relevant: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     """Relevance of each query's results in rank order: score descending, ties broken by item order (stable)."""
     order = np.argsort(-scores, axis=1, kind="stable")
     return np.take_along_axis(relevant, order, axis=1)

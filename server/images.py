@@ -17,6 +17,8 @@ THUMBNAIL_MAX_SIDE = 256
 # Truncated files must fail loudly, not embed a half-grey picture; Pillow's decompression-bomb guard
 # (Image.MAX_IMAGE_PIXELS) stays at its default.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# decode() refuses images above the warning limit itself; the warning would only be noise on stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def is_image_name(path: Path) -> bool:
@@ -42,16 +44,17 @@ def decode(data: bytes, min_side: int | None = None) -> DecodedImage:
     each side: far cheaper than a full decode when the model only needs 224 px.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if min_side is not None and image.format == "JPEG":
-                image.draft("RGB", (min_side, min_side))
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-    except Image.DecompressionBombWarning as exc:
-        raise ImageUnreadable(f"image too large to decode safely ({exc})") from exc
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        # Pillow only warns between its limit and twice it; refusing there too keeps memory bounded per image.
+        if width * height > (Image.MAX_IMAGE_PIXELS or width * height):
+            raise ImageUnreadable(
+                f"image too large to decode safely ({width}x{height} pixels, limit {Image.MAX_IMAGE_PIXELS})"
+            )
+        if min_side is not None and image.format == "JPEG":
+            image.draft("RGB", (min_side, min_side))
+        image.load()
+        upright = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as exc:
         raise ImageUnreadable(f"image too large to decode safely ({exc})") from exc
     except UnidentifiedImageError as exc:
@@ -71,17 +74,23 @@ def _orientation_swaps_axes(image: Image.Image) -> bool:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: transparency over white, 16/32-bit and float scaled to 0-255."""
     mode = image.mode
+    if mode in ("P", "L", "RGB", "1") and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
     if mode == "RGB":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if mode.startswith("I;16") else max(float(values.max(initial=0.0)), 255.0)
+        top = float(values.max(initial=0.0))
+        if mode.startswith("I;16"):
+            peak = 65535.0
+        elif mode == "F" and 0.0 < top <= 1.0:
+            peak = 1.0  # float images in [0, 1]
+        else:
+            peak = max(top, 255.0)
         scaled = np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8)
         return Image.fromarray(scaled, mode="L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ("RGBA", "LA", "PA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

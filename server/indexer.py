@@ -185,9 +185,7 @@ class Indexer:
             images_per_second=round(counts.embedded / seconds, 2) if seconds > 0 else 0.0,
         )
 
-    def _prepare_all(
-        self, todo: list[tuple[FileStat, CatalogEntry | None]], known: set[str]
-    ) -> Iterator[_Prepared]:
+    def _prepare_all(self, todo: list[tuple[FileStat, CatalogEntry | None]], known: set[str]) -> Iterator[_Prepared]:
         """Read, hash and (for unknown content) decode files in worker threads, yielded in order, bounded in flight."""
         window = self.workers * 2 + self.batch_size
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipsearch-decode") as pool:

@@ -30,7 +30,9 @@ class PathGuard:
         """Return the resolved absolute path, or raise PathNotAllowed without touching the file's contents."""
         raw = Path(path)
         if not raw.is_absolute():
-            raise InvalidArgument(f"'{path}' is a relative path; give an absolute path (the server's folder is arbitrary).")
+            raise InvalidArgument(
+                f"'{path}' is a relative path; give an absolute path (the server's folder is arbitrary)."
+            )
         if not self.roots:
             raise PathNotAllowed(f"No folders are allowed yet, so '{path}' cannot be read. {ROOTS_HELP}")
         if not self.allows(raw):

@@ -9,9 +9,8 @@ from pathlib import Path
 from server.collection import DEFAULT_COLLECTION, Collection, CollectionStore, validate_name
 from server.config import Settings
 from server.encoder import ClipEncoder, Encoder
-from server.errors import FileMissing
+from server.errors import FileMissing, GroundTruthError
 from server.evaluate import DEFAULT_KS, DEFAULT_TEMPLATE, evaluate_folders
-from server.errors import GroundTruthError
 from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
 from server.models import CollectionInfo, CollectionList, EvaluationReport, IndexReport, SearchResponse

@@ -86,9 +86,22 @@ def test_python_dash_m_server_runs_the_cli(tiny_clip: Path, tmp_path: Path):
     folder = tmp_path / "photos"
     shutil.copytree(SAMPLES / "textures", folder)
     done = subprocess.run(
-        [sys.executable, "-m", "server", "index", str(folder), "--model", str(tiny_clip), "--index-dir",
-         str(tmp_path / "idx"), "--json"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "index",
+            str(folder),
+            "--model",
+            str(tiny_clip),
+            "--index-dir",
+            str(tmp_path / "idx"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["indexed_total"] == 3

@@ -1,6 +1,5 @@
 """SIGKILL during indexing, many times over: the collection always opens consistent and a re-run completes."""
 
-import os
 import random
 import signal
 import subprocess
@@ -88,16 +87,21 @@ def mutate(folder: Path, rng: random.Random, step: int) -> None:
     for path in files[15:20]:
         save_color(path, tuple(rng.randrange(256) for _ in range(3)), size=(24, 24), fmt="PNG")
     for i in range(30):
-        save_color(folder / f"d{i % 3}" / f"new{step}_{i}.png", tuple(rng.randrange(256) for _ in range(3)),
-                   size=(24, 24), fmt="PNG")
+        save_color(
+            folder / f"d{i % 3}" / f"new{step}_{i}.png",
+            tuple(rng.randrange(256) for _ in range(3)),
+            size=(24, 24),
+            fmt="PNG",
+        )
 
 
 def test_repeated_sigkill_never_corrupts_the_collection(tmp_path: Path):
     rng = random.Random(1234)
     folder, index = tmp_path / "photos", tmp_path / "index"
     for i in range(120):
-        save_color(folder / f"d{i % 3}" / f"img{i}.png", tuple(rng.randrange(256) for _ in range(3)),
-                   size=(24, 24), fmt="PNG")
+        save_color(
+            folder / f"d{i % 3}" / f"img{i}.png", tuple(rng.randrange(256) for _ in range(3)), size=(24, 24), fmt="PNG"
+        )
     kills = 0
     for step in range(22):
         if step:

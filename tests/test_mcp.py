@@ -40,7 +40,15 @@ async def test_five_tools_are_listed_with_input_and_output_schemas(fake_service:
     assert search["properties"]["k"]["minimum"] == 1 and search["properties"]["k"]["maximum"] == 1000
     assert "client_roots" not in search["properties"]
     assert set(tools["index_folder"].output_schema["properties"]) >= {
-        "indexed_total", "added", "updated", "moved", "unchanged", "removed", "failed", "failures", "seconds",
+        "indexed_total",
+        "added",
+        "updated",
+        "moved",
+        "unchanged",
+        "removed",
+        "failed",
+        "failures",
+        "seconds",
         "images_per_second",
     }
 

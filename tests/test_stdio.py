@@ -21,7 +21,11 @@ async def test_stdio_server_lists_tools_indexes_and_searches(tiny_clip: Path, tm
     async with Client(params, read_timeout_seconds=300) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert set(tools) == {
-            "index_folder", "search_images_by_text", "search_similar_images", "evaluate_retrieval", "list_collections"
+            "index_folder",
+            "search_images_by_text",
+            "search_similar_images",
+            "evaluate_retrieval",
+            "list_collections",
         }
         assert all(t.input_schema and t.output_schema for t in tools.values())
         indexed = await client.call_tool("index_folder", {"folder": str(SAMPLES)})
