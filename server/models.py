@@ -1,16 +1,29 @@
 """Pydantic result models shared by the MCP tools and the CLI's --json output."""
 
-from pydantic import BaseModel, Field
+import os
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field
+
+
+def _printable(text: str) -> str:
+    # File names need not be UTF-8; JSON must be. Undecodable bytes are shown as \xNN escapes.
+    if any("\udc80" <= c <= "\udcff" for c in text):
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
+PathText = Annotated[str, AfterValidator(_printable)]
 
 
 class Failure(BaseModel):
-    path: str = Field(description="File that was skipped")
+    path: PathText = Field(description="File that was skipped")
     reason: str = Field(description="Why it could not be indexed")
 
 
 class IndexReport(BaseModel):
     collection: str
-    folder: str
+    folder: PathText
     indexed_total: int = Field(description="Images in the collection after this run")
     added: int = Field(description="New files embedded (or given the vector of identical content)")
     updated: int = Field(description="Known paths whose content changed")
@@ -26,13 +39,13 @@ class IndexReport(BaseModel):
 
 class SearchHit(BaseModel):
     rank: int = Field(ge=1)
-    path: str
+    path: PathText
     score: float = Field(description="Cosine similarity between query and image, in [-1, 1]")
 
 
 class SearchResponse(BaseModel):
     collection: str
-    query: str = Field(description="The text query, or the query image's path")
+    query: PathText = Field(description="The text query, or the query image's path")
     results: list[SearchHit] = Field(description="Best first")
 
 

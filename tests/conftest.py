@@ -62,7 +62,7 @@ class FakeEncoder:
 def save_color(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "JPEG") -> Path:
     """An image of one colour with a little seeded noise, so each file has distinct content."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    seed = int.from_bytes(str(path).encode()[-8:].ljust(8, b"\0"), "little") % (2**32)
+    seed = int.from_bytes(os.fsencode(path)[-8:].ljust(8, b"\0"), "little") % (2**32)
     noise = np.random.default_rng(seed).integers(-12, 13, size=(size[1], size[0], 3))
     pixels = np.clip(np.asarray(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
     Image.fromarray(pixels, "RGB").save(path, format=fmt)

@@ -189,3 +189,15 @@ def test_progress_reports_reach_the_total(fake_service: ClipSearch, color_folder
     assert seen[0] == (0, 15)
     assert seen[-1] == (15, 15)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_file_names_that_are_not_utf8_are_indexed_and_reported_as_json(fake_service: ClipSearch, tmp_path: Path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")
+    save_color(Path(os.fsdecode(raw)), COLORS["red"])
+    report = fake_service.index_folder(folder)
+    assert report.indexed_total == 1
+    hits = fake_service.search_text("red", k=1)
+    assert hits.results[0].path.endswith("caf\\xe9.jpg")
+    assert "caf\\\\xe9.jpg" in hits.model_dump_json()
