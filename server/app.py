@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from server.collection import DEFAULT_COLLECTION
 from server.errors import ClipSearchError
 from server.evaluate import DEFAULT_KS
+from server.ground_truth import DEFAULT_TEMPLATE
 from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
 from server.paths import PathGuard
 from server.search import MAX_K, MAX_QUERY_CHARS
@@ -122,23 +123,45 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
 
     @server.tool(annotations=ToolAnnotations(title="Measure retrieval quality", read_only_hint=True))
     async def evaluate_retrieval(
+        client_roots: ClientRoots,
         collection: CollectionName = DEFAULT_COLLECTION,
         ground_truth: Annotated[
-            str, Field(description="'folders': an image's label is its parent folder's name")
+            str,
+            Field(
+                description="'folders' (an image's label is its parent folder, relative to the indexed folder) or "
+                'the absolute path of a JSON file {"text_queries": [{"query", "relevant": [paths]}], '
+                '"image_queries": [{"image", "relevant": [paths]}]}'
+            ),
         ] = "folders",
         ks: Annotated[
             list[Annotated[int, Field(ge=1, le=MAX_K)]],
-            Field(min_length=1, max_length=20, description="Cut-offs k for Recall@k"),
+            Field(min_length=1, max_length=20, description="Cut-offs k for Recall@k, Precision@k, nDCG@k"),
         ] = list(DEFAULT_KS),  # noqa: B006 - pydantic copies defaults
+        text_template: Annotated[
+            str, Field(min_length=1, max_length=200, description="Text query per label; must contain {label}")
+        ] = DEFAULT_TEMPLATE,
+        plots: Annotated[
+            bool, Field(description="Also write report.json, report.md, a score histogram and a t-SNE map")
+        ] = False,
     ) -> Annotated[CallToolResult, EvaluationReport]:
-        """Measure how well search works on a collection, as in the CLIP+FAISS paper: mean average precision and
-        Recall@k for text-to-image ('a photo of a {label}') and image-to-image queries."""
-        report = await _run(lambda: service.evaluate(collection, ground_truth, ks))
-        lines = [f"Evaluation of '{report.collection}' ({report.images} images, {report.labels} labels):"]
+        """Measure how well search works on a collection, as in the CLIP+FAISS paper: mAP, MRR, Recall@k, hit
+        rate@k, Precision@k and nDCG@k for text-to-image and image-to-image queries, worst queries listed."""
+        guard = guard_for(client_roots)
+        report_dir = service.evaluation_dir(collection) if plots else None
+        report = await _run(
+            lambda: service.evaluate(collection, ground_truth, ks, text_template, guard, report_dir, plots)
+        )
+        lines = [f"Evaluation of '{report.collection}' ({report.images} images, ground truth {report.ground_truth}):"]
         for direction, metrics in (("text→image", report.text_to_image), ("image→image", report.image_to_image)):
             recalls = ", ".join(f"R@{k} {v:.3f}" for k, v in metrics.recall_at.items())
-            lines.append(f"{direction}: mAP {metrics.map:.3f}, {recalls} ({metrics.queries} queries)")
-        return _result(report, "\n".join(lines))
+            lines.append(
+                f"{direction}: mAP {metrics.map:.3f}, MRR {metrics.mrr:.3f}, {recalls} "
+                f"({metrics.queries} queries, {metrics.skipped} skipped)"
+            )
+        if report.report_dir:
+            lines.append(f"Report written to {report.report_dir}")
+        images = [Image(data=Path(p).read_bytes(), format="png").to_image_content() for p in report.plots]
+        return _result(report, "\n".join(lines), images)
 
     @server.tool(annotations=ToolAnnotations(title="List collections", read_only_hint=True))
     async def list_collections() -> Annotated[CallToolResult, CollectionList]:

@@ -4,13 +4,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from server.collection import DEFAULT_COLLECTION
 from server.errors import ClipSearchError
-from server.evaluate import DEFAULT_KS, DEFAULT_TEMPLATE
+from server.evaluate import DEFAULT_KS
+from server.ground_truth import DEFAULT_TEMPLATE
 from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
 
 EXIT_ERROR = 2
@@ -41,9 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
     similar.add_argument("image")
     evaluate = commands.add_parser("eval", parents=[common, output, named], help="Measure retrieval quality")
-    evaluate.add_argument("--ground-truth", default="folders", help="'folders' (labels are parent folder names)")
-    evaluate.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="Cut-offs for Recall@k")
+    evaluate.add_argument(
+        "--ground-truth", default="folders", help="'folders' (labels are subfolder names) or a ground-truth JSON file"
+    )
+    evaluate.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="Cut-offs k for the @k metrics")
     evaluate.add_argument("--template", default=DEFAULT_TEMPLATE, help="Text query per label (default: %(default)r)")
+    evaluate.add_argument(
+        "--plots", metavar="DIR", type=Path, help="Write report.json, report.md, score histogram and t-SNE map to DIR"
+    )
     commands.add_parser("collections", parents=[common, output], help="List collections")
     serve = commands.add_parser("serve", parents=[common], help="Run the MCP server on stdio")
     serve.add_argument(
@@ -93,7 +100,10 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
     elif args.command == "similar":
         result = service.search_image(args.image, args.k, args.collection)
     elif args.command == "eval":
-        result = service.evaluate(args.collection, args.ground_truth, args.ks, args.template)
+        plots_dir = args.plots.expanduser().absolute() if args.plots else None
+        result = service.evaluate(
+            args.collection, args.ground_truth, args.ks, args.template, None, plots_dir, plots_dir is not None
+        )
     else:
         result = service.list_collections()
     print(result.model_dump_json(indent=2) if args.json else render(result))
@@ -119,13 +129,7 @@ def render(result: BaseModel) -> str:
         lines += [f"  skipped {f.path}: {f.reason}" for f in result.failures]
         return "\n".join(lines)
     if isinstance(result, EvaluationReport):
-        ks = list(result.text_to_image.recall_at)
-        header = f"{'direction':<14}{'queries':>8}{'mAP':>8}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
-        rows = [f"Collection '{result.collection}': {result.images} images, {result.labels} labels", header]
-        for name, metrics in (("text→image", result.text_to_image), ("image→image", result.image_to_image)):
-            cells = "".join(f"{metrics.recall_at[k]:>8.3f}" for k in ks)
-            rows.append(f"{name:<14}{metrics.queries:>8}{metrics.map:>8.3f}{cells}")
-        return "\n".join(rows)
+        return render_evaluation(result)
     if isinstance(result, CollectionList):
         if not result.collections:
             return f"No collections in {result.index_dir}."
@@ -133,6 +137,33 @@ def render(result: BaseModel) -> str:
         rows += [f"{c.name:<20}{c.images:>8}  {c.dim:>4}  {c.index_type:<6} {c.model}" for c in result.collections]
         return "\n".join(rows)
     return result.model_dump_json(indent=2)
+
+
+def render_evaluation(report: EvaluationReport) -> str:
+    """The paper's Table 3 layout: one row per metric, one column per direction."""
+    t2i, i2i = report.text_to_image, report.image_to_image
+    rows = [
+        f"Collection '{report.collection}': {report.images} images, ground truth {report.ground_truth}",
+        f"{'metric':<14}{'text→image':>12}{'image→image':>13}",
+        f"{'mAP':<14}{t2i.map:>12.3f}{i2i.map:>13.3f}",
+        f"{'MRR':<14}{t2i.mrr:>12.3f}{i2i.mrr:>13.3f}",
+    ]
+    for name, attribute in (
+        ("Recall", "recall_at"),
+        ("Hit rate", "hit_rate_at"),
+        ("Precision", "precision_at"),
+        ("nDCG", "ndcg_at"),
+    ):
+        for k in report.ks:
+            t, i = getattr(t2i, attribute)[k], getattr(i2i, attribute)[k]
+            rows.append(f"{f'{name}@{k}':<14}{t:>12.3f}{i:>13.3f}")
+    rows.append(f"{'queries':<14}{t2i.queries:>12}{i2i.queries:>13}")
+    rows.append(f"{'skipped':<14}{t2i.skipped:>12}{i2i.skipped:>13}")
+    if report.unknown_count:
+        rows.append(f"{report.unknown_count} ground-truth paths are not in the collection")
+    if report.report_dir:
+        rows.append(f"report written to {report.report_dir}")
+    return "\n".join(rows)
 
 
 class _ProgressBar:

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_hash ON images(hash);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS folders (path BLOB PRIMARY KEY);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 """
 
@@ -186,6 +187,12 @@ class Collection:
                 "SELECT id, path, size, mtime_ns, hash FROM images WHERE hash = ? ORDER BY id", (content_hash,)
             ).fetchall()
         return [_entry(row) for row in rows]
+
+    def indexed_folders(self) -> list[Path]:
+        """Folders that indexing runs were pointed at, outermost first."""
+        with self._lock:
+            rows = self._conn.execute("SELECT path FROM folders").fetchall()
+        return sorted((Path(os.fsdecode(r[0])) for r in rows), key=lambda p: (len(p.parts), str(p)))
 
     def known_hashes(self) -> set[str]:
         with self._lock:
@@ -408,6 +415,11 @@ class CollectionWriter:
             "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
             (_path_key(path), size, mtime_ns, image_id),
         )
+
+    def record_folder(self, folder: Path) -> None:
+        """Remember a folder an indexing run covered (labels for evaluation are relative to it)."""
+        self._begin()
+        self._conn.execute("INSERT OR IGNORE INTO folders (path) VALUES (?)", (_path_key(folder),))
 
     def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
         """Same content, new size or modification time recorded so the next run skips it on stat alone."""

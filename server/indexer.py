@@ -159,6 +159,7 @@ class Indexer:
             progress(0, len(todo), f"{len(files)} images found, {len(todo)} to process")
 
         with collection.writer() as writer:
+            writer.record_folder(folder)
             run = _Run(self, collection, writer, counts, vanished, progress, len(todo))
             for prepared in self._prepare_all(todo, known):
                 run.handle(prepared)

@@ -49,21 +49,46 @@ class SearchResponse(BaseModel):
     results: list[SearchHit] = Field(description="Best first")
 
 
+class QueryResult(BaseModel):
+    query: PathText = Field(description="The query text, or the query image's path")
+    relevant: int = Field(description="Relevant images in the collection")
+    ap: float = Field(description="Average precision over the full ranking")
+    rr: float = Field(description="Reciprocal rank of the first relevant image")
+    recall_at: dict[int, float]
+    precision_at: dict[int, float]
+    hit_rate_at: dict[int, float]
+    ndcg_at: dict[int, float]
+    relevant_ranks: list[int] = Field(description="1-based ranks of the relevant images in the full ranking")
+    top: list[PathText] = Field(description="The top results, best first (as many as the largest k)")
+
+
 class DirectionMetrics(BaseModel):
     map: float = Field(description="Mean average precision over the full ranking of the collection")
+    mrr: float = Field(description="Mean reciprocal rank of the first relevant image")
     recall_at: dict[int, float] = Field(description="Mean fraction of a query's relevant images in its top k")
+    hit_rate_at: dict[int, float] = Field(description="Fraction of queries with a relevant image in the top k")
+    precision_at: dict[int, float] = Field(description="Mean fraction of the top k that is relevant")
+    ndcg_at: dict[int, float] = Field(description="Mean binary-relevance nDCG at k")
     queries: int = Field(description="Queries evaluated")
-    skipped: int = Field(description="Queries skipped because they have no relevant image besides themselves")
+    skipped: int = Field(description="Queries that could not be evaluated (reasons in notes)")
+    worst: list[QueryResult] = Field(description="The lowest-AP queries, worst first (all of them in report.json)")
 
 
 class EvaluationReport(BaseModel):
     collection: str
-    ground_truth: str
+    ground_truth: str = Field(description="'folders' or the ground-truth file used")
     images: int
-    labels: int
+    labels: int | None = Field(description="Distinct folder labels ('folders' ground truth only)")
     text_template: str
+    ks: list[int]
     text_to_image: DirectionMetrics
     image_to_image: DirectionMetrics
+    unknown_paths: list[PathText] = Field(description="Ground-truth paths not in the collection (first 50)")
+    unknown_count: int
+    notes: list[str] = Field(description="Why queries were skipped (first 50)")
+    seconds: float
+    report_dir: PathText | None = Field(description="Folder holding report.json, report.md and the plots, if written")
+    plots: list[PathText] = Field(default_factory=list)
 
 
 class CollectionInfo(BaseModel):

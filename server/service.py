@@ -4,13 +4,16 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from server.collection import DEFAULT_COLLECTION, Collection, CollectionStore, validate_name
 from server.config import Settings
 from server.encoder import ClipEncoder, Encoder
-from server.errors import FileMissing, GroundTruthError
-from server.evaluate import DEFAULT_KS, DEFAULT_TEMPLATE, evaluate_folders
+from server.errors import FileMissing
+from server.evaluate import DEFAULT_KS
+from server.evaluate import evaluate as evaluate_collection
+from server.ground_truth import DEFAULT_TEMPLATE
 from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
 from server.models import CollectionInfo, CollectionList, EvaluationReport, IndexReport, SearchResponse
@@ -82,10 +85,22 @@ class ClipSearch:
         ground_truth: str = "folders",
         ks: Sequence[int] = DEFAULT_KS,
         template: str = DEFAULT_TEMPLATE,
+        guard: PathGuard | None = None,
+        report_dir: Path | None = None,
+        plots: bool = False,
     ) -> EvaluationReport:
-        if ground_truth != "folders":
-            raise GroundTruthError(f"Unknown ground truth {ground_truth!r}; supported: 'folders'.")
-        return evaluate_folders(self.collection(collection), self.encoder, ks, template)
+        """Measure retrieval on a collection; with `report_dir`, also write report.json/.md (and plots)."""
+        evaluation = evaluate_collection(self.collection(collection), self.encoder, ground_truth, ks, template, guard)
+        if report_dir is not None:
+            from server.report import write_report
+
+            write_report(evaluation, report_dir, plots)
+        return evaluation.report
+
+    def evaluation_dir(self, collection: str) -> Path:
+        """Where the MCP tool keeps a collection's written evaluations: inside the index directory."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return self.store.index_dir / validate_name(collection) / "evaluations" / stamp
 
     def list_collections(self) -> CollectionList:
         infos = []

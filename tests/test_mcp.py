@@ -129,7 +129,9 @@ async def test_evaluate_and_list_collections_report_structured_figures(fake_serv
         ("search_images_by_text", {"query": "red", "k": 1001}, "less than or equal to 1000"),
         ("search_images_by_text", {"query": "red", "collection": "nope"}, "No collection named 'nope'"),
         ("search_images_by_text", {"query": "red", "collection": "../etc"}, "Invalid collection name"),
-        ("evaluate_retrieval", {"ground_truth": "labels.csv"}, "Unknown ground truth"),
+        ("evaluate_retrieval", {"ground_truth": "labels.json"}, "relative path"),
+        ("evaluate_retrieval", {"ks": [0]}, "greater than or equal to 1"),
+        ("evaluate_retrieval", {"text_template": "no placeholder"}, "must contain"),
     ],
 )
 async def test_bad_arguments_come_back_as_readable_tool_errors(

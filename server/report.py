@@ -1,0 +1,170 @@
+"""Written evaluation reports: report.json (everything), report.md (the paper's Table 3, then per-query details),
+and the paper's two pictures: a histogram of retrieved similarity scores (its Fig. 4) and a t-SNE map (its Fig. 9).
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from server.evaluate import Direction, Evaluation
+
+log = logging.getLogger(__name__)
+
+TSNE_MAX_POINTS = 3000
+MARKDOWN_MAX_ROWS = 200
+
+
+def write_report(evaluation: Evaluation, folder: Path, plots: bool = True) -> list[Path]:
+    """Write the report files into `folder` (created if needed); returns the PNGs written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if plots:
+        written.append(_histogram(evaluation, folder / "similarity_histogram.png"))
+        tsne = _tsne(evaluation, folder / "tsne.png")
+        if tsne is not None:
+            written.append(tsne)
+    report = evaluation.report.model_copy(update={"report_dir": str(folder), "plots": [str(p) for p in written]})
+    evaluation.report = report
+    full = {
+        **report.model_dump(mode="json"),
+        "per_query": {
+            "text_to_image": [q.model_dump(mode="json") for q in evaluation.text_to_image.per_query],
+            "image_to_image": [q.model_dump(mode="json") for q in evaluation.image_to_image.per_query],
+        },
+    }
+    (folder / "report.json").write_text(json.dumps(full, indent=1), encoding="utf-8")
+    (folder / "report.md").write_text(markdown(evaluation), encoding="utf-8")
+    return written
+
+
+def markdown(evaluation: Evaluation) -> str:
+    report = evaluation.report
+    t2i, i2i = report.text_to_image, report.image_to_image
+    lines = [
+        f"# Retrieval evaluation: collection '{report.collection}'",
+        "",
+        f"Ground truth: {report.ground_truth}; {report.images} images"
+        + (f", {report.labels} labels" if report.labels is not None else "")
+        + f"; text queries from {report.text_template!r}.",
+        "",
+        "| Metric | Text-to-Image | Image-to-Image |",
+        "|---|---|---|",
+        f"| mAP | {t2i.map:.4f} | {i2i.map:.4f} |",
+        f"| MRR | {t2i.mrr:.4f} | {i2i.mrr:.4f} |",
+    ]
+    for name, attribute in (
+        ("Recall", "recall_at"),
+        ("Hit rate", "hit_rate_at"),
+        ("Precision", "precision_at"),
+        ("nDCG", "ndcg_at"),
+    ):
+        for k in report.ks:
+            lines.append(f"| {name}@{k} | {getattr(t2i, attribute)[k]:.4f} | {getattr(i2i, attribute)[k]:.4f} |")
+    lines += [f"| Queries (skipped) | {t2i.queries} ({t2i.skipped}) | {i2i.queries} ({i2i.skipped}) |", ""]
+    if report.unknown_count:
+        lines += [f"{report.unknown_count} ground-truth paths are not in the collection.", ""]
+    directions = (("Text-to-image", evaluation.text_to_image), ("Image-to-image", evaluation.image_to_image))
+    for title, direction in directions:
+        lines += _query_table(title, direction, report.ks)
+    if report.plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report.plots] + [""]
+    return "\n".join(lines)
+
+
+def _query_table(title: str, direction: Direction, ks: list[int]) -> list[str]:
+    k = ks[-1]
+    rows = direction.per_query[:MARKDOWN_MAX_ROWS]
+    lines = [
+        f"## {title} queries, worst first",
+        "",
+        f"| Query | Relevant | AP | RR | Recall@{k} | First relevant rank | Top result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for q in rows:
+        first = q.relevant_ranks[0] if q.relevant_ranks else "-"
+        top = Path(q.top[0]).name if q.top else "-"
+        query = q.query.replace("|", "\\|")
+        lines.append(f"| {query} | {q.relevant} | {q.ap:.3f} | {q.rr:.3f} | {q.recall_at[k]:.3f} | {first} | {top} |")
+    if len(direction.per_query) > len(rows):
+        lines.append(f"| ... {len(direction.per_query) - len(rows)} more in report.json | | | | | | |")
+    return [*lines, ""]
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _histogram(evaluation: Evaluation, target: Path) -> Path:
+    """Fig. 4: similarity scores of the retrieved (top-k) results, relevant and not, per direction."""
+    plt = _pyplot()
+    k = evaluation.report.ks[-1]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for axis, (title, direction) in zip(
+        axes, (("Text → image", evaluation.text_to_image), ("Image → image", evaluation.image_to_image)), strict=True
+    ):
+        scores, relevant = direction.top_scores[:, :k], direction.top_relevant[:, :k]
+        finite = np.isfinite(scores)
+        if scores.size and finite.any():
+            low, high = float(scores[finite].min()), float(scores[finite].max())
+            bins = np.linspace(low, high if high > low else low + 1e-3, 31)
+            axis.hist(
+                [scores[finite & relevant], scores[finite & ~relevant]],
+                bins=bins,
+                stacked=True,
+                label=["relevant", "not relevant"],
+                color=["tab:green", "tab:gray"],
+            )
+            axis.legend()
+        axis.set_title(f"{title}: top-{k} similarity scores ({direction.summary.queries} queries)")
+        axis.set_xlabel("cosine similarity")
+        axis.set_ylabel("results")
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return target
+
+
+def _tsne(evaluation: Evaluation, target: Path) -> Path | None:
+    """Fig. 9: a 2-D t-SNE map of the image embeddings, coloured by label (a seeded sample if very large)."""
+    vectors = evaluation.vectors
+    n = len(vectors)
+    if n < 5:
+        log.info("t-SNE skipped: %d images are too few", n)
+        return None
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(n, TSNE_MAX_POINTS, replace=False)) if n > TSNE_MAX_POINTS else np.arange(n)
+    perplexity = float(min(30.0, max(2.0, (len(rows) - 1) / 3.0)))
+    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(vectors[rows])
+    labels = [evaluation.truth.labels[i] if evaluation.truth.labels else None for i in rows]
+    names = [label or "(no label)" for label in labels]
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    shown = sorted(counts, key=lambda name: (-counts[name], name))[:19]
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 7))
+    colours = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+    for index, name in enumerate(shown):
+        mask = np.array([x == name for x in names])
+        axis.scatter(points[mask, 0], points[mask, 1], s=12, color=colours(index), label=name)
+    rest = np.array([x not in shown for x in names])
+    if rest.any():
+        axis.scatter(points[rest, 0], points[rest, 1], s=8, color="lightgray", label="other labels")
+    axis.legend(fontsize=7, markerscale=1.5, loc="best")
+    sampled = f", {len(rows)} of {n} sampled" if len(rows) < n else ""
+    axis.set_title(f"t-SNE of image embeddings ({n} images{sampled}, perplexity {perplexity:.0f})")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return target
