@@ -1,6 +1,6 @@
 """Time `evaluate_retrieval` on a synthetic labelled collection (no model: stored vectors, seeded clusters).
 
-    python -m bench.evaluation --images 10000 --labels 100 --json
+python -m bench.evaluation --images 10000 --labels 100 --json
 """
 
 import argparse

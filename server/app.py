@@ -4,7 +4,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
 import anyio
@@ -78,13 +78,22 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
         remove_missing: Annotated[
             bool, Field(description="Drop catalogued images under this folder that no longer exist")
         ] = True,
+        index_type: Annotated[
+            Literal["auto", "flat", "ivf"] | None,
+            Field(
+                description="Search index: 'flat' exact, 'ivf' approximate (fast for very large collections), "
+                "'auto' switches to ivf from 150,000 images; omitted keeps the collection's setting"
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, IndexReport]:
         """Index (or re-index) a folder's images so they can be searched. Only new or changed files are embedded;
         renamed files keep their vectors; unreadable files are skipped and listed with the reason."""
         guard = guard_for(client_roots)
         report_progress = _progress_reporter(ctx)
         report = await _run(
-            lambda: service.index_folder(folder, collection, recursive, remove_missing, guard, report_progress)
+            lambda: service.index_folder(
+                folder, collection, recursive, remove_missing, guard, report_progress, index_type
+            )
         )
         text = (
             f"Indexed {report.folder} into '{report.collection}': {report.indexed_total} images in total; "

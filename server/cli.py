@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--keep-missing", dest="remove_missing", action="store_false", help="Keep entries for files that vanished"
     )
+    index.add_argument(
+        "--index-type",
+        choices=["auto", "flat", "ivf"],
+        help="Search index: flat (exact), ivf (approximate), auto (ivf from 150,000 images); default: keep",
+    )
     search = commands.add_parser("search", parents=[common, output, named, topk], help="Find images by description")
     search.add_argument("text")
     similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
@@ -94,7 +99,9 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
     result: BaseModel
     if args.command == "index":
         with _ProgressBar(enabled=not args.json) as bar:
-            result = service.index_folder(args.folder, args.collection, args.recursive, args.remove_missing, None, bar)
+            result = service.index_folder(
+                args.folder, args.collection, args.recursive, args.remove_missing, None, bar, args.index_type
+            )
     elif args.command == "search":
         result = service.search_text(args.text, args.k, args.collection)
     elif args.command == "similar":

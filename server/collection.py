@@ -17,7 +17,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
+from server.faiss_index import INDEX_TYPES, IndexSpec, apply_params, choose_kind, new_flat, train_ivf
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,19 @@ class Manifest:
     model: str
     dim: int
     metric: str
-    index_type: str
+    index_type: str  # the index in use: "flat" or "ivf"
     created: str
+    index_policy: str = "auto"  # what the user asked for: "auto", "flat" or "ivf"
+    index_params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def new(cls, model: str, dim: int, index_type: str = "flat") -> "Manifest":
-        return cls(SCHEMA_VERSION, model, dim, "inner_product", index_type, datetime.now(UTC).isoformat())
+    def new(cls, model: str, dim: int, index_policy: str = "auto") -> "Manifest":
+        # Every collection starts Flat; IVF needs vectors to train on, so it is built at the end of a write.
+        return cls(SCHEMA_VERSION, model, dim, "inner_product", "flat", datetime.now(UTC).isoformat(), index_policy)
+
+    @property
+    def spec(self) -> IndexSpec:
+        return IndexSpec(self.index_type, dict(self.index_params))
 
 
 @dataclass(frozen=True)
@@ -102,12 +110,6 @@ def _path_key(path: Path) -> bytes:
 
 def _entry(row: tuple[Any, ...]) -> CatalogEntry:
     return CatalogEntry(id=row[0], path=Path(os.fsdecode(row[1])), size=row[2], mtime_ns=row[3], hash=row[4])
-
-
-def _new_index(dim: int) -> Any:
-    import faiss
-
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -265,6 +267,7 @@ class Collection:
                 raise
             finally:
                 writer.close()
+            self._convert_if_needed()
             self._save_index()
         finally:
             lock.release()
@@ -283,6 +286,45 @@ class Collection:
                 ids = np.fromiter(added, dtype=np.int64, count=len(added))
                 self._index.add_with_ids(np.stack(list(added.values())).astype(np.float32), ids)
             self.generation = generation
+
+    def set_index_policy(self, policy: str) -> None:
+        """Record which index the user wants ('auto', 'flat', 'ivf'); applied at the end of the next write."""
+        if policy not in INDEX_TYPES:
+            raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {policy!r}.")
+        if policy != self.manifest.index_policy:
+            self._write_manifest(replace(self.manifest, index_policy=policy))
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        _write_atomically(self.folder / "manifest.json", json.dumps(asdict(manifest), indent=2).encode("utf-8"))
+        self.manifest = manifest
+
+    def _convert_if_needed(self) -> None:
+        """Switch between Flat and IVF when the policy (or, for 'auto', the size) asks for the other kind.
+
+        Order matters for crash safety: the trained IVF file, then the manifest; an index file of the wrong kind is
+        never loaded (`_fits`), so a crash in between only costs a rebuild from the catalog on the next open.
+        """
+        count = self.count()
+        wanted = choose_kind(self.manifest.index_policy, count)
+        if wanted == self.manifest.index_type or (wanted == "ivf" and count == 0):
+            return
+        import faiss
+
+        log.info("collection %s: switching its index from %s to %s", self.name, self.manifest.index_type, wanted)
+        ids, _, vectors = self.all_vectors()
+        if wanted == "ivf":
+            trained, spec = train_ivf(vectors)
+            _write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
+            index = faiss.clone_index(trained)
+        else:
+            spec = IndexSpec("flat")
+            index = new_flat(self.manifest.dim)
+        if len(ids):
+            index.add_with_ids(vectors, ids)
+        apply_params(index, spec)
+        with self._lock:
+            self._write_manifest(replace(self.manifest, index_type=spec.kind, index_params=spec.params))
+            self._index = index
 
     # --- index file ----------------------------------------------------------------------------------------------
 
@@ -305,20 +347,39 @@ class Collection:
                         index = faiss.read_index(str(stored))
                     except RuntimeError as exc:
                         log.warning("index file %s unreadable (%s); rebuilding from the catalog", stored, exc)
-                if index is None or index.ntotal != count or index.d != self.manifest.dim:
+                if index is None or index.ntotal != count or not self._fits(index):
                     index = self._rebuild(self._conn)
                     rebuilt = True
                 else:
                     rebuilt = False
             finally:
                 self._conn.execute("COMMIT")
+            apply_params(index, self.manifest.spec)
             self._index = index
             self.generation = generation
         if rebuilt:
             self._try_save_index()
 
+    def _fits(self, index: Any) -> bool:
+        """Whether a stored index is of the kind and dimension the manifest names."""
+        import faiss
+
+        try:
+            faiss.extract_index_ivf(index)
+            kind = "ivf"
+        except RuntimeError:
+            kind = "flat"
+        return index.d == self.manifest.dim and kind == self.manifest.index_type
+
+    def _empty_index(self) -> Any:
+        import faiss
+
+        if self.manifest.index_type == "ivf":
+            return faiss.read_index(str(self.folder / "ivf_trained.faiss"))
+        return new_flat(self.manifest.dim)
+
     def _rebuild(self, conn: sqlite3.Connection) -> Any:
-        index = _new_index(self.manifest.dim)
+        index = self._empty_index()
         cursor = conn.execute("SELECT id, vector FROM images ORDER BY id")
         while rows := cursor.fetchmany(4096):
             ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -487,7 +548,9 @@ class CollectionStore:
                 f"Collection '{name}' uses format version {data.get('schema_version')}, this clipsearch reads "
                 f"version {SCHEMA_VERSION}. Re-index into a new collection name."
             )
-        return Manifest(**{field: data[field] for field in Manifest.__dataclass_fields__})
+        required = ("schema_version", "model", "dim", "metric", "index_type", "created")
+        optional = {key: data[key] for key in ("index_policy", "index_params") if key in data}
+        return Manifest(**{key: data[key] for key in required}, **optional)
 
     def open(self, name: str, model: str, dim: int | None = None) -> Collection:
         """Open an existing collection, refusing one built with another model or dimension."""
@@ -500,13 +563,15 @@ class CollectionStore:
             )
         return Collection(name, self.index_dir / name, manifest)
 
-    def create(self, name: str, model: str, dim: int) -> Collection:
+    def create(self, name: str, model: str, dim: int, index_policy: str = "auto") -> Collection:
         """Open the collection if it exists (checking its model), else create it."""
         folder = self.index_dir / validate_name(name)
         if (folder / "manifest.json").is_file():
             return self.open(name, model, dim)
         folder.mkdir(parents=True, exist_ok=True)
-        manifest = Manifest.new(model, dim)
+        if index_policy not in INDEX_TYPES:
+            raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_policy!r}.")
+        manifest = Manifest.new(model, dim, index_policy)
         _write_atomically(folder / "manifest.json", json.dumps(asdict(manifest), indent=2).encode("utf-8"))
         return Collection(name, folder, manifest)
 

@@ -84,7 +84,7 @@ def evaluate(
         truth = from_folders(paths, collection.indexed_folders(), template)
     else:
         truth = from_json(Path(ground_truth).expanduser(), paths, guard)
-    top_n = min(max(ks), len(paths) - 1)  # an image query's own row is never among its results
+    top_n = min(max(ks), len(paths))
 
     text_vectors = encoder.encode_texts([q.text for q in truth.text_queries]) if truth.text_queries else None
     text = _direction(
@@ -99,15 +99,17 @@ def evaluate(
         len(truth.skipped_text),
     )
     image_queries, image_vectors = _image_query_vectors(truth, vectors, encoder, guard)
+    own_rows = [q.row for q in image_queries]
     image = _direction(
         [str(q.path) for q in image_queries],
         image_vectors,
         [q.relevant for q in image_queries],
-        [q.row for q in image_queries],
+        own_rows,
         vectors,
         paths,
         ks,
-        top_n,
+        # A query image in the collection is never among its own results, so one fewer can be listed.
+        min(top_n, len(paths) - 1) if any(row is not None for row in own_rows) else top_n,
         len(truth.skipped_image),
     )
     if not text.per_query and not image.per_query:

@@ -164,6 +164,6 @@ def from_json(file: Path, paths: Sequence[Path], guard: PathGuard | None = None)
         if relevant:
             truth.image_queries.append(ImageQuery(image, relevant, own))
         else:
-            truth.skipped_image.append(f"{image_entry.image}: none of its relevant images is in the collection")
+            truth.skipped_image.append(f"{image_entry.image}: no relevant image other than itself is in the collection")
     truth.unknown_paths = list(unknown)
     return truth

@@ -54,12 +54,17 @@ class ClipSearch:
         remove_missing: bool = True,
         guard: PathGuard | None = None,
         progress: ProgressFn | None = None,
+        index_type: str | None = None,
     ) -> IndexReport:
-        """Index a folder's images into a collection, embedding only new or changed files."""
+        """Index a folder's images into a collection, embedding only new or changed files.
+
+        `index_type` ('auto', 'flat', 'ivf') changes the collection's index choice; None keeps it."""
         path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
         target = self.collection(collection, create=True)
+        if index_type is not None:
+            target.set_index_policy(index_type)
         return self.indexer.run(
             target,
             path,

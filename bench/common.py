@@ -1,0 +1,52 @@
+"""Shared benchmark helpers: machine description, timing statistics, photo-sized test images."""
+
+import os
+import platform
+import resource
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def machine() -> str:
+    """CPU model, cores and Python: every figure is only meaningful next to this."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}; {os.cpu_count()} CPUs; Python {platform.python_version()}"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    values = np.asarray(samples_ms)
+    return {"p50_ms": round(float(np.percentile(values, 50)), 3), "p95_ms": round(float(np.percentile(values, 95)), 3)}
+
+
+def make_photos(folder: Path, count: int, size: tuple[int, int] = (4000, 3000), quality: int = 90) -> list[Path]:
+    """`count` distinct photo-sized JPEGs (default 12 MP) made from the sample photos, rotated and mirrored."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(SAMPLES.rglob("*.jpg"))
+    paths = []
+    for i in range(count):
+        target = folder / f"photo_{i:05d}.jpg"
+        if not target.exists():
+            with Image.open(sources[i % len(sources)]) as source:
+                image = source.convert("RGB")
+            if (i // len(sources)) % 2:
+                image = ImageOps.mirror(image)
+            image = image.rotate((i // (2 * len(sources))) * 7 % 360, expand=False)
+            image.resize(size, Image.Resampling.BICUBIC).save(target, "JPEG", quality=quality)
+        paths.append(target)
+    return paths

@@ -1,0 +1,107 @@
+"""Which FAISS index a collection uses, and how it is built: exact Flat, or IVF once a collection is large.
+
+Flat (`IndexIDMap2` over `IndexFlatIP`) scans every vector: exact, and fast enough below `AUTO_ANN_THRESHOLD`.
+IVF (`IndexIVFFlat`, inner product) scans only the `nprobe` nearest of `nlist` clusters; `nprobe` is calibrated at
+build time against exact search so that recall@10 reaches `TARGET_RECALL`. Both take new vectors without a rebuild
+(IVF keeps its trained centroids) and both remove ids.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+INDEX_TYPES = ("auto", "flat", "ivf")
+# Below this many vectors an exact scan answers a single query in a few tens of milliseconds on a laptop CPU
+# (docs/benchmarks.md); above it, IVF's approximate search is much faster at recall@10 >= 0.95.
+AUTO_ANN_THRESHOLD = 150_000
+TARGET_RECALL = 0.97
+MAX_TRAINING_VECTORS = 100_000
+CALIBRATION_QUERIES = 300
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What the manifest records: the index kind and its parameters."""
+
+    kind: str  # "flat" or "ivf"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def choose_kind(policy: str, count: int) -> str:
+    """The index kind a collection should have: the policy, or for 'auto' the size-based choice."""
+    if policy == "auto":
+        return "ivf" if count >= AUTO_ANN_THRESHOLD else "flat"
+    return policy
+
+
+def new_flat(dim: int) -> Any:
+    import faiss
+
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def nlist_for(count: int) -> int:
+    """About 4·sqrt(n) clusters, a power of two up to 16384, with at least 39 training vectors per cluster."""
+    target = 4 * math.sqrt(max(count, 1))
+    nlist = int(min(16384, max(64, 2 ** round(math.log2(target)))))
+    return max(1, min(nlist, count // 39))
+
+
+def train_ivf(vectors: npt.NDArray[np.float32], seed: int = 0) -> tuple[Any, IndexSpec]:
+    """An empty, trained IVF index for data like `vectors`, and its spec with a calibrated nprobe."""
+    import faiss
+
+    count, dim = vectors.shape
+    nlist = nlist_for(count)
+    rng = np.random.default_rng(seed)
+    sample = vectors[rng.choice(count, min(count, MAX_TRAINING_VECTORS), replace=False)] if count else vectors
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    nprobe = calibrate_nprobe(index, vectors, rng)
+    return index, IndexSpec("ivf", {"nlist": nlist, "nprobe": nprobe, "target_recall_at_10": TARGET_RECALL})
+
+
+def calibrate_nprobe(trained: Any, vectors: npt.NDArray[np.float32], rng: np.random.Generator) -> int:
+    """Smallest power-of-two nprobe whose recall@10 against exact search, on held-in queries, meets the target."""
+    import faiss
+
+    count, dim = vectors.shape
+    if count == 0:
+        return 16
+    probe = faiss.clone_index(trained)
+    probe.add_with_ids(vectors, np.arange(count, dtype=np.int64))
+    picks = rng.choice(count, min(count, CALIBRATION_QUERIES), replace=False)
+    # Queries near, not at, stored vectors: like a text or image query that resembles part of the collection.
+    noise = rng.normal(0, 0.02, (len(picks), dim)).astype(np.float32)
+    queries = vectors[picks] + noise
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(vectors)
+    k = min(10, count)
+    _, truth = exact.search(queries, k)
+    nlist = probe.nlist
+    nprobe = 1
+    while nprobe < nlist:
+        probe.nprobe = nprobe
+        _, found = probe.search(queries, k)
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)])
+        log.info("IVF nlist=%d nprobe=%d recall@10=%.4f", nlist, nprobe, recall)
+        if recall >= TARGET_RECALL:
+            return nprobe
+        nprobe *= 2
+    return nlist
+
+
+def apply_params(index: Any, spec: IndexSpec) -> None:
+    """Set search-time parameters (nprobe) on a loaded index."""
+    if spec.kind == "ivf":
+        index.nprobe = int(spec.params.get("nprobe", 16))
