@@ -1,13 +1,15 @@
 """Write a CLIP checkpoint with random weights: the real transformers classes, for offline tests and speed work.
 
 `--size vit-b-32` has the full ViT-B/32 architecture (the real model's cost, meaningless results); `--size tiny` is
-small enough for unit tests. The tokenizer is a real CLIPTokenizer over a byte-level vocabulary (no merges), since
-CLIP's own vocabulary is not available offline.
+small enough for unit tests. The tokenizer is a real CLIPTokenizer over a byte-level vocabulary (no merges), or,
+with `--bpe`, over CLIP's own 49,408-token vocabulary rebuilt from its BPE merges file (`bpe_simple_vocab_16e6.txt.gz`,
+shipped in the `open_clip_torch` wheel), so text costs what it costs with the real model.
 
-    python -m bench.checkpoint /tmp/clip-random --size vit-b-32
+    python -m bench.checkpoint /tmp/clip-random --size vit-b-32 [--bpe bpe_simple_vocab_16e6.txt.gz]
 """
 
 import argparse
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +25,36 @@ TINY: dict[str, Any] = {
 VIT_B_32: dict[str, Any] = {"text": {}, "vision": {}, "projection_dim": 512}
 
 
-def write_random_clip(folder: Path, size: str = "tiny", seed: int = 0) -> Path:
+def byte_alphabet() -> list[str]:
+    """Byte-level BPE's 256 symbols, in byte-level BPE's order: printable bytes as themselves, first, then the
+    other bytes shifted to code points from 256 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+
+
+def clip_vocabulary(bpe_file: Path | None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's vocabulary and merges from its BPE file, or a merge-free byte-level vocabulary without one."""
+    symbols = byte_alphabet()
+    merges: list[tuple[str, str]] = []
+    if bpe_file is not None:
+        with gzip.open(bpe_file, "rt", encoding="utf-8") as handle:
+            lines = handle.read().split("\n")
+        # CLIP uses the first 49152 - 256 - 2 merges after the version line.
+        merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # type: ignore[misc]
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(pair) for pair in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def write_random_clip(folder: Path, size: str = "tiny", seed: int = 0, bpe_file: Path | None = None) -> Path:
     """Save model, tokenizer and preprocessor config to `folder`, loadable with `from_pretrained(folder)`."""
     import torch
-    from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
     shape = {"tiny": TINY, "vit-b-32": VIT_B_32}[size]
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    vocab.update({ch + "</w>": len(alphabet) + i for i, ch in enumerate(alphabet)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    vocab, merges = clip_vocabulary(bpe_file)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     config = CLIPConfig(
         text_config={
             **shape["text"],
@@ -62,8 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--size", choices=["tiny", "vit-b-32"], default="vit-b-32")
+    parser.add_argument("--bpe", type=Path, help="CLIP's bpe_simple_vocab_16e6.txt.gz, for its real tokenizer")
     args = parser.parse_args()
-    print(write_random_clip(args.folder, args.size))
+    print(write_random_clip(args.folder, args.size, bpe_file=args.bpe))
 
 
 if __name__ == "__main__":

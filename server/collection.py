@@ -26,12 +26,13 @@ import numpy as np
 import numpy.typing as npt
 
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
-from server.faiss_index import INDEX_TYPES, IndexSpec, apply_params, choose_kind, new_flat, train_ivf
+from server.faiss_index import INDEX_TYPES, IndexSpec, apply_params, build_ivf, choose_kind, new_flat
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_COLLECTION = "default"
+RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
 
@@ -306,22 +307,23 @@ class Collection:
         """
         count = self.count()
         wanted = choose_kind(self.manifest.index_policy, count)
-        if wanted == self.manifest.index_type or (wanted == "ivf" and count == 0):
+        trained_on = int(self.manifest.index_params.get("trained_on", 0))
+        # IVF centroids trained on a much smaller collection no longer partition it well: retrain.
+        outgrown = wanted == "ivf" and count > RETRAIN_GROWTH * max(trained_on, 1)
+        if (wanted == self.manifest.index_type and not outgrown) or (wanted == "ivf" and count == 0):
             return
         import faiss
 
         log.info("collection %s: switching its index from %s to %s", self.name, self.manifest.index_type, wanted)
         ids, _, vectors = self.all_vectors()
         if wanted == "ivf":
-            trained, spec = train_ivf(vectors)
+            trained, index, spec = build_ivf(vectors, ids)
             _write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
-            index = faiss.clone_index(trained)
         else:
             spec = IndexSpec("flat")
             index = new_flat(self.manifest.dim)
-        if len(ids):
-            index.add_with_ids(vectors, ids)
-        apply_params(index, spec)
+            if len(ids):
+                index.add_with_ids(vectors, ids)
         with self._lock:
             self._write_manifest(replace(self.manifest, index_type=spec.kind, index_params=spec.params))
             self._index = index
@@ -336,6 +338,8 @@ class Collection:
         import faiss
 
         with self._lock:
+            # Another process may have switched the index kind or its parameters since we last looked.
+            self.manifest = load_manifest(self.folder, self.name)
             self._conn.execute("BEGIN")
             try:
                 generation = self._read_generation(self._conn)
@@ -522,6 +526,23 @@ def _vector_blob(vector: npt.NDArray[np.float32], dim: int) -> bytes:
     return array.tobytes()
 
 
+def load_manifest(folder: Path, name: str) -> Manifest:
+    """Read and check a collection's manifest.json."""
+    path = folder / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CollectionMismatch(f"Collection '{name}' has an unreadable manifest ({path}): {exc}") from exc
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise CollectionMismatch(
+            f"Collection '{name}' uses format version {data.get('schema_version')}, this clipsearch reads "
+            f"version {SCHEMA_VERSION}. Re-index into a new collection name."
+        )
+    required = ("schema_version", "model", "dim", "metric", "index_type", "created")
+    optional = {key: data[key] for key in ("index_policy", "index_params") if key in data}
+    return Manifest(**{key: data[key] for key in required}, **optional)
+
+
 class CollectionStore:
     """The index directory: opens, creates and lists collections, checking each manifest."""
 
@@ -532,25 +553,14 @@ class CollectionStore:
         return (self.index_dir / validate_name(name) / "manifest.json").is_file()
 
     def read_manifest(self, name: str) -> Manifest:
-        path = self.index_dir / validate_name(name) / "manifest.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
+        folder = self.index_dir / validate_name(name)
+        if not (folder / "manifest.json").exists():
             known = ", ".join(self.names()) or "none yet"
             raise CollectionNotFound(
                 f"No collection named '{name}' in {self.index_dir} (collections: {known}). "
                 "Index a folder into it first."
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise CollectionMismatch(f"Collection '{name}' has an unreadable manifest ({path}): {exc}") from exc
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise CollectionMismatch(
-                f"Collection '{name}' uses format version {data.get('schema_version')}, this clipsearch reads "
-                f"version {SCHEMA_VERSION}. Re-index into a new collection name."
             )
-        required = ("schema_version", "model", "dim", "metric", "index_type", "created")
-        optional = {key: data[key] for key in ("index_policy", "index_params") if key in data}
-        return Manifest(**{key: data[key] for key in required}, **optional)
+        return load_manifest(folder, name)
 
     def open(self, name: str, model: str, dim: int | None = None) -> Collection:
         """Open an existing collection, refusing one built with another model or dimension."""

@@ -53,52 +53,59 @@ def nlist_for(count: int) -> int:
     return max(1, min(nlist, count // 39))
 
 
-def train_ivf(vectors: npt.NDArray[np.float32], seed: int = 0) -> tuple[Any, IndexSpec]:
-    """An empty, trained IVF index for data like `vectors`, and its spec with a calibrated nprobe."""
+def build_ivf(
+    vectors: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], seed: int = 0
+) -> tuple[Any, Any, IndexSpec]:
+    """Train an IVF index on (a sample of) `vectors`, fill it, and calibrate nprobe on it.
+
+    Returns the trained empty index (kept so later rebuilds need no training), the filled index and its spec."""
     import faiss
 
     count, dim = vectors.shape
     nlist = nlist_for(count)
     rng = np.random.default_rng(seed)
-    sample = vectors[rng.choice(count, min(count, MAX_TRAINING_VECTORS), replace=False)] if count else vectors
+    sample = vectors[rng.choice(count, min(count, MAX_TRAINING_VECTORS), replace=False)]
     quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)
-    nprobe = calibrate_nprobe(index, vectors, rng)
-    return index, IndexSpec("ivf", {"nlist": nlist, "nprobe": nprobe, "target_recall_at_10": TARGET_RECALL})
+    trained = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    trained.cp.seed = seed
+    trained.cp.niter = 10
+    trained.train(np.ascontiguousarray(sample, dtype=np.float32))
+    trained.set_direct_map_type(faiss.DirectMap.Hashtable)
+    index = faiss.clone_index(trained)
+    index.add_with_ids(vectors, ids)
+    nprobe = calibrate_nprobe(index, vectors, ids, rng)
+    index.nprobe = nprobe
+    params = {"nlist": nlist, "nprobe": nprobe, "target_recall_at_10": TARGET_RECALL, "trained_on": count}
+    return trained, index, IndexSpec("ivf", params)
 
 
-def calibrate_nprobe(trained: Any, vectors: npt.NDArray[np.float32], rng: np.random.Generator) -> int:
-    """Smallest power-of-two nprobe whose recall@10 against exact search, on held-in queries, meets the target."""
+def calibrate_nprobe(
+    index: Any, vectors: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], rng: np.random.Generator
+) -> int:
+    """Smallest power-of-two nprobe whose recall@10 against exact search, on queries near stored vectors, meets
+    the target."""
     import faiss
 
     count, dim = vectors.shape
-    if count == 0:
-        return 16
-    probe = faiss.clone_index(trained)
-    probe.add_with_ids(vectors, np.arange(count, dtype=np.int64))
     picks = rng.choice(count, min(count, CALIBRATION_QUERIES), replace=False)
     # Queries near, not at, stored vectors: like a text or image query that resembles part of the collection.
-    noise = rng.normal(0, 0.02, (len(picks), dim)).astype(np.float32)
-    queries = vectors[picks] + noise
+    queries = vectors[picks] + rng.normal(0, 0.02, (len(picks), dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     exact = faiss.IndexFlatIP(dim)
     exact.add(vectors)
     k = min(10, count)
-    _, truth = exact.search(queries, k)
-    nlist = probe.nlist
+    _, positions = exact.search(queries, k)
+    truth = ids[positions]
     nprobe = 1
-    while nprobe < nlist:
-        probe.nprobe = nprobe
-        _, found = probe.search(queries, k)
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)])
-        log.info("IVF nlist=%d nprobe=%d recall@10=%.4f", nlist, nprobe, recall)
+    while nprobe < index.nlist:
+        index.nprobe = nprobe
+        _, found = index.search(queries, k)
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)]))
+        log.info("IVF nlist=%d nprobe=%d recall@10=%.4f", index.nlist, nprobe, recall)
         if recall >= TARGET_RECALL:
             return nprobe
         nprobe *= 2
-    return nlist
+    return int(index.nlist)
 
 
 def apply_params(index: Any, spec: IndexSpec) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 from server.collection import DEFAULT_COLLECTION, Collection, CollectionStore, validate_name
 from server.config import Settings
 from server.encoder import ClipEncoder, Encoder
-from server.errors import FileMissing
+from server.errors import FileMissing, InvalidArgument
 from server.evaluate import DEFAULT_KS
 from server.evaluate import evaluate as evaluate_collection
+from server.faiss_index import INDEX_TYPES
 from server.ground_truth import DEFAULT_TEMPLATE
 from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
@@ -59,6 +60,8 @@ class ClipSearch:
         """Index a folder's images into a collection, embedding only new or changed files.
 
         `index_type` ('auto', 'flat', 'ivf') changes the collection's index choice; None keeps it."""
+        if index_type is not None and index_type not in INDEX_TYPES:
+            raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
         path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
