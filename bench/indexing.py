@@ -6,6 +6,7 @@
 - model_only_ips: the model's forward pass on ready tensors, same model and batch size.
 - pipeline_ips: the project's index_folder end to end (scan, read, hash, decode, embed, write the collection).
 - fidelity_cosine_median: cosine between each image's vector from the project's path and from the naive path.
+- fidelity_pixel_mae: mean absolute difference of the model inputs (normalised pixels) between the two paths.
 - peak_rss_mb: the process's peak memory during the project's pipeline (measured first).
 """
 
@@ -84,6 +85,13 @@ def main() -> None:
     model_seconds = time.perf_counter() - started
 
     cosines = [float(np.dot(fast[name], naive_vectors[name])) for name in naive_vectors]
+    # Random weights may hide input differences, so compare the model inputs too: the fast path's pixels
+    # (draft-mode JPEG decode + our preprocessing) against the reference processor's, in normalised units.
+    from server.images import decode, read_file
+
+    reference = torch.cat(pixel_batches).numpy()
+    fast_pixels = np.stack([encoder.preprocess(decode(read_file(p), min_side=size).image) for p in paths])
+    pixel_mae = float(np.mean(np.abs(fast_pixels - reference)))
     out = {
         "machine": machine(),
         "torch_threads": torch.get_num_threads(),
@@ -97,6 +105,8 @@ def main() -> None:
         "pipeline_vs_naive": round((report.embedded / pipeline_seconds) / (len(paths) / naive_seconds), 2),
         "fidelity_cosine_median": round(float(np.median(cosines)), 5),
         "fidelity_cosine_min": round(float(np.min(cosines)), 5),
+        "fidelity_pixel_mae": round(pixel_mae, 4),
+        "pixel_std": round(float(reference.std()), 4),
         "peak_rss_mb": pipeline_rss,
     }
     if args.json:

@@ -4,7 +4,9 @@ project chooses at that size, on synthetic clustered unit vectors.
     python -m bench.search --vectors 1000000 --json
     python -m bench.search --vectors 100000 --model PATH --json   # adds text queries end to end
 
-The collection is written through the project's catalog and writer like a real one. Latency is
+Vectors are drawn around 2,000 random centres with noise larger than the centres (overlapping clusters);
+queries are fresh draws from the same distribution. The collection is written through the project's catalog and
+writer like a real one. Latency is
 `Collection.search` (FAISS search + catalog path lookup), one query at a time, k=10. With --model, `text_query`
 times `Searcher.by_text` end to end (tokenise, encode, search, lookup) on the collection's automatic index.
 """
@@ -26,14 +28,18 @@ QUERIES = 200
 WARMUP = 10
 
 
-def clustered(count: int, dim: int, clusters: int, seed: int) -> npt.NDArray[np.float32]:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+NOISE = 1.5  # relative to the cluster centres' scale: clusters overlap, as photo embeddings do
+
+
+def clustered(
+    count: int, dim: int, centres: npt.NDArray[np.float32], rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    """Unit vectors drawn around random cluster centres."""
     out = np.empty((count, dim), np.float32)
     for start in range(0, count, 100_000):
         stop = min(count, start + 100_000)
-        labels = rng.integers(0, clusters, stop - start)
-        out[start:stop] = centres[labels] + rng.standard_normal((stop - start, dim)).astype(np.float32) * 0.6
+        labels = rng.integers(0, len(centres), stop - start)
+        out[start:stop] = centres[labels] + rng.standard_normal((stop - start, dim)).astype(np.float32) * NOISE
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
 
@@ -73,11 +79,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    vectors = clustered(args.vectors, args.dim, args.clusters, seed=0)
-    rng = np.random.default_rng(1)
-    picks = rng.choice(args.vectors, QUERIES, replace=False)
-    queries = vectors[picks] + rng.standard_normal((QUERIES, args.dim)).astype(np.float32) * 0.02
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((args.clusters, args.dim)).astype(np.float32)
+    vectors = clustered(args.vectors, args.dim, centres, rng)
+    # Queries are new draws from the same clusters, not copies of stored vectors.
+    queries = clustered(QUERIES, args.dim, centres, np.random.default_rng(1))
     out: dict[str, object] = {"machine": machine(), "vectors": args.vectors, "dim": args.dim}
 
     with tempfile.TemporaryDirectory() as folder:

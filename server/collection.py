@@ -211,11 +211,26 @@ class Collection:
     def all_vectors(self) -> tuple[npt.NDArray[np.int64], list[Path], npt.NDArray[np.float32]]:
         """Every image's id, path and vector, in id order, from one consistent snapshot."""
         with self._lock:
-            rows = self._conn.execute("SELECT id, path, vector FROM images ORDER BY id").fetchall()
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        paths = [Path(os.fsdecode(r[1])) for r in rows]
-        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), self.manifest.dim)
-        return ids, paths, vectors.copy()
+            self._conn.execute("BEGIN")
+            try:
+                count = int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+                ids = np.empty(count, dtype=np.int64)
+                vectors = np.empty((count, self.manifest.dim), dtype=np.float32)
+                paths: list[Path] = []
+                cursor = self._conn.execute("SELECT id, path, vector FROM images ORDER BY id")
+                row = 0
+                # Filled chunk by chunk: a million vectors must not be held twice over as blobs and copies.
+                while chunk := cursor.fetchmany(8192):
+                    stop = row + len(chunk)
+                    ids[row:stop] = [r[0] for r in chunk]
+                    vectors[row:stop] = np.frombuffer(b"".join(r[2] for r in chunk), np.float32).reshape(
+                        -1, vectors.shape[1]
+                    )
+                    paths.extend(Path(os.fsdecode(r[1])) for r in chunk)
+                    row = stop
+            finally:
+                self._conn.execute("COMMIT")
+        return ids, paths, vectors
 
     def search(self, queries: npt.NDArray[np.float32], k: int) -> list[list[tuple[Path, float]]]:
         """Top-k (path, cosine) per query, best first, from one consistent state of index and catalog."""

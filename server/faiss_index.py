@@ -47,10 +47,14 @@ def new_flat(dim: int) -> Any:
 
 
 def nlist_for(count: int) -> int:
-    """About 4·sqrt(n) clusters, a power of two up to 16384, with at least 39 training vectors per cluster."""
+    """About 4·sqrt(n) clusters, a power of two up to 16384, with at least 39 training vectors per cluster
+    (FAISS's own minimum) among the at most MAX_TRAINING_VECTORS used for training."""
     target = 4 * math.sqrt(max(count, 1))
     nlist = int(min(16384, max(64, 2 ** round(math.log2(target)))))
-    return max(1, min(nlist, count // 39))
+    cap = min(count, MAX_TRAINING_VECTORS) // 39
+    if cap >= 64:
+        return min(nlist, 2 ** int(math.log2(cap)))
+    return max(1, cap)
 
 
 def build_ivf(
@@ -87,10 +91,13 @@ def calibrate_nprobe(
     import faiss
 
     count, dim = vectors.shape
-    picks = rng.choice(count, min(count, CALIBRATION_QUERIES), replace=False)
-    # Queries near, not at, stored vectors: like a text or image query that resembles part of the collection.
-    queries = vectors[picks] + rng.normal(0, 0.02, (len(picks), dim)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    # Half the queries sit near stored vectors (a query resembling one photo), half midway between two random ones
+    # (a query between groups, the hard case for IVF), so the nprobe chosen is conservative.
+    half = min(count, CALIBRATION_QUERIES) // 2 or 1
+    near = vectors[rng.choice(count, half)] + rng.normal(0, 0.02, (half, dim)).astype(np.float32)
+    between = vectors[rng.choice(count, half)] + vectors[rng.choice(count, half)]
+    queries = np.concatenate([near, between]).astype(np.float32)
+    queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     exact = faiss.IndexFlatIP(dim)
     exact.add(vectors)
     k = min(10, count)
