@@ -211,3 +211,54 @@ async def test_unexpected_exceptions_do_not_leak_their_text(fake_service: ClipSe
         result = await call(client, "list_collections")
     assert result.is_error
     assert "internal secret detail" not in result.content[0].text
+
+
+async def test_thumbnails_of_results_outside_the_roots_are_not_read(
+    fake_service: ClipSearch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    elsewhere = tmp_path / "elsewhere"
+    save_color(elsewhere / "x.jpg", COLORS["red"])
+    fake_service.index_folder(elsewhere)  # indexed from the terminal, outside what the server may read
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    opened: list[str] = []
+    real_open = open
+
+    def spying_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    async with Client(build_server(fake_service, roots=[allowed])) as client:
+        monkeypatch.setattr("builtins.open", spying_open)
+        found = await call(client, "search_images_by_text", query="red", k=1, thumbnails=1)
+        monkeypatch.undo()
+    assert not found.is_error
+    assert not [c for c in found.content if isinstance(c, types.ImageContent)]
+    assert "no thumbnail for rank 1" in found.content[0].text
+    assert not [p for p in opened if p.endswith("x.jpg")]
+
+
+async def test_ground_truth_file_outside_the_roots_is_refused(
+    fake_service: ClipSearch, color_folder: Path, tmp_path: Path
+):
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"text_queries": [{"query": "red", "relevant": ["x.jpg"]}]}', encoding="utf-8")
+    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+        await call(client, "index_folder", folder=str(color_folder))
+        result = await call(client, "evaluate_retrieval", ground_truth=str(secret))
+    assert "outside the folders this server may read" in error_text(result)
+
+
+async def test_evaluation_plots_come_back_as_images_and_stay_in_the_index_dir(
+    fake_service: ClipSearch, color_folder: Path, index_dir: Path
+):
+    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+        await call(client, "index_folder", folder=str(color_folder))
+        result = await call(client, "evaluate_retrieval", plots=True)
+    images = [c for c in result.content if isinstance(c, types.ImageContent)]
+    assert [i.mime_type for i in images] == ["image/png", "image/png"]
+    report_dir = Path(result.structured_content["report_dir"])
+    assert report_dir.is_relative_to(index_dir / "default" / "evaluations")
+    assert {p.name for p in report_dir.iterdir()} == {
+        "report.json", "report.md", "similarity_histogram.png", "tsne.png"
+    }
