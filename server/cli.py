@@ -148,22 +148,14 @@ def render(result: BaseModel) -> str:
 
 def render_evaluation(report: EvaluationReport) -> str:
     """The paper's Table 3 layout: one row per metric, one column per direction."""
+    from server.report import metric_rows
+
     t2i, i2i = report.text_to_image, report.image_to_image
     rows = [
         f"Collection '{report.collection}': {report.images} images, ground truth {report.ground_truth}",
         f"{'metric':<14}{'text→image':>12}{'image→image':>13}",
-        f"{'mAP':<14}{t2i.map:>12.3f}{i2i.map:>13.3f}",
-        f"{'MRR':<14}{t2i.mrr:>12.3f}{i2i.mrr:>13.3f}",
     ]
-    for name, attribute in (
-        ("Recall", "recall_at"),
-        ("Hit rate", "hit_rate_at"),
-        ("Precision", "precision_at"),
-        ("nDCG", "ndcg_at"),
-    ):
-        for k in report.ks:
-            t, i = getattr(t2i, attribute)[k], getattr(i2i, attribute)[k]
-            rows.append(f"{f'{name}@{k}':<14}{t:>12.3f}{i:>13.3f}")
+    rows += [f"{name:<14}{t:>12.3f}{i:>13.3f}" for name, t, i in metric_rows(report)]
     rows.append(f"{'queries':<14}{t2i.queries:>12}{i2i.queries:>13}")
     rows.append(f"{'skipped':<14}{t2i.skipped:>12}{i2i.skipped:>13}")
     if report.unknown_count:

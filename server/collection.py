@@ -450,19 +450,15 @@ class CollectionWriter:
             self._conn.execute("BEGIN IMMEDIATE")
             self._open = True
 
+    def _row(self, image: NewImage, vector: npt.NDArray[np.float32]) -> tuple[Any, ...]:
+        blob = _vector_blob(vector, self._collection.manifest.dim)
+        return (_path_key(image.path), image.size, image.mtime_ns, image.hash, image.width, image.height, blob)
+
     def add(self, image: NewImage, vector: npt.NDArray[np.float32]) -> int:
         self._begin()
         cursor = self._conn.execute(
             "INSERT INTO images (path, size, mtime_ns, hash, width, height, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                _path_key(image.path),
-                image.size,
-                image.mtime_ns,
-                image.hash,
-                image.width,
-                image.height,
-                _vector_blob(vector, self._collection.manifest.dim),
-            ),
+            self._row(image, vector),
         )
         image_id = int(cursor.lastrowid or 0)
         self._added[image_id] = vector
@@ -474,16 +470,7 @@ class CollectionWriter:
         self._conn.execute(
             "UPDATE images SET path = ?, size = ?, mtime_ns = ?, hash = ?, width = ?, height = ?, vector = ? "
             "WHERE id = ?",
-            (
-                _path_key(image.path),
-                image.size,
-                image.mtime_ns,
-                image.hash,
-                image.width,
-                image.height,
-                _vector_blob(vector, self._collection.manifest.dim),
-                image_id,
-            ),
+            (*self._row(image, vector), image_id),
         )
         self._added[image_id] = vector
         self._stale.add(image_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from server.evaluate import Direction, Evaluation
+from server.models import EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,20 @@ def write_report(evaluation: Evaluation, folder: Path, plots: bool = True) -> li
     return written
 
 
+def metric_rows(report: EvaluationReport) -> list[tuple[str, float, float]]:
+    """(metric, text-to-image, image-to-image) in the order of the paper's Table 3, then the other metrics."""
+    t2i, i2i = report.text_to_image, report.image_to_image
+    rows = [("mAP", t2i.map, i2i.map), ("MRR", t2i.mrr, i2i.mrr)]
+    for name, attribute in (
+        ("Recall", "recall_at"),
+        ("Hit rate", "hit_rate_at"),
+        ("Precision", "precision_at"),
+        ("nDCG", "ndcg_at"),
+    ):
+        rows += [(f"{name}@{k}", getattr(t2i, attribute)[k], getattr(i2i, attribute)[k]) for k in report.ks]
+    return rows
+
+
 def markdown(evaluation: Evaluation) -> str:
     report = evaluation.report
     t2i, i2i = report.text_to_image, report.image_to_image
@@ -51,17 +66,8 @@ def markdown(evaluation: Evaluation) -> str:
         "",
         "| Metric | Text-to-Image | Image-to-Image |",
         "|---|---|---|",
-        f"| mAP | {t2i.map:.4f} | {i2i.map:.4f} |",
-        f"| MRR | {t2i.mrr:.4f} | {i2i.mrr:.4f} |",
     ]
-    for name, attribute in (
-        ("Recall", "recall_at"),
-        ("Hit rate", "hit_rate_at"),
-        ("Precision", "precision_at"),
-        ("nDCG", "ndcg_at"),
-    ):
-        for k in report.ks:
-            lines.append(f"| {name}@{k} | {getattr(t2i, attribute)[k]:.4f} | {getattr(i2i, attribute)[k]:.4f} |")
+    lines += [f"| {name} | {t:.4f} | {i:.4f} |" for name, t, i in metric_rows(report)]
     lines += [f"| Queries (skipped) | {t2i.queries} ({t2i.skipped}) | {i2i.queries} ({i2i.skipped}) |", ""]
     if report.unknown_count:
         lines += [f"{report.unknown_count} ground-truth paths are not in the collection.", ""]
