@@ -62,14 +62,22 @@ class _Counts:
     failures: list[Failure] = field(default_factory=list)
 
 
+@dataclass
+class Scan:
+    files: list[FileStat]
+    failures: list[Failure]
+    unlisted: list[Path]  # folders that could not be listed: what they hold is unknown, not gone
+
+
 def scan_folder(
     folder: Path, recursive: bool = True, exclude: Sequence[Path] = (), guard: PathGuard | None = None
-) -> tuple[list[FileStat], list[Failure]]:
+) -> Scan:
     """Image files under `folder` by their resolved paths, skipping hidden entries, `exclude`d folders and
     symlinks that lead outside the guard's roots. Symlinked folders are not followed (no loops)."""
     excluded = {Path(os.path.realpath(p)) for p in exclude}
     found: dict[Path, FileStat] = {}
     failures: list[Failure] = []
+    unlisted: list[Path] = []
     pending = [folder]
     while pending:
         directory = pending.pop()
@@ -79,6 +87,7 @@ def scan_folder(
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
             failures.append(Failure(path=str(directory), reason=f"cannot list folder: {exc.strerror or exc}"))
+            unlisted.append(Path(os.path.realpath(directory)))
             continue
         for entry in entries:
             if entry.name.startswith("."):
@@ -104,7 +113,7 @@ def scan_folder(
             if any(real.is_relative_to(e) for e in excluded):
                 continue
             found.setdefault(real, FileStat(real, info.st_size, info.st_mtime_ns))
-    return sorted(found.values(), key=lambda f: f.path), failures
+    return Scan(sorted(found.values(), key=lambda f: f.path), failures, unlisted)
 
 
 class Indexer:
@@ -139,8 +148,9 @@ class Indexer:
         if not folder.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
         folder = Path(os.path.realpath(folder))
-        files, scan_failures = scan_folder(folder, recursive, exclude, guard)
-        counts = _Counts(failures=list(scan_failures))
+        scan = scan_folder(folder, recursive, exclude, guard)
+        files = scan.files
+        counts = _Counts(failures=list(scan.failures))
         catalog = collection.entries_under(folder, recursive)
         scanned = {f.path for f in files}
         todo: list[tuple[FileStat, CatalogEntry | None]] = []
@@ -152,7 +162,7 @@ class Indexer:
                 todo.append((file, previous))
         vanished: dict[str, list[CatalogEntry]] = {}
         for entry in catalog.values():
-            if entry.path not in scanned:
+            if entry.path not in scanned and not any(entry.path.is_relative_to(d) for d in scan.unlisted):
                 vanished.setdefault(entry.hash, []).append(entry)
         known = collection.known_hashes()
         if progress:
@@ -240,11 +250,15 @@ class _Run:
         self.done = 0
         self.batch: list[_Prepared] = []
         self.vectors_this_run: dict[str, npt.NDArray[np.float32]] = {}
+        # Entries this run re-pointed at a new path: their id now belongs to that path, not to the old one.
+        self.moved_ids: set[int] = set()
         self.since_commit = 0
         self.last_commit = time.monotonic()
 
     def handle(self, item: _Prepared) -> None:
         previous = item.previous
+        if previous is not None and previous.id in self.moved_ids:
+            previous = item.previous = None
         if item.error is not None:
             self.counts.failures.append(Failure(path=str(item.file.path), reason=item.error))
             if previous is not None:  # its old vector no longer describes the file
@@ -263,6 +277,7 @@ class _Run:
                 self.writer.remove([previous.id])
                 self.counts.removed += 1
             self.writer.move(source.id, item.file.path, item.file.size, item.file.mtime_ns)
+            self.moved_ids.add(source.id)
             self.counts.moved += 1
             self._advance(1)
             return
@@ -312,7 +327,7 @@ class _Run:
                 del self.vanished[content]
             return entry
         for entry in self.collection.find_hash(content):
-            if not entry.path.exists():
+            if entry.id not in self.moved_ids and not entry.path.exists():
                 return entry
         return None
 

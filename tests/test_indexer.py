@@ -177,7 +177,8 @@ def test_symlink_leading_outside_the_roots_is_not_read(tmp_path: Path):
     save_color(inside / "ok.jpg", COLORS["red"])
     secret = save_color(outside / "secret.jpg", COLORS["blue"])
     (inside / "link.jpg").symlink_to(secret)
-    files, failures = scan_folder(inside, guard=PathGuard([inside]))
+    scan = scan_folder(inside, guard=PathGuard([inside]))
+    files, failures = scan.files, scan.failures
     assert [f.path.name for f in files] == ["ok.jpg"]
     assert [Path(f.path).name for f in failures] == ["link.jpg"]
     assert "outside" in failures[0].reason
