@@ -156,9 +156,16 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
         """Measure how well search works on a collection, as in the CLIP+FAISS paper: mAP, MRR, Recall@k, hit
         rate@k, Precision@k and nDCG@k for text-to-image and image-to-image queries, worst queries listed."""
         guard = guard_for(client_roots)
-        report_dir = service.evaluation_dir(collection) if plots else None
         report = await _run(
-            lambda: service.evaluate(collection, ground_truth, ks, text_template, guard, report_dir, plots)
+            lambda: service.evaluate(
+                collection,
+                ground_truth,
+                ks,
+                text_template,
+                guard,
+                service.evaluation_dir(collection) if plots else None,
+                plots,
+            )
         )
         lines = [f"Evaluation of '{report.collection}' ({report.images} images, ground truth {report.ground_truth}):"]
         for direction, metrics in (("text→image", report.text_to_image), ("image→image", report.image_to_image)):

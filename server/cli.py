@@ -108,8 +108,11 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
         result = service.search_image(args.image, args.k, args.collection)
     elif args.command == "eval":
         plots_dir = args.plots.expanduser().absolute() if args.plots else None
+        ground_truth = (
+            args.ground_truth if args.ground_truth == "folders" else str(Path(args.ground_truth).expanduser())
+        )
         result = service.evaluate(
-            args.collection, args.ground_truth, args.ks, args.template, None, plots_dir, plots_dir is not None
+            args.collection, ground_truth, args.ks, args.template, None, plots_dir, plots_dir is not None
         )
     else:
         result = service.list_collections()

@@ -83,7 +83,7 @@ def evaluate(
     if ground_truth == "folders":
         truth = from_folders(paths, collection.indexed_folders(), template)
     else:
-        truth = from_json(Path(ground_truth).expanduser(), paths, guard)
+        truth = from_json(Path(ground_truth), paths, guard)
     top_n = min(max(ks), len(paths))
 
     text_vectors = encoder.encode_texts([q.text for q in truth.text_queries]) if truth.text_queries else None

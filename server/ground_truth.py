@@ -5,6 +5,7 @@ Queries refer to images by their row in one snapshot of the collection (`Collect
 
 import json
 import os
+import string
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,12 +60,18 @@ def folder_label(path: Path, roots: Sequence[Path]) -> str | None:
 
 
 def check_template(template: str) -> str:
+    """A template is text with '{label}' placeholders only (no other fields, conversions or format specs)."""
     if "{label}" not in template:
         raise InvalidArgument("The text template must contain '{label}', e.g. 'a photo of a {label}'.")
     try:
-        template.format(label="x")
-    except (IndexError, KeyError, ValueError) as exc:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
+    except ValueError as exc:
         raise InvalidArgument(f"The text template {template!r} is not usable: {exc}") from exc
+    if any(name is not None and (name != "label" or spec or conversion) for name, spec, conversion in fields):
+        raise InvalidArgument(
+            f"The text template {template!r} is not usable: its only placeholder may be '{{label}}' "
+            "(write '{{' for a literal brace)."
+        )
     return template
 
 
@@ -115,6 +122,8 @@ def from_json(file: Path, paths: Sequence[Path], guard: PathGuard | None = None)
 
     Relevant paths missing from the collection are reported, not fatal; a query left with none is skipped.
     """
+    if "\0" in str(file):
+        raise GroundTruthError("The ground-truth path contains a NUL character.")
     checked = guard.check(file) if guard else Path(os.path.realpath(file))
     try:
         data = json.loads(checked.read_text(encoding="utf-8"))
@@ -125,6 +134,8 @@ def from_json(file: Path, paths: Sequence[Path], guard: PathGuard | None = None)
         raise GroundTruthError(f"Cannot read ground-truth file '{file}': {exc}") from exc
     except json.JSONDecodeError as exc:
         raise GroundTruthError(f"Ground-truth file '{file}' is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise GroundTruthError(f"Ground-truth file '{file}' is nested too deeply to be a ground-truth file.") from exc
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise GroundTruthError(
@@ -139,11 +150,18 @@ def from_json(file: Path, paths: Sequence[Path], guard: PathGuard | None = None)
     truth = GroundTruth(source=str(checked), labels=[None] * len(paths))
     unknown: dict[str, None] = {}
 
+    def locate(entry: str) -> Path | None:
+        """The resolved path an entry names, or None when it cannot name a file (e.g. a NUL character)."""
+        try:
+            return Path(os.path.realpath(base / entry))
+        except (ValueError, OSError):
+            return None
+
     def resolve(entries: list[str]) -> list[int]:
         found = []
         for entry in entries:
-            path = Path(os.path.realpath(base / os.path.expanduser(entry)))
-            if path in rows:
+            path = locate(entry)
+            if path is not None and path in rows:
                 found.append(rows[path])
             else:
                 unknown[entry] = None
@@ -158,7 +176,10 @@ def from_json(file: Path, paths: Sequence[Path], guard: PathGuard | None = None)
         else:
             truth.skipped_text.append(f"{text_entry.query!r}: none of its relevant images is in the collection")
     for image_entry in spec.image_queries:
-        image = Path(os.path.realpath(base / os.path.expanduser(image_entry.image)))
+        image = locate(image_entry.image)
+        if image is None:
+            truth.skipped_image.append(f"{image_entry.image!r}: not a usable path")
+            continue
         own = rows.get(image)
         relevant = [r for r in resolve(image_entry.relevant) if r != own]
         if relevant:

@@ -142,8 +142,10 @@ class Indexer:
         guard: PathGuard | None = None,
         exclude: Sequence[Path] = (),
         progress: ProgressFn | None = None,
+        index_type: str | None = None,
     ) -> IndexReport:
-        """Bring the collection in line with the folder's images and report what changed."""
+        """Bring the collection in line with the folder's images and report what changed; `index_type` sets the
+        collection's index choice, under the same write lock."""
         started = time.perf_counter()
         if not folder.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
@@ -169,6 +171,8 @@ class Indexer:
             progress(0, len(todo), f"{len(files)} images found, {len(todo)} to process")
 
         with collection.writer() as writer:
+            if index_type is not None:
+                collection.set_index_policy(index_type)
             writer.record_folder(folder)
             run = _Run(self, collection, writer, counts, vanished, progress, len(todo))
             for prepared in self._prepare_all(todo, known):

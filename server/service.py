@@ -66,8 +66,6 @@ class ClipSearch:
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
         target = self.collection(collection, create=True)
-        if index_type is not None:
-            target.set_index_policy(index_type)
         return self.indexer.run(
             target,
             path,
@@ -76,6 +74,7 @@ class ClipSearch:
             guard=guard,
             exclude=[self.settings.index_dir],
             progress=progress,
+            index_type=index_type,
         )
 
     def search_text(self, query: str, k: int = 10, collection: str = DEFAULT_COLLECTION) -> SearchResponse:

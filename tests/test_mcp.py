@@ -260,5 +260,8 @@ async def test_evaluation_plots_come_back_as_images_and_stay_in_the_index_dir(
     report_dir = Path(result.structured_content["report_dir"])
     assert report_dir.is_relative_to(index_dir / "default" / "evaluations")
     assert {p.name for p in report_dir.iterdir()} == {
-        "report.json", "report.md", "similarity_histogram.png", "tsne.png"
+        "report.json",
+        "report.md",
+        "similarity_histogram.png",
+        "tsne.png",
     }
