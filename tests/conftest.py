@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from bench.checkpoint import write_random_clip
+from server.collection import Collection, NewImage
 from server.config import Settings
 from server.encoder import normalize
 from server.service import ClipSearch
@@ -67,6 +68,20 @@ def save_color(path: Path, color: tuple[int, int, int], size: tuple[int, int] = 
     pixels = np.clip(np.asarray(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
     Image.fromarray(pixels, "RGB").save(path, format=fmt)
     return path
+
+
+def image(path: str | Path, content: str, size: int = 1000, mtime_ns: int = 1) -> NewImage:
+    """A catalog entry for a file that need not exist; `content` stands in for its hash."""
+    return NewImage(path=Path(path), size=size, mtime_ns=mtime_ns, hash=content, width=64, height=48)
+
+
+def fill(collection: Collection, vectors: npt.NDArray[np.float32], folder: str = "/photos") -> list[Path]:
+    """Adds one fake image per vector, in one commit; returns their paths in order."""
+    paths = [Path(f"{folder}/img_{i:04d}.jpg") for i in range(len(vectors))]
+    with collection.writer() as w:
+        for i, (path, vector) in enumerate(zip(paths, vectors, strict=True)):
+            w.add(image(path, f"hash-{folder}-{i}"), vector)
+    return paths
 
 
 @pytest.fixture

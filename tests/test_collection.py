@@ -10,7 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from server.collection import SCHEMA_VERSION, Collection, CollectionStore, NewImage, validate_name
+from conftest import fill, image
+from server.collection import SCHEMA_VERSION, Collection, CollectionStore, validate_name
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
 
 MODEL = "test-model"
@@ -20,19 +21,6 @@ DIM = 16
 def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> npt.NDArray[np.float32]:
     raw = np.random.default_rng(seed).standard_normal((n, dim))
     return (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32)
-
-
-def image(path: str | Path, content: str, size: int = 1000, mtime_ns: int = 1) -> NewImage:
-    return NewImage(path=Path(path), size=size, mtime_ns=mtime_ns, hash=content, width=64, height=48)
-
-
-def fill(collection: Collection, vectors: npt.NDArray[np.float32], folder: str = "/photos") -> list[Path]:
-    """Adds one fake image per vector, in one commit; returns their paths in order."""
-    paths = [Path(f"{folder}/img_{i:04d}.jpg") for i in range(len(vectors))]
-    with collection.writer() as w:
-        for i, (path, vector) in enumerate(zip(paths, vectors, strict=True)):
-            w.add(image(path, f"hash-{folder}-{i}"), vector)
-    return paths
 
 
 def exact_search(

@@ -11,10 +11,10 @@ import numpy.typing as npt
 import pytest
 from mcp import Client
 
-from conftest import FakeEncoder
+from conftest import FakeEncoder, fill, image
 from server import faiss_index
 from server.app import build_server
-from server.collection import Collection, CollectionStore, NewImage
+from server.collection import Collection, CollectionStore
 from server.errors import InvalidArgument
 from server.faiss_index import (
     AUTO_ANN_THRESHOLD,
@@ -50,19 +50,6 @@ def near(vectors: npt.NDArray[np.float32], n: int, seed: int) -> npt.NDArray[np.
     picks = rng.choice(len(vectors), n, replace=False)
     queries = vectors[picks] + rng.normal(0, 0.02, (n, vectors.shape[1]))
     return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-
-
-def image(path: Path, content: str) -> NewImage:
-    return NewImage(path=path, size=1000, mtime_ns=1, hash=content, width=64, height=48)
-
-
-def fill(collection: Collection, vectors: npt.NDArray[np.float32], folder: str = "/photos") -> list[Path]:
-    """One fake image per vector, in one commit; their paths in order."""
-    paths = [Path(f"{folder}/img_{i:05d}.jpg") for i in range(len(vectors))]
-    with collection.writer() as w:
-        for i, (path, vector) in enumerate(zip(paths, vectors, strict=True)):
-            w.add(image(path, f"hash-{folder}-{i}"), vector)
-    return paths
 
 
 def exact_top(

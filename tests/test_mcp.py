@@ -16,6 +16,21 @@ from server.service import ClipSearch
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every path passed to open() from now until the test ends."""
+    seen: list[str] = []
+    real_open = open
+
+    def spying_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spying_open)
+    return seen
+
+
 TOOLS = {"index_folder", "search_images_by_text", "search_similar_images", "evaluate_retrieval", "list_collections"}
 
 
@@ -159,25 +174,17 @@ async def test_missing_folder_and_unreadable_query_image_are_tool_errors(fake_se
 
 
 async def test_paths_outside_the_roots_are_refused_before_anything_is_read(
-    fake_service: ClipSearch, color_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_service: ClipSearch, color_folder: Path, tmp_path: Path, opened: list[str]
 ):
     outside = save_color(tmp_path / "private" / "secret.jpg", COLORS["blue"])
     escape = color_folder / "escape.jpg"
     escape.symlink_to(outside)
-    opened: list[str] = []
-    real_open = open
-
-    def spying_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        opened.append(str(file))
-        return real_open(file, *args, **kwargs)
-
     async with Client(build_server(fake_service, roots=[color_folder])) as client:
-        monkeypatch.setattr("builtins.open", spying_open)
+        opened.clear()
         direct = await call(client, "search_similar_images", image_path=str(outside))
         dotdot = await call(client, "search_similar_images", image_path=f"{color_folder}/../private/secret.jpg")
         via_link = await call(client, "search_similar_images", image_path=str(escape))
         folder = await call(client, "index_folder", folder=str(tmp_path / "private"))
-        monkeypatch.undo()
     for result in (direct, dotdot, via_link, folder):
         assert "outside the folders this server may read" in error_text(result)
     assert not [p for p in opened if "secret" in p]
@@ -214,24 +221,16 @@ async def test_unexpected_exceptions_do_not_leak_their_text(fake_service: ClipSe
 
 
 async def test_thumbnails_of_results_outside_the_roots_are_not_read(
-    fake_service: ClipSearch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_service: ClipSearch, tmp_path: Path, opened: list[str]
 ):
     elsewhere = tmp_path / "elsewhere"
     save_color(elsewhere / "x.jpg", COLORS["red"])
     fake_service.index_folder(elsewhere)  # indexed from the terminal, outside what the server may read
     allowed = tmp_path / "allowed"
     allowed.mkdir()
-    opened: list[str] = []
-    real_open = open
-
-    def spying_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        opened.append(str(file))
-        return real_open(file, *args, **kwargs)
-
     async with Client(build_server(fake_service, roots=[allowed])) as client:
-        monkeypatch.setattr("builtins.open", spying_open)
+        opened.clear()
         found = await call(client, "search_images_by_text", query="red", k=1, thumbnails=1)
-        monkeypatch.undo()
     assert not found.is_error
     assert not [c for c in found.content if isinstance(c, types.ImageContent)]
     assert "no thumbnail for rank 1" in found.content[0].text
