@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,11 @@ def _serve(settings: Any) -> int:
     from server.app import build_server
     from server.service import ClipSearch
 
-    build_server(ClipSearch(settings), settings.roots).run("stdio")
+    service = ClipSearch(settings)
+    server = build_server(service, settings.roots)
+    # The handshake never waits for the model; loading it meanwhile spares the first search the wait.
+    threading.Thread(target=service.warm_up, name="clipsearch-warm-up", daemon=True).start()
+    server.run("stdio")
     return 0
 
 

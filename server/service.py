@@ -10,7 +10,7 @@ from pathlib import Path
 from server.collection import DEFAULT_COLLECTION, Collection, CollectionStore, validate_name
 from server.config import Settings
 from server.encoder import ClipEncoder, Encoder
-from server.errors import FileMissing, InvalidArgument
+from server.errors import ClipSearchError, FileMissing, InvalidArgument
 from server.evaluate import DEFAULT_KS
 from server.evaluate import evaluate as evaluate_collection
 from server.faiss_index import INDEX_TYPES
@@ -35,6 +35,14 @@ class ClipSearch:
         self.store = CollectionStore(settings.index_dir)
         self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the model now (e.g. in a background thread) so the first query does not wait; failures are left
+        for the first call that needs the model to report."""
+        try:
+            _ = self.encoder.dim
+        except ClipSearchError as exc:
+            log.warning("model not loaded in the background: %s", exc)
 
     def collection(self, name: str, create: bool = False) -> Collection:
         """An open collection, cached for the life of the service; `create` makes it if missing."""
