@@ -332,7 +332,8 @@ class Collection:
         log.info("collection %s: switching its index from %s to %s", self.name, self.manifest.index_type, wanted)
         ids, _, vectors = self.all_vectors()
         if wanted == "ivf":
-            trained, index, spec = build_ivf(vectors, ids)
+            exact = self._index if self.manifest.index_type == "flat" else None
+            trained, index, spec = build_ivf(vectors, ids, exact)
             _write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
         else:
             spec = IndexSpec("flat")

@@ -58,9 +58,10 @@ def nlist_for(count: int) -> int:
 
 
 def build_ivf(
-    vectors: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], seed: int = 0
+    vectors: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], exact: Any = None, seed: int = 0
 ) -> tuple[Any, Any, IndexSpec]:
-    """Train an IVF index on (a sample of) `vectors`, fill it, and calibrate nprobe on it.
+    """Train an IVF index on (a sample of) `vectors`, fill it, and calibrate nprobe on it, against `exact` (an
+    exact index over the same ids, e.g. the Flat index being replaced) or a temporary one.
 
     Returns the trained empty index (kept so later rebuilds need no training), the filled index and its spec."""
     import faiss
@@ -77,14 +78,18 @@ def build_ivf(
     trained.set_direct_map_type(faiss.DirectMap.Hashtable)
     index = faiss.clone_index(trained)
     index.add_with_ids(vectors, ids)
-    nprobe = calibrate_nprobe(index, vectors, ids, rng)
+    nprobe = calibrate_nprobe(index, vectors, ids, rng, exact)
     index.nprobe = nprobe
     params = {"nlist": nlist, "nprobe": nprobe, "target_recall_at_10": TARGET_RECALL, "trained_on": count}
     return trained, index, IndexSpec("ivf", params)
 
 
 def calibrate_nprobe(
-    index: Any, vectors: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], rng: np.random.Generator
+    index: Any,
+    vectors: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    rng: np.random.Generator,
+    exact: Any = None,
 ) -> int:
     """Smallest power-of-two nprobe whose recall@10 against exact search, on queries near stored vectors, meets
     the target."""
@@ -98,11 +103,14 @@ def calibrate_nprobe(
     between = vectors[rng.choice(count, half)] + vectors[rng.choice(count, half)]
     queries = np.concatenate([near, between]).astype(np.float32)
     queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(vectors)
     k = min(10, count)
-    _, positions = exact.search(queries, k)
-    truth = ids[positions]
+    if exact is None:
+        exact = faiss.IndexFlatIP(dim)
+        exact.add(vectors)
+        _, positions = exact.search(queries, k)
+        truth = ids[positions]
+    else:  # already maps to ids; reusing it spares a second full copy of the vectors
+        _, truth = exact.search(queries, k)
     nprobe = 1
     while nprobe < index.nlist:
         index.nprobe = nprobe
