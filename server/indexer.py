@@ -349,6 +349,9 @@ class _Run:
             time.monotonic() - self.last_commit >= self.indexer.commit_seconds
         ):
             self.writer.commit()
+            # Committed vectors are found through the catalog from now on; keeping them here would make memory
+            # grow with the size of the run.
+            self.vectors_this_run.clear()
             self.since_commit = 0
             self.last_commit = time.monotonic()
         if self.progress:
