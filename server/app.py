@@ -1,10 +1,11 @@
 """The MCP server: thin tools over the ClipSearch core, run in worker threads so the event loop never blocks."""
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
 import anyio
@@ -16,14 +17,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ListRootsResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from server.collection import DEFAULT_COLLECTION
+from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, MAX_K, MAX_QUERY_CHARS
 from server.errors import ClipSearchError
-from server.evaluate import DEFAULT_KS
-from server.ground_truth import DEFAULT_TEMPLATE
 from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
 from server.paths import PathGuard
-from server.search import MAX_K, MAX_QUERY_CHARS
-from server.service import ClipSearch
+
+if TYPE_CHECKING:
+    from server.service import ClipSearch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,9 +46,11 @@ INSTRUCTIONS = (
 )
 
 
-def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
-    """An MCP server over `service`. File access is confined to `roots`, else to the roots the client declares."""
+def build_server(service: "ClipSearch | Callable[[], ClipSearch]", roots: Sequence[Path] = ()) -> MCPServer:
+    """An MCP server over `service`, or over the service a factory makes on first use (so the handshake never
+    waits for numpy, PIL or torch). File access is confined to `roots`, else to the roots the client declares."""
     server = MCPServer("clipsearch", instructions=INSTRUCTIONS)
+    get = lazy(service) if callable(service) else (lambda: service)
     configured = tuple(roots)
     no_roots = ListRootsResult(roots=[])
 
@@ -91,7 +93,7 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
         guard = guard_for(client_roots)
         report_progress = _progress_reporter(ctx)
         report = await _run(
-            lambda: service.index_folder(
+            lambda: get().index_folder(
                 folder, collection, recursive, remove_missing, guard, report_progress, index_type
             )
         )
@@ -113,8 +115,8 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
         thumbnails: Thumbnails = 0,
     ) -> Annotated[CallToolResult, SearchResponse]:
         """Find the images in a collection that best match a text description, best first, with cosine scores."""
-        response = await _run(lambda: service.search_text(query, k, collection))
-        return await _search_result(service, response, thumbnails, guard_for(client_roots))
+        response = await _run(lambda: get().search_text(query, k, collection))
+        return await _search_result(get, response, thumbnails, guard_for(client_roots))
 
     @server.tool(annotations=ToolAnnotations(title="Find similar images", read_only_hint=True))
     async def search_similar_images(
@@ -127,8 +129,8 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
         """Find the images in a collection most similar to an example image, best first, with cosine scores.
         An indexed example comes back first with a score of about 1."""
         guard = guard_for(client_roots)
-        response = await _run(lambda: service.search_image(image_path, k, collection, guard))
-        return await _search_result(service, response, thumbnails, guard)
+        response = await _run(lambda: get().search_image(image_path, k, collection, guard))
+        return await _search_result(get, response, thumbnails, guard)
 
     @server.tool(annotations=ToolAnnotations(title="Measure retrieval quality", read_only_hint=True))
     async def evaluate_retrieval(
@@ -157,13 +159,13 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
         rate@k, Precision@k and nDCG@k for text-to-image and image-to-image queries, worst queries listed."""
         guard = guard_for(client_roots)
         report = await _run(
-            lambda: service.evaluate(
+            lambda: get().evaluate(
                 collection,
                 ground_truth,
                 ks,
                 text_template,
                 guard,
-                service.evaluation_dir(collection) if plots else None,
+                get().evaluation_dir(collection) if plots else None,
                 plots,
             )
         )
@@ -182,11 +184,25 @@ def build_server(service: ClipSearch, roots: Sequence[Path] = ()) -> MCPServer:
     @server.tool(annotations=ToolAnnotations(title="List collections", read_only_hint=True))
     async def list_collections() -> Annotated[CallToolResult, CollectionList]:
         """List the collections with their image counts and the model each was built with."""
-        listing = await _run(service.list_collections)
+        listing = await _run(lambda: get().list_collections())
         names = ", ".join(f"{c.name} ({c.images} images)" for c in listing.collections) or "none yet"
         return _result(listing, f"Collections in {listing.index_dir}: {names}")
 
     return server
+
+
+def lazy(factory: "Callable[[], ClipSearch]") -> "Callable[[], ClipSearch]":
+    """The factory's result, made once, by whichever thread asks first."""
+    made: list[ClipSearch] = []
+    lock = threading.Lock()
+
+    def get() -> "ClipSearch":
+        with lock:
+            if not made:
+                made.append(factory())
+            return made[0]
+
+    return get
 
 
 async def _run(fn: Callable[[], T]) -> T:
@@ -204,7 +220,7 @@ def _result(model: BaseModel, text: str, extra: Sequence[ContentBlock] = ()) -> 
 
 
 async def _search_result(
-    service: ClipSearch, response: SearchResponse, thumbnails: int, guard: PathGuard
+    get: "Callable[[], ClipSearch]", response: SearchResponse, thumbnails: int, guard: PathGuard
 ) -> CallToolResult:
     lines = [f"{len(response.results)} results in '{response.collection}' for {response.query!r}:"]
     lines += [f"{hit.rank}. {hit.score:.3f}  {hit.path}" for hit in response.results]
@@ -212,7 +228,7 @@ async def _search_result(
     if thumbnails:
         for hit in response.results[:thumbnails]:
             try:
-                data = await _run(lambda path=hit.path: service.thumbnail(path, guard))
+                data = await _run(lambda path=hit.path: get().thumbnail(path, guard))
             except ToolError as exc:
                 lines.append(f"(no thumbnail for rank {hit.rank}: {exc})")
                 continue

@@ -10,10 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from server.collection import DEFAULT_COLLECTION
+from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE
 from server.errors import ClipSearchError
-from server.evaluate import DEFAULT_KS
-from server.ground_truth import DEFAULT_TEMPLATE
 from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
 
 EXIT_ERROR = 2
@@ -86,13 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Any) -> int:
-    from server.app import build_server
-    from server.service import ClipSearch
+    from server.app import build_server, lazy
 
-    service = ClipSearch(settings)
+    def make_service() -> Any:
+        from server.service import ClipSearch
+
+        return ClipSearch(settings)
+
+    service = lazy(make_service)
     server = build_server(service, settings.roots)
-    # The handshake never waits for the model; loading it meanwhile spares the first search the wait.
-    threading.Thread(target=service.warm_up, name="clipsearch-warm-up", daemon=True).start()
+    # The handshake waits for none of this; loading it meanwhile spares the first search the wait.
+    threading.Thread(target=lambda: service().warm_up(), name="clipsearch-warm-up", daemon=True).start()
     server.run("stdio")
     return 0
 

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from server.defaults import INDEX_TYPES
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
-from server.faiss_index import INDEX_TYPES, IndexSpec, apply_params, build_ivf, choose_kind, new_flat
+from server.faiss_index import IndexSpec, apply_params, build_ivf, choose_kind, new_flat
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DEFAULT_COLLECTION = "default"
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.collection import Collection
+from server.defaults import DEFAULT_KS, MAX_K
 from server.encoder import Encoder
 from server.errors import ClipSearchError, GroundTruthError, InvalidArgument
 from server.ground_truth import (
@@ -30,11 +31,9 @@ from server.images import decode, read_file
 from server.metrics import rank_order, ranking_metrics
 from server.models import DirectionMetrics, EvaluationReport, QueryResult
 from server.paths import PathGuard
-from server.search import MAX_K
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KS = (1, 3, 5, 10)
 WORST_SHOWN = 10
 _CHUNK = 256
 

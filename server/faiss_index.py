@@ -16,7 +16,6 @@ import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
-INDEX_TYPES = ("auto", "flat", "ivf")
 # Below this many vectors an exact scan answers a single query in a few tens of milliseconds on a laptop CPU
 # (docs/benchmarks.md); above it, IVF's approximate search is much faster at recall@10 >= 0.95.
 AUTO_ANN_THRESHOLD = 150_000

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from server.defaults import DEFAULT_TEMPLATE
 from server.errors import GroundTruthError, InvalidArgument
 from server.paths import PathGuard
 
-DEFAULT_TEMPLATE = "a photo of a {label}"
 MAX_REPORTED = 50
 
 

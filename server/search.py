@@ -6,13 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from server.collection import Collection
+from server.defaults import MAX_K, MAX_QUERY_CHARS
 from server.encoder import Encoder
 from server.errors import FileMissing, InvalidArgument
 from server.images import decode, read_file
 from server.models import SearchHit, SearchResponse
-
-MAX_K = 1000
-MAX_QUERY_CHARS = 2000
 
 
 def check_k(k: int) -> int:

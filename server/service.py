@@ -7,14 +7,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.collection import DEFAULT_COLLECTION, Collection, CollectionStore, validate_name
+from server.collection import Collection, CollectionStore, validate_name
 from server.config import Settings
+from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES
 from server.encoder import ClipEncoder, Encoder
 from server.errors import ClipSearchError, FileMissing, InvalidArgument
-from server.evaluate import DEFAULT_KS
 from server.evaluate import evaluate as evaluate_collection
-from server.faiss_index import INDEX_TYPES
-from server.ground_truth import DEFAULT_TEMPLATE
 from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
 from server.models import CollectionInfo, CollectionList, EvaluationReport, IndexReport, SearchResponse

@@ -1,0 +1,11 @@
+"""Defaults and limits of the public API, shared by the core and both adapters.
+
+Kept free of heavy imports so the MCP server can describe its tools before numpy, PIL or torch are loaded.
+"""
+
+DEFAULT_COLLECTION = "default"
+DEFAULT_KS = (1, 3, 5, 10)
+DEFAULT_TEMPLATE = "a photo of a {label}"
+MAX_K = 1000
+MAX_QUERY_CHARS = 2000
+INDEX_TYPES = ("auto", "flat", "ivf")
