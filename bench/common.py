@@ -1,5 +1,6 @@
 """Shared benchmark helpers: machine description, timing statistics, photo-sized test images."""
 
+import json
 import os
 import platform
 import resource
@@ -22,6 +23,11 @@ def machine() -> str:
     except OSError:
         pass
     return f"{model}; {os.cpu_count()} CPUs; Python {platform.python_version()}"
+
+
+def emit(result: dict[str, object], as_json: bool) -> None:
+    """Print a benchmark's result: one JSON line for scripts, or indented JSON for people."""
+    print(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
 def peak_rss_mb() -> float:

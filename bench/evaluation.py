@@ -4,9 +4,6 @@ python -m bench.evaluation --images 10000 --labels 100 --json
 """
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -15,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bench.common import emit, machine
 from server.collection import CollectionStore, NewImage
 from server.encoder import normalize
 from server.evaluate import evaluate
@@ -75,7 +73,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
     report = result.report
     out = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": machine(),
         "images": args.images,
         "labels": args.labels,
         "image_queries": report.image_to_image.queries,
@@ -85,11 +83,7 @@ def main() -> None:
         "image_to_image_map": report.image_to_image.map,
         "text_to_image_map": report.text_to_image.map,
     }
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, value in out.items():
-            print(f"{key:<22} {value}")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

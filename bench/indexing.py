@@ -11,14 +11,13 @@
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, make_photos, peak_rss_mb
+from bench.common import emit, machine, make_photos, peak_rss_mb
 from server.config import Settings
 from server.encoder import ClipEncoder, normalize
 from server.service import ClipSearch
@@ -109,11 +108,7 @@ def main() -> None:
         "pixel_std": round(float(reference.std()), 4),
         "peak_rss_mb": pipeline_rss,
     }
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for key, value in out.items():
-            print(f"{key:<24} {value}")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ times `Searcher.by_text` end to end (tokenise, encode, search, lookup) on the co
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bench.common import machine, peak_rss_mb, percentiles
+from bench.common import emit, machine, peak_rss_mb, percentiles
 from server.collection import Collection, CollectionStore, NewImage
 from server.faiss_index import AUTO_ANN_THRESHOLD, choose_kind
 
@@ -117,10 +116,7 @@ def main() -> None:
         if args.model:
             out["text_query"] = text_latency(collection, store, args.model, kind)
     out["peak_rss_mb"] = peak_rss_mb()
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(json.dumps(out, indent=2))
+    emit(out, args.json)
 
 
 def text_latency(collection: Collection, store: CollectionStore, model: str, kind: str) -> dict[str, object]:

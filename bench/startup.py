@@ -8,7 +8,6 @@ as an MCP client would start it, over stdio, three times; the medians are report
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from mcp import Client, StdioServerParameters
 
-from bench.common import SAMPLES, machine
+from bench.common import SAMPLES, emit, machine
 from server.config import Settings
 from server.service import ClipSearch
 
@@ -57,7 +56,7 @@ def main() -> None:
         "first_search_seconds": round(statistics.median(r[1] for r in runs), 3),
         "all_runs": [[round(a, 3), round(b, 3)] for a, b in runs],
     }
-    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -275,7 +275,8 @@ class _Run:
             self.counts.unchanged += 1
             self._advance(1)
             return
-        source = self._move_source(item.hash)
+        same_content = self.collection.find_hash(item.hash)
+        source = self._move_source(item.hash, same_content)
         if source is not None:
             if previous is not None:
                 self.writer.remove([previous.id])
@@ -285,7 +286,7 @@ class _Run:
             self.counts.moved += 1
             self._advance(1)
             return
-        vector = self._known_vector(item.hash)
+        vector = self._known_vector(item.hash, same_content)
         if vector is not None:
             self._store(item, vector)
             self._advance(1)
@@ -322,7 +323,7 @@ class _Run:
             self.writer.add(image, vector)
             self.counts.added += 1
 
-    def _move_source(self, content: str) -> CatalogEntry | None:
+    def _move_source(self, content: str, same_content: list[CatalogEntry]) -> CatalogEntry | None:
         """A catalogued file with this content whose own path is gone: the file was renamed or moved here."""
         candidates = self.vanished.get(content)
         if candidates:
@@ -330,17 +331,15 @@ class _Run:
             if not candidates:
                 del self.vanished[content]
             return entry
-        for entry in self.collection.find_hash(content):
+        for entry in same_content:
             if entry.id not in self.moved_ids and not entry.path.exists():
                 return entry
         return None
 
-    def _known_vector(self, content: str) -> npt.NDArray[np.float32] | None:
+    def _known_vector(self, content: str, same_content: list[CatalogEntry]) -> npt.NDArray[np.float32] | None:
         if content in self.vectors_this_run:
             return self.vectors_this_run[content]
-        for entry in self.collection.find_hash(content):
-            return self.collection.vector(entry.id)
-        return None
+        return self.collection.vector(same_content[0].id) if same_content else None
 
     def _advance(self, n: int) -> None:
         self.done += n
