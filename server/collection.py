@@ -1,6 +1,7 @@
 """Named collections on disk: manifest, SQLite catalog (the truth, vectors included) and a FAISS index built from it.
 
-Layout of `<index_dir>/<name>/`: `manifest.json` (format version, model, dimension, metric, index type),
+Layout of `<index_dir>/<name>/`: `manifest.json` (format version, model name and identity, dimension, metric,
+index type),
 `catalog.sqlite` (WAL; one row per image with its vector; a generation counter bumped by every commit),
 `index.<generation>.faiss` (the FAISS index matching that generation) and `write.lock`.
 
@@ -28,10 +29,12 @@ import numpy.typing as npt
 from server.defaults import INDEX_TYPES
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
 from server.faiss_index import IndexSpec, apply_params, build_ivf, choose_kind, new_flat
+from server.model_identity import short
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the manifest records the model's identity (content hash), not only its name
+READABLE_VERSIONS = (1, 2)  # 1 is migrated to 2 by the first write (see Collection.writer)
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
@@ -74,11 +77,15 @@ class Manifest:
     created: str
     index_policy: str = "auto"  # what the user asked for: "auto", "flat" or "ivf"
     index_params: dict[str, Any] = field(default_factory=dict)
+    model_identity: str | None = None  # model_identity.py; None only in version-1 manifests
 
     @classmethod
-    def new(cls, model: str, dim: int, index_policy: str = "auto") -> "Manifest":
+    def new(cls, model: str, dim: int, index_policy: str = "auto", model_identity: str | None = None) -> "Manifest":
         # Every collection starts Flat; IVF needs vectors to train on, so it is built at the end of a write.
-        return cls(SCHEMA_VERSION, model, dim, "inner_product", "flat", datetime.now(UTC).isoformat(), index_policy)
+        created = datetime.now(UTC).isoformat()
+        return cls(
+            SCHEMA_VERSION, model, dim, "inner_product", "flat", created, index_policy, model_identity=model_identity
+        )
 
     @property
     def spec(self) -> IndexSpec:
@@ -142,10 +149,11 @@ def _connect(path: Path) -> sqlite3.Connection:
 class Collection:
     """One open collection. Thread-safe: searches and commits take the same lock, so readers never see a half."""
 
-    def __init__(self, name: str, folder: Path, manifest: Manifest) -> None:
+    def __init__(self, name: str, folder: Path, manifest: Manifest, model_identity: str | None = None) -> None:
         self.name = name
         self.folder = folder
         self.manifest = manifest
+        self._model_identity = model_identity  # of the model in use; recorded by the first write if missing
         self._lock = threading.RLock()
         self._conn = _connect(folder / "catalog.sqlite")
         # Only a new catalog needs the schema: writing it on every open would wait on a running indexer's lock.
@@ -274,6 +282,7 @@ class Collection:
             ) from exc
         try:
             self.refresh_if_stale()
+            self._record_model_identity()
             writer = CollectionWriter(self)
             try:
                 yield writer
@@ -302,6 +311,15 @@ class Collection:
                 ids = np.fromiter(added, dtype=np.int64, count=len(added))
                 self._index.add_with_ids(np.stack(list(added.values())).astype(np.float32), ids)
             self.generation = generation
+
+    def _record_model_identity(self) -> None:
+        """Migrate a version-1 manifest (model name only): the model now writing, opened under that same name,
+        is recorded by identity, so copies of it under other names open the collection from now on."""
+        if self.manifest.model_identity is None and self._model_identity is not None:
+            log.info("collection %s: recording its model's identity %s", self.name, self._model_identity)
+            self._write_manifest(
+                replace(self.manifest, schema_version=SCHEMA_VERSION, model_identity=self._model_identity)
+            )
 
     def set_index_policy(self, policy: str) -> None:
         """Record which index the user wants ('auto', 'flat', 'ivf'); applied at the end of the next write."""
@@ -536,21 +554,24 @@ def load_manifest(folder: Path, name: str) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CollectionMismatch(f"Collection '{name}' has an unreadable manifest ({path}): {exc}") from exc
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_VERSIONS:
         raise CollectionMismatch(
-            f"Collection '{name}' uses format version {data.get('schema_version')}, this clipsearch reads "
-            f"version {SCHEMA_VERSION}. Re-index into a new collection name."
+            f"Collection '{name}' uses format version {data.get('schema_version')}; this clipsearch reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Re-index into a new collection name, or update clipsearch."
         )
     required = ("schema_version", "model", "dim", "metric", "index_type", "created")
-    optional = {key: data[key] for key in ("index_policy", "index_params") if key in data}
+    optional = {key: data[key] for key in ("index_policy", "index_params", "model_identity") if key in data}
     return Manifest(**{key: data[key] for key in required}, **optional)
 
 
 class CollectionStore:
-    """The index directory: opens, creates and lists collections, checking each manifest."""
+    """The index directory: opens, creates and lists collections, checking each manifest.
 
-    def __init__(self, index_dir: Path) -> None:
+    `speaker` is how errors refer to the program using the store ("this command", "this server")."""
+
+    def __init__(self, index_dir: Path, speaker: str = "this command") -> None:
         self.index_dir = index_dir
+        self.speaker = speaker
 
     def exists(self, name: str) -> bool:
         return (self.index_dir / validate_name(name) / "manifest.json").is_file()
@@ -565,28 +586,47 @@ class CollectionStore:
             )
         return load_manifest(folder, name)
 
-    def open(self, name: str, model: str, dim: int | None = None) -> Collection:
-        """Open an existing collection, refusing one built with another model or dimension."""
-        manifest = self.read_manifest(name)
-        if manifest.model != model or (dim is not None and manifest.dim != dim):
-            wanted = f"'{model}'" + (f" ({dim}-d)" if dim is not None else "")
-            raise CollectionMismatch(
-                f"Collection '{name}' was built with model '{manifest.model}' ({manifest.dim}-d); this server uses "
-                f"{wanted}. Use the same --model, or another collection name."
-            )
-        return Collection(name, self.index_dir / name, manifest)
+    def open(self, name: str, model: str, dim: int | None = None, identity: str | None = None) -> Collection:
+        """Open an existing collection, refusing one built with another model or dimension.
 
-    def create(self, name: str, model: str, dim: int, index_policy: str = "auto") -> Collection:
+        A model is the same when its identity matches the recorded one, whatever it is called; without both
+        identities (a version-1 collection, or a caller that knows only the name) the names must match."""
+        manifest = self.read_manifest(name)
+        if identity is not None and manifest.model_identity is not None:
+            if identity != manifest.model_identity:
+                raise CollectionMismatch(
+                    f"Collection '{name}' was built with model '{manifest.model}' (weights "
+                    f"{short(manifest.model_identity)}); {self.speaker} uses '{model}', a different checkpoint "
+                    f"(weights {short(identity)}). Use the model the collection was built with, or another "
+                    "collection name."
+                )
+        elif manifest.model != model:
+            raise CollectionMismatch(
+                f"Collection '{name}' was built with model '{manifest.model}' ({manifest.dim}-d); {self.speaker} "
+                f"uses '{model}'. Use the same --model (a collection made before clipsearch recorded model "
+                "identities opens under its model's name only, until its next indexing run), or another collection "
+                "name."
+            )
+        if dim is not None and manifest.dim != dim:
+            raise CollectionMismatch(
+                f"Collection '{name}' holds {manifest.dim}-d vectors; the model '{model}' that {self.speaker} uses "
+                f"makes {dim}-d vectors. Use the model the collection was built with, or another collection name."
+            )
+        return Collection(name, self.index_dir / name, manifest, identity)
+
+    def create(
+        self, name: str, model: str, dim: int, index_policy: str = "auto", identity: str | None = None
+    ) -> Collection:
         """Open the collection if it exists (checking its model), else create it."""
         folder = self.index_dir / validate_name(name)
         if (folder / "manifest.json").is_file():
-            return self.open(name, model, dim)
+            return self.open(name, model, dim, identity)
         folder.mkdir(parents=True, exist_ok=True)
         if index_policy not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_policy!r}.")
-        manifest = Manifest.new(model, dim, index_policy)
+        manifest = Manifest.new(model, dim, index_policy, identity)
         _write_atomically(folder / "manifest.json", json.dumps(asdict(manifest), indent=2).encode("utf-8"))
-        return Collection(name, folder, manifest)
+        return Collection(name, folder, manifest, identity)
 
     def names(self) -> list[str]:
         if not self.index_dir.is_dir():

@@ -4,6 +4,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from server.errors import ModelUnavailable
+from server.model_files import DownloadTracker, ModelFiles, locate
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,11 @@ class Encoder(Protocol):
     """What indexing and search need from a model; tests hand in a fake."""
 
     model_name: str
+
+    @property
+    def model_identity(self) -> str:
+        """What the checkpoint holds (a content hash), so a copy under another name is recognised as the same."""
+        ...
 
     @property
     def dim(self) -> int: ...
@@ -78,14 +85,48 @@ class Preprocessing:
 
 
 class ClipEncoder:
-    """transformers' CLIPModel with its tokenizer; weights load on first use, once, whatever thread asks."""
+    """transformers' CLIPModel with its tokenizer; weights load on first use, once, whatever thread asks.
 
-    def __init__(self, model_name: str, device: str | None = None, batch_size: int = 32) -> None:
+    The files are found (or downloaded once, reported to `downloads`) before loading; `hash_cache` remembers the
+    weight hashes behind `model_identity`."""
+
+    def __init__(
+        self,
+        model_name: str,
+        device: str | None = None,
+        batch_size: int = 32,
+        downloads: DownloadTracker | None = None,
+        hash_cache: Path | None = None,
+    ) -> None:
         self.model_name = model_name
         self.batch_size = batch_size
+        self.downloads = downloads or DownloadTracker()
+        self._hash_cache = hash_cache
         self._device_request = device
         self._lock = threading.Lock()
+        self._files: ModelFiles | None = None
+        self._identity: str | None = None
         self._loaded: _Loaded | None = None
+
+    @property
+    def files(self) -> ModelFiles:
+        """The checkpoint's local files, found once (downloading them the first time)."""
+        if self._files is None:
+            with self._lock:
+                if self._files is None:
+                    self._files = locate(self.model_name, self.downloads)
+        return self._files
+
+    @property
+    def model_identity(self) -> str:
+        if self._identity is None:
+            from server.model_identity import model_identity
+
+            folder = self.files.folder
+            with self._lock:
+                if self._identity is None:
+                    self._identity = model_identity(folder, self._hash_cache)
+        return self._identity
 
     @property
     def dim(self) -> int:
@@ -135,9 +176,10 @@ class ClipEncoder:
 
     def _load(self) -> "_Loaded":
         if self._loaded is None:
+            files = self.files
             with self._lock:
                 if self._loaded is None:
-                    self._loaded = _load_clip(self.model_name, self._device_request)
+                    self._loaded = _load_clip(files, self._device_request)
         return self._loaded
 
 
@@ -157,36 +199,33 @@ def _features(output: Any) -> Any:
     return getattr(output, "pooler_output", output)
 
 
-def _load_clip(model_name: str, device: str | None) -> _Loaded:
-    log.info("loading CLIP model %s", model_name)
+def _load_clip(files: ModelFiles, device: str | None) -> _Loaded:
+    log.info("loading CLIP model %s from %s", files.name, files.folder)
     import torch
     from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil, CLIPModel
-    from transformers.utils import logging as hf_logging
 
-    # Their progress bars and advice would land on stderr of every CLI call and in the MCP client's log.
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet_libraries()
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if chosen.startswith("cuda") else torch.float32
+    folder = files.folder
     try:
-        config = AutoConfig.from_pretrained(model_name)
+        # local_files_only: the folder is complete (model_files checked it), so nothing may go to the network.
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
         if config.model_type != "clip":
             raise ValueError(f"it is a '{config.model_type}' checkpoint, not a CLIP model")
-        model, info = CLIPModel.from_pretrained(model_name, dtype=dtype, output_loading_info=True)
+        model, info = CLIPModel.from_pretrained(folder, dtype=dtype, output_loading_info=True, local_files_only=True)
         # transformers fills absent weights with random values; a half-loaded model would search at random.
         missing = info.get("missing_keys") or []
         if missing:
             raise ValueError(f"its weights lack {len(missing)} tensors (e.g. {sorted(missing)[0]})")
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         if len(tokenizer) <= 3:
             raise ValueError("it has no tokenizer files (vocab.json/merges.txt or tokenizer.json)")
-        processor = CLIPImageProcessorPil.from_pretrained(model_name)
+        processor = CLIPImageProcessorPil.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelUnavailable(
-            f"Cannot load the CLIP model '{model_name}': {_first_line(exc)}. The first run downloads it from the "
-            "Hugging Face hub, which needs the network once; offline, point --model or CLIPSEARCH_MODEL at a local "
-            "folder holding a CLIP checkpoint in Hugging Face format (config.json, weights, tokenizer and "
-            "preprocessor_config.json)."
+            f"Cannot load the CLIP model '{files.name}': {_first_line(exc)}. Point --model or CLIPSEARCH_MODEL at "
+            "a CLIP checkpoint in Hugging Face format (config.json, weights, tokenizer and preprocessor_config.json)."
         ) from exc
     model = model.to(chosen).eval()
     size = processor.size
@@ -212,4 +251,20 @@ def _load_clip(model_name: str, device: str | None) -> _Loaded:
 
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    # Our sentences add their own period; library messages often end with one already.
+    return (text[0] if text else type(exc).__name__).rstrip(" .")
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' and the hub's progress bars, advice and warnings (nothing a user can act on) out of the
+    CLI's stderr and the MCP client's log; our own messages say what matters."""
+    import warnings
+
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
+    for module in ("transformers", "huggingface_hub", "torch"):
+        warnings.filterwarnings("ignore", module=module)

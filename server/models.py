@@ -95,6 +95,9 @@ class CollectionInfo(BaseModel):
     name: str
     images: int
     model: str
+    model_identity: str | None = Field(
+        None, description="sha256 of the model's weights and config; None until a collection made before 0.2 is written"
+    )
     dim: int
     index_type: str
 

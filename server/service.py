@@ -15,22 +15,37 @@ from server.errors import ClipSearchError, FileMissing, InvalidArgument
 from server.evaluate import evaluate as evaluate_collection
 from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
+from server.model_files import DownloadTracker
 from server.models import CollectionInfo, CollectionList, EvaluationReport, IndexReport, SearchResponse
 from server.paths import PathGuard
 from server.search import Searcher
 
 log = logging.getLogger(__name__)
 
+MODEL_HASHES_FILE = "model-hashes.json"  # in the index directory: weight-file hashes behind model identities
+
 
 class ClipSearch:
-    """Image search over named collections. Pass a `guard` to confine file access; None means unconfined (CLI)."""
+    """Image search over named collections. Pass a `guard` to confine file access; None means unconfined (CLI).
 
-    def __init__(self, settings: Settings, encoder: Encoder | None = None, indexer: Indexer | None = None) -> None:
+    `downloads` reports a first run's model download; `speaker` is how messages name the program ("this command")."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: Encoder | None = None,
+        indexer: Indexer | None = None,
+        downloads: DownloadTracker | None = None,
+        speaker: str = "this command",
+    ) -> None:
         self.settings = settings
-        self.encoder: Encoder = encoder or ClipEncoder(settings.model)
+        self.downloads = downloads or DownloadTracker()
+        self.encoder: Encoder = encoder or ClipEncoder(
+            settings.model, downloads=self.downloads, hash_cache=settings.index_dir / MODEL_HASHES_FILE
+        )
         self.indexer = indexer or Indexer(self.encoder)
         self.searcher = Searcher(self.encoder)
-        self.store = CollectionStore(settings.index_dir)
+        self.store = CollectionStore(settings.index_dir, speaker)
         self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
 
@@ -47,10 +62,11 @@ class ClipSearch:
         validate_name(name)
         with self._lock:
             if name not in self._open:
+                model, identity = self.encoder.model_name, self.encoder.model_identity
                 if create and not self.store.exists(name):
-                    self._open[name] = self.store.create(name, self.encoder.model_name, self.encoder.dim)
+                    self._open[name] = self.store.create(name, model, self.encoder.dim, identity=identity)
                 else:
-                    self._open[name] = self.store.open(name, self.encoder.model_name)
+                    self._open[name] = self.store.open(name, model, identity=identity)
             return self._open[name]
 
     def index_folder(
@@ -124,7 +140,12 @@ class ClipSearch:
             images = cached.count() if cached else _count_rows(self.store.index_dir / name)
             infos.append(
                 CollectionInfo(
-                    name=name, images=images, model=manifest.model, dim=manifest.dim, index_type=manifest.index_type
+                    name=name,
+                    images=images,
+                    model=manifest.model,
+                    model_identity=manifest.model_identity,
+                    dim=manifest.dim,
+                    index_type=manifest.index_type,
                 )
             )
         return CollectionList(index_dir=str(self.store.index_dir), collections=infos)

@@ -36,6 +36,7 @@ class FakeEncoder:
     """Deterministic stand-in for CLIP: an image's vector is its mean colour; colour words map to their colour."""
 
     model_name = "fake-color-encoder"
+    model_identity = "sha256:" + "fc" * 32
     dim = 3
     input_size = 16
 

@@ -161,9 +161,9 @@ def test_model_loads_once_however_many_threads_ask(tiny_clip: Path, monkeypatch:
     calls: list[str] = []
     real_load = encoder_module._load_clip
 
-    def counting_load(model_name: str, device: str | None):  # type: ignore[no-untyped-def]
-        calls.append(model_name)
-        return real_load(model_name, device)
+    def counting_load(files, device: str | None):  # type: ignore[no-untyped-def]
+        calls.append(str(files.folder))
+        return real_load(files, device)
 
     monkeypatch.setattr(encoder_module, "_load_clip", counting_load)
     fresh = ClipEncoder(str(tiny_clip))

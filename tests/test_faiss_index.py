@@ -468,5 +468,12 @@ async def test_mcp_index_type_is_validated_and_reported_by_list_collections(
     assert refused.is_error and "index_type" in refused.content[0].text
     assert not indexed.is_error and indexed.structured_content["indexed_total"] == 15
     assert listing.structured_content["collections"] == [
-        {"name": "default", "images": 15, "model": "fake-color-encoder", "dim": 3, "index_type": "ivf"}
+        {
+            "name": "default",
+            "images": 15,
+            "model": "fake-color-encoder",
+            "model_identity": FakeEncoder.model_identity,
+            "dim": 3,
+            "index_type": "ivf",
+        }
     ]

@@ -168,8 +168,27 @@ def test_collection_built_with_another_model_is_refused(index_dir: Path, color_f
     fake_service.index_folder(color_folder)
     other = FakeEncoder()
     other.model_name = "another-model"
-    with pytest.raises(CollectionMismatch, match="fake-color-encoder"):
+    other.model_identity = "sha256:" + "0b" * 32  # type: ignore[misc]
+    with pytest.raises(CollectionMismatch) as raised:
         ClipSearch(Settings(index_dir=index_dir, model="another-model"), other).search_text("red")
+
+    message = str(raised.value)
+    assert "'fake-color-encoder' (weights sha256:fcfcfcfcfcfc)" in message
+    assert "this command uses 'another-model', a different checkpoint (weights sha256:0b0b0b0b0b0b)" in message
+
+
+def test_same_model_under_another_name_opens_the_collection(
+    index_dir: Path, color_folder: Path, fake_service: ClipSearch
+):
+    from server.config import Settings
+
+    fake_service.index_folder(color_folder)
+    renamed = FakeEncoder()
+    renamed.model_name = "/a/copy/of/fake-color-encoder"  # same identity, other name
+
+    hits = ClipSearch(Settings(index_dir=index_dir, model=renamed.model_name), renamed).search_text("red", k=3)
+
+    assert [Path(h.path).parent.name for h in hits.results] == ["red", "red", "red"]
 
 
 def test_symlink_leading_outside_the_roots_is_not_read(tmp_path: Path):

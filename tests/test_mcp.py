@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from conftest import COLORS, save_color
+from conftest import COLORS, FakeEncoder, save_color
 from server.app import build_server
 from server.service import ClipSearch
 
@@ -132,7 +132,14 @@ async def test_evaluate_and_list_collections_report_structured_figures(fake_serv
     assert report["text_to_image"]["recall_at"] == {"1": pytest.approx(1 / 3), "3": pytest.approx(1.0)}
     assert report["image_to_image"]["queries"] == 15 and report["text_to_image"]["queries"] == 5
     assert listing.structured_content["collections"] == [
-        {"name": "colors", "images": 15, "model": "fake-color-encoder", "dim": 3, "index_type": "flat"}
+        {
+            "name": "colors",
+            "images": 15,
+            "model": "fake-color-encoder",
+            "model_identity": FakeEncoder.model_identity,
+            "dim": 3,
+            "index_type": "flat",
+        }
     ]
 
 
