@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, MAX_K, MAX_QUERY_CHARS
 from server.errors import ClipSearchError
+from server.model_files import DownloadState, DownloadTracker
 from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
 from server.paths import PathGuard
 
@@ -46,12 +47,23 @@ INSTRUCTIONS = (
 )
 
 
-def build_server(service: "ClipSearch | Callable[[], ClipSearch]", roots: Sequence[Path] = ()) -> MCPServer:
+def build_server(
+    service: "ClipSearch | Callable[[], ClipSearch]",
+    roots: Sequence[Path] = (),
+    downloads: DownloadTracker | None = None,
+) -> MCPServer:
     """An MCP server over `service`, or over the service a factory makes on first use (so the handshake never
-    waits for numpy, PIL or torch). File access is confined to `roots`, else to the roots the client declares."""
+    waits for numpy, PIL or torch). File access is confined to `roots`, else to the roots the client declares.
+    A tool call waiting for the model's first download reports its progress from `downloads` (default: the
+    service's own tracker)."""
     server = MCPServer("clipsearch", instructions=INSTRUCTIONS)
     get = lazy(service) if callable(service) else (lambda: service)
+    tracker = downloads or (service.downloads if not callable(service) else DownloadTracker())
     configured = tuple(roots)
+
+    async def run(fn: Callable[[], T], ctx: Context) -> T:
+        return await _run(fn, _CallProgress(ctx, tracker))
+
     no_roots = ListRootsResult(roots=[])
 
     def ask_roots(ctx: Context) -> ListRoots | ListRootsResult:
@@ -91,11 +103,10 @@ def build_server(service: "ClipSearch | Callable[[], ClipSearch]", roots: Sequen
         """Index (or re-index) a folder's images so they can be searched. Only new or changed files are embedded;
         renamed files keep their vectors; unreadable files are skipped and listed with the reason."""
         guard = guard_for(client_roots)
-        report_progress = _progress_reporter(ctx)
+        progress = _CallProgress(ctx, tracker)
         report = await _run(
-            lambda: get().index_folder(
-                folder, collection, recursive, remove_missing, guard, report_progress, index_type
-            )
+            lambda: get().index_folder(folder, collection, recursive, remove_missing, guard, progress.work, index_type),
+            progress,
         )
         text = (
             f"Indexed {report.folder} into '{report.collection}': {report.indexed_total} images in total; "
@@ -109,18 +120,20 @@ def build_server(service: "ClipSearch | Callable[[], ClipSearch]", roots: Sequen
         query: Annotated[
             str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What the image shows, in words")
         ],
+        ctx: Context,
         client_roots: ThumbnailRoots,
         k: TopK = 10,
         collection: CollectionName = DEFAULT_COLLECTION,
         thumbnails: Thumbnails = 0,
     ) -> Annotated[CallToolResult, SearchResponse]:
         """Find the images in a collection that best match a text description, best first, with cosine scores."""
-        response = await _run(lambda: get().search_text(query, k, collection))
+        response = await run(lambda: get().search_text(query, k, collection), ctx)
         return await _search_result(get, response, thumbnails, guard_for(client_roots))
 
     @server.tool(annotations=ToolAnnotations(title="Find similar images", read_only_hint=True))
     async def search_similar_images(
         image_path: Annotated[str, Field(description="Absolute path of the example image (need not be indexed)")],
+        ctx: Context,
         client_roots: ClientRoots,
         k: TopK = 10,
         collection: CollectionName = DEFAULT_COLLECTION,
@@ -129,11 +142,12 @@ def build_server(service: "ClipSearch | Callable[[], ClipSearch]", roots: Sequen
         """Find the images in a collection most similar to an example image, best first, with cosine scores.
         An indexed example comes back first with a score of about 1."""
         guard = guard_for(client_roots)
-        response = await _run(lambda: get().search_image(image_path, k, collection, guard))
+        response = await run(lambda: get().search_image(image_path, k, collection, guard), ctx)
         return await _search_result(get, response, thumbnails, guard)
 
     @server.tool(annotations=ToolAnnotations(title="Measure retrieval quality", read_only_hint=True))
     async def evaluate_retrieval(
+        ctx: Context,
         client_roots: ClientRoots,
         collection: CollectionName = DEFAULT_COLLECTION,
         ground_truth: Annotated[
@@ -158,7 +172,7 @@ def build_server(service: "ClipSearch | Callable[[], ClipSearch]", roots: Sequen
         """Measure how well search works on a collection, as in the CLIP+FAISS paper: mAP, MRR, Recall@k, hit
         rate@k, Precision@k and nDCG@k for text-to-image and image-to-image queries, worst queries listed."""
         guard = guard_for(client_roots)
-        report = await _run(
+        report = await run(
             lambda: get().evaluate(
                 collection,
                 ground_truth,
@@ -167,7 +181,8 @@ def build_server(service: "ClipSearch | Callable[[], ClipSearch]", roots: Sequen
                 guard,
                 get().evaluation_dir(collection) if plots else None,
                 plots,
-            )
+            ),
+            ctx,
         )
         lines = [f"Evaluation of '{report.collection}' ({report.images} images, ground truth {report.ground_truth}):"]
         for direction, metrics in (("text→image", report.text_to_image), ("image→image", report.image_to_image)):
@@ -205,12 +220,30 @@ def lazy(factory: "Callable[[], ClipSearch]") -> "Callable[[], ClipSearch]":
     return get
 
 
-async def _run(fn: Callable[[], T]) -> T:
-    """Run blocking core work in a worker thread; domain errors become tool errors the client can read."""
-    try:
-        return await anyio.to_thread.run_sync(fn)
-    except ClipSearchError as exc:
-        raise ToolError(str(exc)) from exc
+async def _run(fn: Callable[[], T], progress: "_CallProgress | None" = None) -> T:
+    """Run blocking core work in a worker thread; domain errors become tool errors the client can read. With
+    `progress`, a model download that the work waits for is reported meanwhile."""
+    results: list[T] = []
+    failures: list[Exception] = []
+    if progress is None:
+        try:
+            results.append(await anyio.to_thread.run_sync(fn))
+        except Exception as exc:
+            failures.append(exc)
+    else:
+        async with anyio.create_task_group() as group:
+            group.start_soon(progress.watch_downloads)
+            try:
+                results.append(await anyio.to_thread.run_sync(fn))
+            except Exception as exc:  # raised below, outside the group, so it is not wrapped in an ExceptionGroup
+                failures.append(exc)
+            finally:
+                group.cancel_scope.cancel()
+    if failures:
+        if isinstance(failures[0], ClipSearchError):
+            raise ToolError(str(failures[0])) from failures[0]
+        raise failures[0]
+    return results[0]
 
 
 def _result(model: BaseModel, text: str, extra: Sequence[ContentBlock] = ()) -> CallToolResult:
@@ -236,22 +269,40 @@ async def _search_result(
     return _result(response, "\n".join(lines), images)
 
 
-def _progress_reporter(ctx: Context) -> Callable[[int, int, str], None]:
-    """A thread-side callback that forwards progress to the client, at most a few times a second."""
-    last = 0.0
+class _CallProgress:
+    """One tool call's progress notifications: a model download it waits for (in MB), then its own work (images).
 
-    def report(done: int, total: int, message: str) -> None:
-        nonlocal last
+    Progress must only grow within a call, so the work's counts are reported after the download's megabytes."""
+
+    def __init__(self, ctx: Context, downloads: DownloadTracker) -> None:
+        self._ctx = ctx
+        self._downloads = downloads
+        self._offset = 0.0
+        self._last = 0.0
+
+    async def watch_downloads(self) -> None:
+        seen: DownloadState | None = None
+        while True:
+            state = self._downloads.state()
+            if state is not None and state != seen:
+                seen = state
+                self._offset = state.total_bytes / 1e6
+                await self._notify(state.done_bytes / 1e6, self._offset, state.describe())
+            await anyio.sleep(PROGRESS_INTERVAL_SECONDS)
+
+    def work(self, done: int, total: int, message: str) -> None:
+        """A thread-side callback for the core's progress, sent at most a few times a second."""
         now = time.monotonic()
-        if done < total and now - last < PROGRESS_INTERVAL_SECONDS:
+        if done < total and now - self._last < PROGRESS_INTERVAL_SECONDS:
             return
-        last = now
-        try:
-            anyio.from_thread.run(ctx.report_progress, done, total, message)
-        except Exception:  # progress is best effort; never fail an indexing run over it
-            log.debug("progress notification failed", exc_info=True)
+        self._last = now
+        anyio.from_thread.run(self._notify, self._offset + done, self._offset + total, message)
 
-    return report
+    async def _notify(self, done: float, total: float, message: str) -> None:
+        try:
+            await self._ctx.report_progress(done, total, message)
+        except Exception:  # progress is best effort; never fail a call over it
+            log.debug("progress notification failed", exc_info=True)
 
 
 def _file_roots(result: ListRootsResult) -> list[Path]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE
 from server.errors import ClipSearchError
+from server.model_files import DownloadPlan, DownloadState, megabytes
 from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
 
 EXIT_ERROR = 2
@@ -85,14 +86,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(settings: Any) -> int:
     from server.app import build_server, lazy
+    from server.model_files import DownloadTracker, LoggingListener
+
+    # A first run's download is logged to stderr (the client's log), whatever the verbosity.
+    logging.getLogger("server.model_files").setLevel(logging.INFO)
+    downloads = DownloadTracker([LoggingListener()])
 
     def make_service() -> Any:
         from server.service import ClipSearch
 
-        return ClipSearch(settings)
+        return ClipSearch(settings, downloads=downloads, speaker="this server")
 
     service = lazy(make_service)
-    server = build_server(service, settings.roots)
+    server = build_server(service, settings.roots, downloads)
     # The handshake waits for none of this; loading it meanwhile spares the first search the wait.
     threading.Thread(target=lambda: service().warm_up(), name="clipsearch-warm-up", daemon=True).start()
     server.run("stdio")
@@ -100,9 +106,10 @@ def _serve(settings: Any) -> int:
 
 
 def _run_command(args: argparse.Namespace, settings: Any) -> int:
+    from server.model_files import DownloadTracker
     from server.service import ClipSearch
 
-    service = ClipSearch(settings)
+    service = ClipSearch(settings, downloads=DownloadTracker([_DownloadDisplay()]))
     result: BaseModel
     if args.command == "index":
         with _ProgressBar(enabled=not args.json) as bar:
@@ -173,6 +180,42 @@ def render_evaluation(report: EvaluationReport) -> str:
     if report.report_dir:
         rows.append(f"report written to {report.report_dir}")
     return "\n".join(rows)
+
+
+class _DownloadDisplay:
+    """A first run's model download on stderr: one line saying what and how big, then a bar on a terminal or a
+    line per tenth elsewhere (logs, pipes)."""
+
+    def __init__(self) -> None:
+        self.terminal = sys.stderr.isatty()
+        self._bar: Any = None
+        self._tenths = 0
+
+    def started(self, plan: DownloadPlan) -> None:
+        print(f"clipsearch: {plan.describe()}.", file=sys.stderr, flush=True)
+        self._tenths = 0
+        if self.terminal:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr, desc="model"
+            )
+
+    def advanced(self, state: DownloadState) -> None:
+        if self._bar is not None:
+            self._bar.update(state.done_bytes - self._bar.n)
+            return
+        tenths = state.done_bytes * 10 // max(state.total_bytes, 1)
+        if tenths > self._tenths:
+            self._tenths = tenths
+            print(f"clipsearch: {state.describe()}", file=sys.stderr, flush=True)
+
+    def ended(self, state: DownloadState, ok: bool) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if ok:
+            print(f"clipsearch: model downloaded ({megabytes(state.total_bytes)} MB).", file=sys.stderr, flush=True)
 
 
 class _ProgressBar:

@@ -12,7 +12,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from server.errors import ModelUnavailable
-from server.model_files import DownloadTracker, ModelFiles, locate
+from server.model_files import DownloadTracker, ModelFiles, locate, quiet_hub
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +260,10 @@ def quiet_libraries() -> None:
     CLI's stderr and the MCP client's log; our own messages say what matters."""
     import warnings
 
-    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
+    quiet_hub()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    hub_logging.set_verbosity_error()
-    for module in ("transformers", "huggingface_hub", "torch"):
+    for module in ("transformers", "torch"):
         warnings.filterwarnings("ignore", module=module)

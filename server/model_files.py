@@ -162,6 +162,41 @@ class DownloadTracker:
         return Bar
 
 
+class LoggingListener:
+    """Download progress as log lines (the MCP server's stderr): the plan, every tenth, the end."""
+
+    def __init__(self) -> None:
+        self._tenths = -1
+
+    def started(self, plan: DownloadPlan) -> None:
+        self._tenths = 0
+        log.info("%s", plan.describe())
+
+    def advanced(self, state: DownloadState) -> None:
+        tenths = state.done_bytes * 10 // max(state.total_bytes, 1)
+        if tenths > self._tenths:
+            self._tenths = tenths
+            log.info("%s", state.describe())
+
+    def ended(self, state: DownloadState, ok: bool) -> None:
+        if ok:
+            log.info("downloaded the model %s (%d MB)", state.model, megabytes(state.total_bytes))
+        else:
+            log.warning("the download of the model %s stopped at %d MB", state.model, megabytes(state.done_bytes))
+
+
+def quiet_hub() -> None:
+    """The hub library logs through its own handler and, by default, through the root logger too (every line
+    twice), and warns about retries a user cannot act on: keep its errors only, once."""
+    import warnings
+
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+    hub_logging.disable_propagation()
+    warnings.filterwarnings("ignore", module="huggingface_hub")
+
+
 def missing_files(folder: Path) -> list[str]:
     """What a checkpoint folder lacks to be loaded (a broken link counts as missing)."""
     missing = [name for name in (CONFIG, PREPROCESSOR) if not (folder / name).is_file()]
@@ -288,6 +323,7 @@ def _download(repo_id: str, problem: str, downloads: DownloadTracker) -> Path:
 
     if _offline():
         raise unavailable(f"{problem}, and HF_HUB_OFFLINE is set")
+    quiet_hub()
     import httpx2
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
