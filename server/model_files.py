@@ -360,11 +360,21 @@ def _download(repo_id: str, problem: str, downloads: DownloadTracker) -> Path:
         raise unavailable(f"the download stopped ({_sentence(exc)}); run the command again to resume it") from exc
     finally:
         downloads.end(ok)
-    # The main ref now names the revision just fetched, so the next run finds it in the cache.
+    _point_main_at(repo_id, str(info.sha))
     cached, later_problem = _cached_snapshot(repo_id)
     if cached is None:
         raise unavailable(later_problem)
     return cached
+
+
+def _point_main_at(repo_id: str, commit: str) -> None:
+    """Record the revision just fetched as the cache's `main`, as the hub library's snapshot download does, so the
+    next run finds it without asking (written atomically: a concurrent reader never sees half a hash)."""
+    refs = _storage(repo_id) / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    tmp = refs / f".main.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(commit, encoding="utf-8")
+    os.replace(tmp, refs / "main")
 
 
 def _files_to_fetch(sizes: dict[str, int]) -> list[str]:

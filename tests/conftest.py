@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny real CLIP checkpoint on disk, a deterministic fake encoder, and image folders."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from bench.checkpoint import write_random_clip
+from fakehub import FakeHub, serve
 from server.collection import Collection, NewImage
 from server.config import Settings
 from server.encoder import normalize
@@ -113,3 +114,44 @@ def fake_service(index_dir: Path, fake_encoder: FakeEncoder) -> ClipSearch:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# --- a Hugging Face cache and hub, without network ---------------------------------------------------------------
+
+HUB_NAME = "openai/clip-vit-base-patch32"
+
+
+@pytest.fixture
+def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face home for this test, with offline mode off (as on a user's laptop)."""
+    import huggingface_hub.constants
+
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    # The hub library reads offline mode once, at import (conftest set it for every other test).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return home
+
+
+@pytest.fixture
+def fake_hub(tiny_clip: Path, hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A local hub serving the tiny checkpoint as `openai/clip-vit-base-patch32`; HF_ENDPOINT points at it."""
+    hub = FakeHub()
+    hub.add_folder(HUB_NAME, tiny_clip)
+    with serve(hub):
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        yield hub
+
+
+@pytest.fixture
+def cached_model(fake_hub: FakeHub) -> Path:
+    """The tiny checkpoint downloaded into the test's Hugging Face cache under the hub name; the hub's request log
+    is cleared afterwards. Returns the snapshot folder."""
+    from server.model_files import locate
+
+    folder = locate(HUB_NAME).folder
+    fake_hub.requests.clear()
+    return folder

@@ -23,7 +23,7 @@ class FakeHub:
 
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
-    chunk_delay: threading.Event | None = None  # when set, file bodies wait for it mid-way (to test slow downloads)
+    chunk_delay: threading.Event | None = None  # weight file bodies wait for it half-way (slow downloads)
     endpoint: str = ""
 
     def add_folder(self, repo_id: str, folder: Path) -> None:
@@ -48,7 +48,9 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-        def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool = False) -> None:
+        def _send(
+            self, status: int, body: bytes, headers: dict[str, str], head: bool = False, slow: bool = False
+        ) -> None:
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
@@ -59,7 +61,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             half = len(body) // 2
             self.wfile.write(body[:half])
             self.wfile.flush()
-            if hub.chunk_delay is not None:
+            if slow and hub.chunk_delay is not None:
                 hub.chunk_delay.wait(timeout=30)
             self.wfile.write(body[half:])
 
@@ -81,6 +83,19 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     return self._not_found(head)
                 tree = [_tree_entry(name, data) for name, data in files.items()]
                 return self._send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, head)
+            if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)", path):
+                files = hub.repos.get(match.group(1))
+                if files is None:
+                    return self._not_found(head)
+                siblings = []
+                for name, data in files.items():
+                    entry = _tree_entry(name, data)
+                    lfs = None
+                    if "lfs" in entry:  # the model API names the LFS hash sha256, the tree API oid
+                        lfs = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                    siblings.append({"rfilename": name, "size": len(data), "blobId": entry["oid"], "lfs": lfs})
+                info = {"id": match.group(1), "sha": COMMIT, "siblings": siblings}
+                return self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, head)
             if match := re.fullmatch(r"/(.+?)/resolve/[^/]+/(.+)", path):
                 files = hub.repos.get(match.group(1))
                 if files is None or match.group(2) not in files:
@@ -98,7 +113,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     stop = int(m.group(2)) + 1 if m.group(2) else len(data)
                     headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
                     data, status = data[start:stop], 206
-                return self._send(status, data, headers, head)
+                return self._send(status, data, headers, head, slow=lfs)
             return self._send(404, b"", {}, head)
 
         def do_GET(self) -> None:
@@ -110,10 +125,15 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that hang up mid-body (timeouts under test) are expected
+
+
 @contextmanager
 def serve(hub: FakeHub) -> Iterator[FakeHub]:
     """Run the fake hub on a free loopback port for the duration of the block; `hub.endpoint` is its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+    server = _QuietServer(("127.0.0.1", 0), _handler(hub))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
