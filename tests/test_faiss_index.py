@@ -444,7 +444,9 @@ def test_cli_index_type_option_sets_the_collection_index(
 ):
     from server.cli import main
 
-    monkeypatch.setattr("server.service.ClipSearch", lambda settings: ClipSearch(settings, encoder=FakeEncoder()))
+    monkeypatch.setattr(
+        "server.service.ClipSearch", lambda settings, **options: ClipSearch(settings, encoder=FakeEncoder(), **options)
+    )
     common = ["--index-dir", str(index_dir), "--model", FakeEncoder.model_name]
     assert main(["index", str(color_folder), "--index-type", "ivf", "--json", *common]) == 0
     capsys.readouterr()
