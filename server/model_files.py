@@ -20,7 +20,7 @@ from server.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-METADATA_TIMEOUT_SECONDS = 8.0
+METADATA_TIMEOUT_SECONDS = 5.0
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bench.checkpoint import write_random_clip
-from fakehub import FakeHub, serve
+from bench.fakehub import FakeHub, serve
 from server.collection import Collection, NewImage
 from server.config import Settings
 from server.encoder import normalize

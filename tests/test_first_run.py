@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
+from bench.fakehub import FakeHub
 from conftest import HUB_NAME
-from fakehub import FakeHub
 from server.app import build_server
 from server.config import Settings
 from server.service import ClipSearch

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import server.model_files as model_files
+from bench.fakehub import FakeHub
 from conftest import HUB_NAME
-from fakehub import FakeHub
 from server.encoder import ClipEncoder
 from server.errors import ModelUnavailable
 from server.model_files import DownloadPlan, DownloadState, DownloadTracker, locate
