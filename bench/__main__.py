@@ -35,6 +35,7 @@ def main() -> None:
         "text_query": run("search", "--vectors", args.text_vectors, "--model", args.model),
         "startup": run("startup", "--model", args.model),
         "evaluation": run("evaluation", "--images", args.eval_images),
+        "offline": run("offline", "--model", args.model),
     }
     print(json.dumps(results, indent=2))
 
