@@ -62,6 +62,8 @@ class ClipSearch:
         validate_name(name)
         with self._lock:
             if name not in self._open:
+                if not create:
+                    self.store.read_manifest(name)  # a missing collection is said before any model work
                 model, identity = self.encoder.model_name, self.encoder.model_identity
                 if create and not self.store.exists(name):
                     self._open[name] = self.store.create(name, model, self.encoder.dim, identity=identity)
