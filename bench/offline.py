@@ -97,7 +97,7 @@ def main() -> None:
         missing: dict[str, float] = {}
         for name in ("no_network_real_hub", "no_network_silent_hub"):
             env = {**settings[name], "HF_HOME": str(work / "empty-hf")}
-            elapsed, code, _ = timed(env, "search", "a cat")
+            elapsed, code, _ = timed(env, "index", str(SAMPLES), "-c", "never-made")
             missing[name] = round(elapsed, 2) if code == 2 else float("nan")
     listener.close()
     medians = {c: {s: round(statistics.median(v), 3) for s, v in by.items()} for c, by in seconds.items()}

@@ -74,7 +74,7 @@ def test_cached_model_without_network_prints_no_warnings(cached_model: Path, hf_
 def test_missing_model_without_network_is_one_error_line(hf_home: Path, tmp_path: Path) -> None:
     env = online_env(hf_home, "http://127.0.0.1:9", tmp_path / "index")
 
-    result = clipsearch(env, "search", "a cat")
+    result = clipsearch(env, "index", str(SAMPLES))
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
