@@ -5,6 +5,7 @@ download a real (tiny) checkpoint through the real hub library, with no network.
 import hashlib
 import json
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,3 +146,28 @@ def serve(hub: FakeHub) -> Iterator[FakeHub]:
             hub.chunk_delay.set()
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[tuple[str, list[socket.socket]]]:
+    """An endpoint that accepts connections and never answers (a hub behind a network that swallows packets, the
+    worst case for timeouts); yields its URL and the list of connections it accepted."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()

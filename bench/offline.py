@@ -14,38 +14,18 @@ never answers (a network that swallows packets: the worst case for timeouts). Me
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from bench.common import SAMPLES, emit, machine
-from bench.fakehub import FakeHub, serve
+from bench.fakehub import FakeHub, serve, silent_endpoint
 
 HUB_NAME = "openai/clip-vit-base-patch32"
 REAL_HUB = "https://huggingface.co"
-
-
-def silent_endpoint() -> tuple[str, socket.socket]:
-    """A port that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener
 
 
 def timed(env: dict[str, str], *args: str) -> tuple[float, int, str]:
@@ -62,8 +42,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    silent, listener = silent_endpoint()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, silent_endpoint() as (silent, _):
         work = Path(folder)
         base = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
         base.update(HF_HOME=str(work / "hf"), CLIPSEARCH_INDEX_DIR=str(work / "index"))
@@ -99,7 +78,6 @@ def main() -> None:
             env = {**settings[name], "HF_HOME": str(work / "empty-hf")}
             elapsed, code, _ = timed(env, "index", str(SAMPLES), "-c", "never-made")
             missing[name] = round(elapsed, 2) if code == 2 else float("nan")
-    listener.close()
     medians = {c: {s: round(statistics.median(v), 3) for s, v in by.items()} for c, by in seconds.items()}
     out = {
         "machine": machine(),

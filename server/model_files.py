@@ -342,6 +342,9 @@ def _download(repo_id: str, problem: str, downloads: DownloadTracker) -> Path:
         raise ModelUnavailable(f"Cannot load the model '{repo_id}': its hub repository has no PyTorch weights.")
     snapshot = _storage(repo_id) / "snapshots" / str(info.sha)
     todo = tuple((name, sizes[name]) for name in wanted if not (snapshot / name).is_file())
+    if not todo:  # every file is there already; only the main ref was missing
+        _point_main_at(repo_id, str(info.sha))
+        return snapshot
     plan = DownloadPlan(repo_id, todo, cache_dir())
     downloads.start(plan)
     ok = False

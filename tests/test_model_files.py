@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import server.model_files as model_files
-from bench.fakehub import FakeHub
+from bench.fakehub import FakeHub, silent_endpoint
 from conftest import HUB_NAME
 from server.encoder import ClipEncoder
 from server.errors import ModelUnavailable
@@ -43,26 +43,8 @@ class Recorder:
 
 @pytest.fixture
 def silent_port() -> Iterator[tuple[str, list[socket.socket]]]:
-    """An endpoint that accepts connections and never answers (a hub behind a dead network); lists the
-    connections it accepted."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
-    listener.close()
-    for conn in accepted:
-        conn.close()
+    with silent_endpoint() as endpoint:
+        yield endpoint
 
 
 def closed_port_endpoint() -> str:
