@@ -24,6 +24,7 @@ from server.models import CollectionList, EvaluationReport, IndexReport, SearchR
 from server.paths import PathGuard
 
 if TYPE_CHECKING:
+    from server.indexer import IndexProgress
     from server.service import ClipSearch
 
 log = logging.getLogger(__name__)
@@ -290,13 +291,14 @@ class _CallProgress:
                 await self._notify(state.done_bytes / 1e6, self._offset, state.describe())
             await anyio.sleep(PROGRESS_INTERVAL_SECONDS)
 
-    def work(self, done: int, total: int, message: str) -> None:
+    def work(self, progress: "IndexProgress") -> None:
         """A thread-side callback for the core's progress, sent at most a few times a second."""
         now = time.monotonic()
-        if done < total and now - self._last < PROGRESS_INTERVAL_SECONDS:
+        if progress.done < progress.to_process and now - self._last < PROGRESS_INTERVAL_SECONDS:
             return
         self._last = now
-        anyio.from_thread.run(self._notify, self._offset + done, self._offset + total, message)
+        done, total = self._offset + progress.done, self._offset + progress.to_process
+        anyio.from_thread.run(self._notify, done, total, progress.message)
 
     async def _notify(self, done: float, total: float, message: str) -> None:
         try:

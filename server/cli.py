@@ -6,9 +6,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from server.indexer import IndexProgress
 
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE
 from server.errors import ClipSearchError
@@ -228,14 +231,14 @@ class _ProgressBar:
     def __enter__(self) -> "_ProgressBar":
         return self
 
-    def __call__(self, done: int, total: int, message: str) -> None:
+    def __call__(self, progress: "IndexProgress") -> None:
         if not self.enabled:
             return
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="img", file=sys.stderr, desc="indexing")
-        self._bar.update(done - self._bar.n)
+            self._bar = tqdm(total=progress.to_process, unit="img", file=sys.stderr, desc="indexing")
+        self._bar.update(progress.done - self._bar.n)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

@@ -1,5 +1,10 @@
 """Domain errors raised by the core. Their messages are written for the person who must act on them."""
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.models import IndexReport
+
 
 class ClipSearchError(Exception):
     """Base of every anticipated failure; adapters show its message as is."""
@@ -35,6 +40,14 @@ class CollectionMismatch(ClipSearchError):
 
 class CollectionBusy(ClipSearchError):
     """Another indexing run holds the collection's write lock."""
+
+
+class IndexingCancelled(ClipSearchError):
+    """An indexing run was stopped on request; what it committed stays. Carries the partial report."""
+
+    def __init__(self, report: "IndexReport") -> None:
+        super().__init__(f"Indexing of {report.folder} into '{report.collection}' was cancelled.")
+        self.report = report
 
 
 class GroundTruthError(ClipSearchError):

@@ -8,6 +8,7 @@ images through the model; changes are committed in batches, so a killed run resu
 import logging
 import os
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ import numpy.typing as npt
 
 from server.collection import CatalogEntry, Collection, CollectionWriter, NewImage
 from server.encoder import Encoder
-from server.errors import ClipSearchError, FileMissing
+from server.errors import ClipSearchError, FileMissing, IndexingCancelled
 from server.images import content_hash, decode, is_image_name, read_file
 from server.models import Failure, IndexReport
 from server.paths import PathGuard
@@ -28,7 +29,24 @@ from server.paths import PathGuard
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_FAILURES = 50
-ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class IndexProgress:
+    """Where a run stands: files found, those needing work, how many of those are done, embedded, failed."""
+
+    found: int
+    to_process: int
+    done: int
+    embedded: int
+    failed: int
+
+    @property
+    def message(self) -> str:
+        return f"{self.done}/{self.to_process} processed ({self.found} images found)"
+
+
+ProgressFn = Callable[[IndexProgress], None]
 
 
 @dataclass(frozen=True)
@@ -143,9 +161,11 @@ class Indexer:
         exclude: Sequence[Path] = (),
         progress: ProgressFn | None = None,
         index_type: str | None = None,
+        cancel: threading.Event | None = None,
     ) -> IndexReport:
         """Bring the collection in line with the folder's images and report what changed; `index_type` sets the
-        collection's index choice, under the same write lock."""
+        collection's index choice, under the same write lock. Once `cancel` is set the run stops after the batch in
+        hand, commits it, removes nothing and raises `IndexingCancelled` with the partial report."""
         started = time.perf_counter()
         if not folder.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
@@ -167,23 +187,32 @@ class Indexer:
             if entry.path not in scanned and not any(entry.path.is_relative_to(d) for d in scan.unlisted):
                 vanished.setdefault(entry.hash, []).append(entry)
         known = collection.known_hashes()
-        if progress:
-            progress(0, len(todo), f"{len(files)} images found, {len(todo)} to process")
-
+        run = _Run(self, collection, counts, vanished, progress, len(files), len(todo))
+        run.report_progress()
+        stopped = False
         with collection.writer() as writer:
+            run.writer = writer
             if index_type is not None:
                 collection.set_index_policy(index_type)
             writer.record_folder(folder)
-            run = _Run(self, collection, writer, counts, vanished, progress, len(todo))
             for prepared in self._prepare_all(todo, known):
+                if cancel is not None and cancel.is_set():
+                    stopped = True
+                    break
                 run.handle(prepared)
             run.flush()
             leftover = [e.id for entries in vanished.values() for e in entries]
-            if remove_missing and leftover:
+            # A stopped run has not seen every file: a "vanished" entry may yet turn out to be a move.
+            if remove_missing and leftover and not stopped:
                 writer.remove(leftover)
                 counts.removed += len(leftover)
+        report = self._report(collection, folder, counts, time.perf_counter() - started)
+        if stopped:
+            raise IndexingCancelled(report)
+        return report
 
-        seconds = time.perf_counter() - started
+    @staticmethod
+    def _report(collection: Collection, folder: Path, counts: "_Counts", seconds: float) -> IndexReport:
         return IndexReport(
             collection=collection.name,
             folder=str(folder),
@@ -238,18 +267,19 @@ class _Run:
         self,
         indexer: Indexer,
         collection: Collection,
-        writer: CollectionWriter,
         counts: _Counts,
         vanished: dict[str, list[CatalogEntry]],
         progress: ProgressFn | None,
+        found: int,
         total: int,
     ) -> None:
         self.indexer = indexer
         self.collection = collection
-        self.writer = writer
+        self.writer: CollectionWriter  # set once the write lock is held
         self.counts = counts
         self.vanished = vanished
         self.progress = progress
+        self.found = found
         self.total = total
         self.done = 0
         self.batch: list[_Prepared] = []
@@ -353,5 +383,9 @@ class _Run:
             self.vectors_this_run.clear()
             self.since_commit = 0
             self.last_commit = time.monotonic()
+        self.report_progress()
+
+    def report_progress(self) -> None:
         if self.progress:
-            self.progress(self.done, self.total, f"{self.done}/{self.total} processed")
+            counts = self.counts
+            self.progress(IndexProgress(self.found, self.total, self.done, counts.embedded, len(counts.failures)))

@@ -80,10 +80,12 @@ class ClipSearch:
         guard: PathGuard | None = None,
         progress: ProgressFn | None = None,
         index_type: str | None = None,
+        cancel: threading.Event | None = None,
     ) -> IndexReport:
         """Index a folder's images into a collection, embedding only new or changed files.
 
-        `index_type` ('auto', 'flat', 'ivf') changes the collection's index choice; None keeps it."""
+        `index_type` ('auto', 'flat', 'ivf') changes the collection's index choice; None keeps it. Setting `cancel`
+        stops the run after its current batch (`IndexingCancelled`, with what was committed)."""
         if index_type is not None and index_type not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
         path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
@@ -99,6 +101,7 @@ class ClipSearch:
             exclude=[self.settings.index_dir],
             progress=progress,
             index_type=index_type,
+            cancel=cancel,
         )
 
     def search_text(self, query: str, k: int = 10, collection: str = DEFAULT_COLLECTION) -> SearchResponse:

@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
     encoder = FakeEncoder()
     service = ClipSearch(Settings(index_dir=Path({index!r}), model=encoder.model_name), encoder,
                          Indexer(encoder, workers=2, batch_size=4, commit_every=6))
-    report = service.index_folder({folder!r}, progress=lambda done, total, message: print(done, flush=True))
+    report = service.index_folder({folder!r}, progress=lambda p: print(p.done, flush=True))
     print("DONE", report.indexed_total, flush=True)
     """
 )

@@ -205,7 +205,7 @@ def test_symlink_leading_outside_the_roots_is_not_read(tmp_path: Path):
 
 def test_progress_reports_reach_the_total(fake_service: ClipSearch, color_folder: Path):
     seen: list[tuple[int, int]] = []
-    fake_service.index_folder(color_folder, progress=lambda done, total, msg: seen.append((done, total)))
+    fake_service.index_folder(color_folder, progress=lambda p: seen.append((p.done, p.to_process)))
     assert seen[0] == (0, 15)
     assert seen[-1] == (15, 15)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
