@@ -14,11 +14,12 @@ if TYPE_CHECKING:
     from server.indexer import IndexProgress
 
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE
-from server.errors import ClipSearchError
+from server.errors import ClipSearchError, IndexingCancelled
 from server.model_files import DownloadPlan, DownloadState, megabytes
-from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
+from server.models import CollectionList, EvaluationReport, IndexReport, JobList, SearchResponse
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,9 +61,16 @@ def _parser() -> argparse.ArgumentParser:
         "--plots", metavar="DIR", type=Path, help="Write report.json, report.md, score histogram and t-SNE map to DIR"
     )
     commands.add_parser("collections", parents=[common, output], help="List collections")
+    commands.add_parser("jobs", parents=[common, output], help="List the MCP server's recent indexing jobs")
     serve = commands.add_parser("serve", parents=[common], help="Run the MCP server on stdio")
     serve.add_argument(
         "--root", action="append", default=[], help="Folder the server may read (repeatable; env CLIPSEARCH_ROOTS)"
+    )
+    serve.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="Do not resume indexing jobs that were interrupted when a server stopped",
     )
     return parser
 
@@ -77,19 +85,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.load(args.model, args.index_dir, getattr(args, "root", None))
     try:
         if args.command == "serve":
-            return _serve(settings)
+            return _serve(settings, args.resume)
         return _run_command(args, settings)
     except ClipSearchError as exc:
         print(f"clipsearch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("clipsearch: interrupted; the collection keeps its last committed state", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
-def _serve(settings: Any) -> int:
-    from server.app import build_server, lazy
+def _serve(settings: Any, resume: bool = True) -> int:
+    from server.app import build_server
+    from server.app_support import lazy
+    from server.jobs import JobManager
     from server.model_files import DownloadTracker, LoggingListener
+    from server.paths import PathGuard
 
     # A first run's download is logged to stderr (the client's log), whatever the verbosity.
     logging.getLogger("server.model_files").setLevel(logging.INFO)
@@ -101,9 +112,16 @@ def _serve(settings: Any) -> int:
         return ClipSearch(settings, downloads=downloads, speaker="this server")
 
     service = lazy(make_service)
-    server = build_server(service, settings.roots, downloads)
-    # The handshake waits for none of this; loading it meanwhile spares the first search the wait.
-    threading.Thread(target=lambda: service().warm_up(), name="clipsearch-warm-up", daemon=True).start()
+    jobs = JobManager(settings.index_dir, service)
+    server = build_server(service, settings.roots, downloads, jobs)
+
+    def start_up() -> None:
+        # Jobs a stopped server left running go on (under the configured roots only); then the model loads, so
+        # the first search does not wait for it. The handshake waits for none of this.
+        jobs.recover(PathGuard(settings.roots) if settings.roots else None, resume)
+        service().warm_up()
+
+    threading.Thread(target=start_up, name="clipsearch-start-up", daemon=True).start()
     server.run("stdio")
     return 0
 
@@ -112,13 +130,25 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
     from server.model_files import DownloadTracker
     from server.service import ClipSearch
 
+    if args.command == "jobs":
+        from server.jobs import JobManager
+
+        listing = JobManager(settings.index_dir, lambda: ClipSearch(settings)).recent()
+        print(listing.model_dump_json(indent=2) if args.json else render(listing))
+        return 0
     service = ClipSearch(settings, downloads=DownloadTracker([_DownloadDisplay()]))
     result: BaseModel
     if args.command == "index":
-        with _ProgressBar(enabled=not args.json) as bar:
-            result = service.index_folder(
-                args.folder, args.collection, args.recursive, args.remove_missing, None, bar, args.index_type
-            )
+        with _ProgressBar(enabled=not args.json) as bar, _StopOnInterrupt() as stop:
+            try:
+                result = service.index_folder(
+                    args.folder, args.collection, args.recursive, args.remove_missing, None, bar, args.index_type, stop
+                )
+            except IndexingCancelled as exc:
+                bar.close()
+                print(render(exc.report), file=sys.stderr)
+                print("clipsearch: stopped; everything committed stays, run it again to continue", file=sys.stderr)
+                return EXIT_INTERRUPTED
     elif args.command == "search":
         result = service.search_text(args.text, args.k, args.collection)
     elif args.command == "similar":
@@ -157,6 +187,15 @@ def render(result: BaseModel) -> str:
         return "\n".join(lines)
     if isinstance(result, EvaluationReport):
         return render_evaluation(result)
+    if isinstance(result, JobList):
+        if not result.jobs:
+            return "No indexing jobs."
+        rows = [f"{'job':<24}{'state':<12}{'done':>9}{'of':>9}  collection / folder"]
+        rows += [
+            f"{j.job_id:<24}{j.state:<12}{j.progress.done:>9}{j.progress.to_process:>9}  {j.collection} / {j.folder}"
+            for j in result.jobs
+        ]
+        return "\n".join(rows)
     if isinstance(result, CollectionList):
         if not result.collections:
             return f"No collections in {result.index_dir}."
@@ -240,6 +279,35 @@ class _ProgressBar:
             self._bar = tqdm(total=progress.to_process, unit="img", file=sys.stderr, desc="indexing")
         self._bar.update(progress.done - self._bar.n)
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _StopOnInterrupt(threading.Event):
+    """Ctrl-C during indexing: the first asks the run to stop after its current batch (and commit it); a second
+    interrupts at once (the uncommitted batch is lost, the collection stays consistent)."""
+
+    def __enter__(self) -> "_StopOnInterrupt":
+        import signal
+
+        self._previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.is_set():
+            raise KeyboardInterrupt
+        print("\nclipsearch: stopping after the current batch (Ctrl-C again to stop at once)", file=sys.stderr)
+        self.set()
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)

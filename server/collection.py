@@ -146,6 +146,21 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def is_being_written(folder: Path) -> bool:
+    """Whether some indexing run (in any process) holds the write lock of the collection in `folder`."""
+    from filelock import FileLock, Timeout
+
+    if not (folder / "write.lock").exists():
+        return False
+    lock = FileLock(str(folder / "write.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 class Collection:
     """One open collection. Thread-safe: searches and commits take the same lock, so readers never see a half."""
 

@@ -1,7 +1,7 @@
 """Pydantic result models shared by the MCP tools and the CLI's --json output."""
 
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -105,3 +105,61 @@ class CollectionInfo(BaseModel):
 class CollectionList(BaseModel):
     index_dir: str
     collections: list[CollectionInfo]
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+
+
+class JobProgress(BaseModel):
+    found: int = Field(0, description="Images found in the folder")
+    to_process: int = Field(0, description="Images new or changed since the last run (the rest are unchanged)")
+    done: int = Field(0, description="Images of those processed so far")
+    embedded: int = Field(0, description="Images that went through the model so far")
+    failed: int = Field(0, description="Files skipped as unreadable so far")
+    images_per_second: float = Field(0.0, description="Processed images per second so far")
+    eta_seconds: float | None = Field(None, description="Estimated seconds left, once there is a rate to go by")
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    collection: str
+    folder: PathText
+    state: JobState
+    recursive: bool
+    remove_missing: bool
+    index_type: str | None
+    created: str
+    started: str | None = None
+    finished: str | None = None
+    progress: JobProgress
+    report: IndexReport | None = Field(None, description="The run's report once it ended (partial if cancelled)")
+    error: str | None = None
+    note: str | None = Field(None, description="What the job is waiting for, or what happened to it")
+    resumed: int = Field(0, description="Times the job was resumed after its server stopped mid-run")
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus] = Field(description="Newest first")
+
+
+class IndexFolderResult(BaseModel):
+    """A finished run's report (state 'done'), or a job still under way and how to follow it."""
+
+    state: JobState
+    job_id: str
+    collection: str
+    folder: PathText
+    progress: JobProgress
+    next_step: str = Field(description="What to call next")
+    error: str | None = None
+    indexed_total: int | None = Field(None, description="Images in the collection after the run (when done)")
+    added: int | None = None
+    updated: int | None = None
+    moved: int | None = None
+    unchanged: int | None = None
+    removed: int | None = None
+    failed: int | None = None
+    failures: list[Failure] | None = None
+    embedded: int | None = None
+    seconds: float | None = None
+    images_per_second: float | None = None

@@ -92,9 +92,7 @@ def reopened_consistent(index_dir: Path, name: str, model: str) -> set[str]:
         collection.close()
 
 
-async def test_a_second_index_run_on_a_busy_collection_is_refused_while_the_first_completes(
-    color_folder: Path, index_dir: Path
-):
+async def test_a_second_index_call_for_a_folder_being_indexed_returns_the_same_job(color_folder: Path, index_dir: Path):
     encoder = GatedEncoder(hold_batch=1)
     service = gated_service(index_dir, encoder)
     encoder.armed = True
@@ -109,24 +107,27 @@ async def test_a_second_index_run_on_a_busy_collection_is_refused_while_the_firs
             group.start_soon(first_run)
             try:
                 await wait_until_held(encoder)
-                outcome["second"] = await client.call_tool("index_folder", arguments)
+                outcome["second"] = await client.call_tool("index_folder", {**arguments, "wait_seconds": 0})
                 assert "first" not in outcome
             finally:
                 encoder.release.set()
         rerun = await client.call_tool("index_folder", arguments)
 
-    message = error_text(outcome["second"])
-    assert f"Collection 'photos' {BUSY}" in message and "try again" in message
+    second = outcome["second"].structured_content
+    assert not outcome["second"].is_error and second["state"] == "running"
+    assert "index_status" in outcome["second"].content[0].text  # type: ignore[union-attr]
     assert not outcome["first"].is_error, outcome["first"]
     first = outcome["first"].structured_content
+    assert first["job_id"] == second["job_id"] and first["state"] == "done"
     assert (first["indexed_total"], first["added"], first["failed"]) == (15, 15, 0)
-    # The refused run neither embedded nor wrote anything: the rerun finds every image unchanged.
+    # The second call started nothing: one run embedded everything once, and the rerun finds it all unchanged.
     assert encoder.batches == 1
+    assert rerun.structured_content["job_id"] != first["job_id"]
     assert (rerun.structured_content["unchanged"], rerun.structured_content["embedded"]) == (15, 0)
     assert reopened_consistent(index_dir, "photos", encoder.model_name) == images_in(color_folder)
 
 
-async def test_an_index_run_refused_as_busy_leaves_the_collection_settings_unchanged(
+async def test_options_of_a_second_call_do_not_change_the_running_job_or_the_collection(
     color_folder: Path, index_dir: Path
 ):
     encoder = GatedEncoder(hold_batch=1)
@@ -143,13 +144,13 @@ async def test_an_index_run_refused_as_busy_leaves_the_collection_settings_uncha
             try:
                 await wait_until_held(encoder)
                 outcome["second"] = await client.call_tool(
-                    "index_folder", {"folder": str(color_folder), "index_type": "ivf"}
+                    "index_folder", {"folder": str(color_folder), "index_type": "ivf", "wait_seconds": 0}
                 )
             finally:
                 encoder.release.set()
         listing = await client.call_tool("list_collections", {})
 
-    assert BUSY in error_text(outcome["second"])
+    assert outcome["second"].structured_content["job_id"] == outcome["first"].structured_content["job_id"]
     assert not outcome["first"].is_error
     manifest = json.loads((index_dir / "default" / "manifest.json").read_text(encoding="utf-8"))
     assert (manifest["index_policy"], manifest["index_type"]) == ("auto", "flat")

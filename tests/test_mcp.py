@@ -31,7 +31,15 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-TOOLS = {"index_folder", "search_images_by_text", "search_similar_images", "evaluate_retrieval", "list_collections"}
+TOOLS = {
+    "index_folder",
+    "index_status",
+    "cancel_indexing",
+    "search_images_by_text",
+    "search_similar_images",
+    "evaluate_retrieval",
+    "list_collections",
+}
 
 
 async def call(client: Client, name: str, **arguments: Any) -> types.CallToolResult:
@@ -43,13 +51,18 @@ def error_text(result: types.CallToolResult) -> str:
     return result.content[0].text
 
 
-async def test_five_tools_are_listed_with_input_and_output_schemas(fake_service: ClipSearch):
+async def test_all_tools_are_listed_with_input_and_output_schemas_and_closed_world(fake_service: ClipSearch):
     async with Client(build_server(fake_service)) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     for tool in tools.values():
         assert tool.description
         assert tool.output_schema and tool.output_schema["type"] == "object"
+        assert tool.annotations is not None and tool.annotations.open_world_hint is False
+    assert tools["index_status"].annotations.read_only_hint is True  # type: ignore[union-attr]
+    assert tools["cancel_indexing"].annotations.destructive_hint is False  # type: ignore[union-attr]
+    assert tools["index_folder"].annotations.destructive_hint is False  # type: ignore[union-attr]
+    assert tools["index_folder"].input_schema["properties"]["wait_seconds"]["maximum"] == 50
     search = tools["search_images_by_text"].input_schema
     assert search["required"] == ["query"]
     assert search["properties"]["k"]["minimum"] == 1 and search["properties"]["k"]["maximum"] == 1000

@@ -26,6 +26,8 @@ async def test_stdio_server_lists_tools_indexes_and_searches(tiny_clip: Path, tm
             "search_similar_images",
             "evaluate_retrieval",
             "list_collections",
+            "index_status",
+            "cancel_indexing",
         }
         assert all(t.input_schema and t.output_schema for t in tools.values())
         indexed = await client.call_tool("index_folder", {"folder": str(SAMPLES)})
