@@ -20,6 +20,7 @@ from server.jobs import JobManager
 from server.model_files import DownloadTracker
 from server.models import CollectionList, EvaluationReport, SearchResponse
 from server.paths import PathGuard
+from server.watch import FolderWatcher
 
 if TYPE_CHECKING:
     from server.service import ClipSearch
@@ -48,12 +49,13 @@ def build_server(
     roots: Sequence[Path] = (),
     downloads: DownloadTracker | None = None,
     jobs: JobManager | None = None,
+    watcher: FolderWatcher | None = None,
 ) -> MCPServer:
     """An MCP server over `service`, or over the service a factory makes on first use (so the handshake never
     waits for numpy, PIL or torch). File access is confined to `roots`, else to the roots the client declares.
     A tool call waiting for the model's first download reports its progress from `downloads` (default: the
     service's own tracker). Indexing runs as `jobs` (default: a manager over the service's index directory;
-    required with a factory)."""
+    required with a factory); `watcher` keeps watched folders in sync (default: one over `jobs`)."""
     server = MCPServer("clipsearch", instructions=INSTRUCTIONS)
     if callable(service):
         if jobs is None:
@@ -81,7 +83,7 @@ def build_server(
             "images processed so far; results cover what is committed.)"
         ]
 
-    register_indexing_tools(server, jobs, tracker, access)
+    register_indexing_tools(server, jobs, tracker, access, watcher or FolderWatcher(jobs, exclude=(jobs.index_dir,)))
 
     @server.tool(annotations=ToolAnnotations(title="Find images by description", **READ_ONLY))
     async def search_images_by_text(

@@ -3,6 +3,7 @@
 the work goes on in the job layer (`jobs.py`)."""
 
 import time
+from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
@@ -25,6 +26,7 @@ from server.defaults import DEFAULT_COLLECTION
 from server.jobs import ACTIVE, JobManager
 from server.model_files import DownloadTracker
 from server.models import IndexFolderResult, JobList, JobStatus
+from server.watch import FolderWatcher
 
 MAX_WAIT_SECONDS = 50  # below the ~60 s after which common hosts give up on a call
 DEFAULT_WAIT_SECONDS = 20
@@ -39,8 +41,9 @@ JobId = Annotated[str, Field(min_length=1, max_length=64, description="A job_id 
 
 
 def register_indexing_tools(
-    server: MCPServer, jobs: JobManager, downloads: DownloadTracker, access: RootAccess
+    server: MCPServer, jobs: JobManager, downloads: DownloadTracker, access: RootAccess, watcher: FolderWatcher
 ) -> None:
+    """Add index_folder, index_status and cancel_indexing to `server`."""
     ClientRoots = Annotated[ListRootsResult, Resolve(access.ask)]
 
     @server.tool(
@@ -63,6 +66,13 @@ def register_indexing_tools(
             ),
         ] = None,
         wait_seconds: WaitSeconds = DEFAULT_WAIT_SECONDS,
+        watch: Annotated[
+            bool | None,
+            Field(
+                description="true: keep the collection in sync with the folder while the server runs (new, changed, "
+                "moved and deleted images applied within seconds); false: stop watching it; omitted: leave as is"
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, IndexFolderResult]:
         """Index (or re-index) a folder's images so they can be searched. Only new or changed files are embedded;
         renamed files keep their vectors; unreadable files are skipped and listed with the reason. Indexing runs
@@ -71,10 +81,20 @@ def register_indexing_tools(
         Calling it again for a folder being indexed returns the same job."""
         guard = access.guard(client_roots)
         status = await run_core(lambda: jobs.start(folder, collection, recursive, remove_missing, index_type, guard))
+        path = Path(status.folder)
+        if watch:
+            await run_core(lambda: watcher.watch(path, collection, recursive, remove_missing, guard))
+        elif watch is False:
+            await run_core(lambda: watcher.unwatch(path, collection))
         status = await _follow(jobs, status, wait_seconds, CallProgress(ctx, downloads))
         if status.state == "failed":
             raise ToolError(status.error or "Indexing failed.")
-        return tool_result(_folder_result(status), _describe(status))
+        result = _folder_result(status)
+        result.watching = any(w.folder == status.folder and w.state == "watching" for w in watcher.watched())
+        lines = [_describe(status)]
+        if result.watching:
+            lines.append("The folder is watched: changes to it are indexed within seconds while the server runs.")
+        return tool_result(result, "\n".join(lines))
 
     @server.tool(annotations=ToolAnnotations(title="Indexing status", read_only_hint=True, open_world_hint=False))
     async def index_status(
@@ -91,7 +111,11 @@ def register_indexing_tools(
         if wait_seconds:
             await run_core(lambda: jobs.wait(job_id, wait_seconds))
         listing = await run_core(lambda: JobList(jobs=[jobs.status(job_id)]) if job_id else jobs.recent())
+        listing.watched = watcher.watched()
         lines = [_describe(status) for status in listing.jobs] or ["No indexing jobs yet."]
+        for watched in listing.watched:
+            note = f" ({watched.note})" if watched.note else ""
+            lines.append(f"Folder {watched.folder} → '{watched.collection}': {watched.state}{note}.")
         return tool_result(listing, "\n".join(lines))
 
     @server.tool(
@@ -103,6 +127,7 @@ def register_indexing_tools(
         """Stop an indexing job at its next batch. Everything it committed stays searchable; running index_folder
         on the folder again later continues where it stopped."""
         status = await run_core(lambda: jobs.cancel(job_id))
+        watcher.unwatch_job(job_id)
         return tool_result(status, _describe(status))
 
 

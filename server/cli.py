@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "flat", "ivf"],
         help="Search index: flat (exact), ivf (approximate), auto (ivf from 150,000 images); default: keep",
     )
+    index.add_argument(
+        "--watch", action="store_true", help="After indexing, keep the collection in sync with the folder until Ctrl-C"
+    )
     search = commands.add_parser("search", parents=[common, output, named, topk], help="Find images by description")
     search.add_argument("text")
     similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
@@ -72,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="Do not resume indexing jobs that were interrupted when a server stopped",
     )
+    serve.add_argument(
+        "--watch",
+        action="store_true",
+        help="Keep every folder indexed into any collection (under --root) in sync while the server runs",
+    )
     return parser
 
 
@@ -85,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.load(args.model, args.index_dir, getattr(args, "root", None))
     try:
         if args.command == "serve":
-            return _serve(settings, args.resume)
+            return _serve(settings, args.resume, args.watch)
         return _run_command(args, settings)
     except ClipSearchError as exc:
         print(f"clipsearch: error: {exc}", file=sys.stderr)
@@ -95,12 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _serve(settings: Any, resume: bool = True) -> int:
+def _serve(settings: Any, resume: bool = True, watch: bool = False) -> int:
     from server.app import build_server
     from server.app_support import lazy
     from server.jobs import JobManager
     from server.model_files import DownloadTracker, LoggingListener
     from server.paths import PathGuard
+    from server.watch import FolderWatcher
 
     # A first run's download is logged to stderr (the client's log), whatever the verbosity.
     logging.getLogger("server.model_files").setLevel(logging.INFO)
@@ -113,17 +122,37 @@ def _serve(settings: Any, resume: bool = True) -> int:
 
     service = lazy(make_service)
     jobs = JobManager(settings.index_dir, service)
-    server = build_server(service, settings.roots, downloads, jobs)
+    watcher = FolderWatcher(jobs, exclude=(settings.index_dir,))
+    server = build_server(service, settings.roots, downloads, jobs, watcher)
+    guard = PathGuard(settings.roots) if settings.roots else None
 
     def start_up() -> None:
         # Jobs a stopped server left running go on (under the configured roots only); then the model loads, so
         # the first search does not wait for it. The handshake waits for none of this.
-        jobs.recover(PathGuard(settings.roots) if settings.roots else None, resume)
+        jobs.recover(guard, resume)
+        if watch:
+            _watch_recorded_folders(settings.index_dir, jobs, watcher, guard)
         service().warm_up()
 
     threading.Thread(target=start_up, name="clipsearch-start-up", daemon=True).start()
     server.run("stdio")
     return 0
+
+
+def _watch_recorded_folders(index_dir: Path, jobs: Any, watcher: Any, guard: Any) -> None:
+    """`serve --watch`: every folder indexed into any collection, under the configured roots, is watched, and
+    indexed once now for what changed while no server ran."""
+    from server.collection import CollectionStore, recorded_folders
+
+    log = logging.getLogger("server.watch")
+    if guard is None:
+        log.warning("--watch needs --root (or CLIPSEARCH_ROOTS): no folder is watched")
+        return
+    for name in CollectionStore(index_dir).names():
+        for folder in recorded_folders(index_dir / name):
+            if folder.is_dir() and guard.allows(folder):
+                watcher.watch(folder, name, guard=guard)
+                jobs.start(folder, name, guard=guard, again=True)
 
 
 def _run_command(args: argparse.Namespace, settings: Any) -> int:
@@ -149,6 +178,9 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
                 print(render(exc.report), file=sys.stderr)
                 print("clipsearch: stopped; everything committed stays, run it again to continue", file=sys.stderr)
                 return EXIT_INTERRUPTED
+        if args.watch:
+            print(result.model_dump_json(indent=2) if args.json else render(result), flush=True)
+            return _watch_until_interrupted(service, settings, Path(result.folder), args)
     elif args.command == "search":
         result = service.search_text(args.text, args.k, args.collection)
     elif args.command == "similar":
@@ -165,6 +197,37 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
         result = service.list_collections()
     print(result.model_dump_json(indent=2) if args.json else render(result))
     return 0
+
+
+def _watch_until_interrupted(service: Any, settings: Any, folder: Path, args: argparse.Namespace) -> int:
+    """`index --watch`: the same watcher and jobs as the server's, in the foreground; each run's summary printed."""
+    from server.jobs import JobManager
+    from server.watch import FolderWatcher
+
+    jobs = JobManager(settings.index_dir, lambda: service)
+    watcher = FolderWatcher(jobs, exclude=(settings.index_dir,))
+    watcher.watch(folder, args.collection, args.recursive, args.remove_missing)
+    print(f"clipsearch: watching {folder}; changes are indexed as they settle. Ctrl-C to stop.", file=sys.stderr)
+    reported = {job.job_id for job in jobs.recent().jobs}  # earlier runs were reported by whoever made them
+    try:
+        while True:
+            jobs.wait(None, 1.0)
+            for job in reversed(jobs.recent().jobs):
+                if job.state not in ("queued", "running") and job.job_id not in reported:
+                    reported.add(job.job_id)
+                    if job.report is not None and job.started is not None:
+                        print(job.report.model_dump_json() if args.json else render(job.report), flush=True)
+            for watched in watcher.watched():
+                if watched.state == "stopped":
+                    print(f"clipsearch: error: stopped watching {watched.folder}: {watched.note}", file=sys.stderr)
+                    return EXIT_ERROR
+    except KeyboardInterrupt:
+        watcher.close()
+        for job in jobs.recent().jobs:
+            if job.state in ("queued", "running"):
+                jobs.cancel(job.job_id)
+        print("clipsearch: stopped watching", file=sys.stderr)
+        return 0
 
 
 def render(result: BaseModel) -> str:

@@ -146,6 +146,19 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def recorded_folders(folder: Path) -> list[Path]:
+    """The folders indexing runs were pointed at, read from a collection's catalog without opening it."""
+    uri = (folder / "catalog.sqlite").as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            return sorted(Path(os.fsdecode(row[0])) for row in conn.execute("SELECT path FROM folders"))
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+
+
 def is_being_written(folder: Path) -> bool:
     """Whether some indexing run (in any process) holds the write lock of the collection in `folder`."""
     from filelock import FileLock, Timeout

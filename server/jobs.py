@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.collection import is_being_written, validate_name
 from server.defaults import INDEX_TYPES
 from server.errors import ClipSearchError, CollectionBusy, FileMissing, IndexingCancelled, InvalidArgument
 from server.models import IndexReport, JobList, JobProgress, JobStatus
@@ -158,9 +157,13 @@ class JobManager:
         remove_missing: bool = True,
         index_type: str | None = None,
         guard: PathGuard | None = None,
+        again: bool = False,
     ) -> JobStatus:
         """Queue the indexing of `folder` into `collection`, or return the job already queued or running for it
-        (in this process or, read from its record, in another server)."""
+        (in this process or, read from its record, in another server). With `again` (changes seen after a run
+        began), a running job gets one follow-up queued behind it."""
+        from server.collection import validate_name  # here, not above: the MCP handshake must not wait for numpy
+
         validate_name(collection)
         if index_type is not None and index_type not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
@@ -168,10 +171,14 @@ class JobManager:
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
         with self._lock:
-            for job in self._jobs.values():
-                record = job.record
-                if record.state in ACTIVE and record.collection == collection and record.folder == str(path):
-                    return record.status()
+            same = [
+                job.record
+                for job in self._jobs.values()
+                if job.record.state in ACTIVE and job.record.collection == collection and job.record.folder == str(path)
+            ]
+            queued = [record for record in same if record.state == "queued"]
+            if queued or (same and not again):
+                return (queued or same)[0].status()
             for record in self._records(collection):
                 if record.state in ACTIVE and record.folder == str(path) and self._foreign(record):
                     return record.status()
@@ -252,6 +259,8 @@ class JobManager:
                 self._update(job, state="queued")
 
     def _wait_for_writer(self, job: _Job) -> None:
+        from server.collection import is_being_written
+
         folder = self.index_dir / job.record.collection
         while not job.cancel.is_set() and is_being_written(folder):
             self._update(job, note="waiting for another indexing run on this collection to finish")
@@ -327,7 +336,7 @@ class JobManager:
         with self._lock:
             records = self._records()
         records.sort(key=lambda r: (r.created, r.job_id), reverse=True)
-        return JobList(jobs=[r.status() for r in records[:limit]])
+        return JobList(jobs=[self._as_seen(r).status() for r in records[:limit]])
 
     def active(self, collection: str) -> JobStatus | None:
         """The job running (or else queued) on a collection in this process, if any."""
@@ -391,7 +400,7 @@ class JobManager:
         for path in self.index_dir.glob(f"*/jobs/{job_id}.json"):
             record = self._read(path)
             if record is not None:
-                return record
+                return self._as_seen(record)
         raise InvalidArgument(f"No job {job_id}. {self._known_ids()}")
 
     def _known_ids(self) -> str:
@@ -410,6 +419,12 @@ class JobManager:
             if collection is None or job.record.collection == collection:
                 records[job_id] = job.record
         return list(records.values())
+
+    def _as_seen(self, record: JobRecord) -> JobRecord:
+        """A record from disk as it stands: one left active by a process that is gone was interrupted."""
+        if record.state in ACTIVE and record.job_id not in self._jobs and not self._foreign(record):
+            record.state, record.note = "interrupted", "its server stopped mid-run"
+        return record
 
     @staticmethod
     def _read(path: Path) -> JobRecord | None:

@@ -138,8 +138,19 @@ class JobStatus(BaseModel):
     resumed: int = Field(0, description="Times the job was resumed after its server stopped mid-run")
 
 
+class WatchedFolder(BaseModel):
+    folder: PathText
+    collection: str
+    state: Literal["watching", "stopped"]
+    since: str
+    note: str | None = Field(None, description="Why watching stopped")
+    last_job: str | None = Field(None, description="The job that indexed its latest changes")
+    pending: bool = Field(False, description="Changes seen and not yet indexed (waiting for them to settle)")
+
+
 class JobList(BaseModel):
     jobs: list[JobStatus] = Field(description="Newest first")
+    watched: list[WatchedFolder] = Field(default_factory=list, description="Folders kept in sync by this server")
 
 
 class IndexFolderResult(BaseModel):
@@ -152,6 +163,7 @@ class IndexFolderResult(BaseModel):
     progress: JobProgress
     next_step: str = Field(description="What to call next")
     error: str | None = None
+    watching: bool = Field(False, description="Whether the server keeps the collection in sync with this folder")
     indexed_total: int | None = Field(None, description="Images in the collection after the run (when done)")
     added: int | None = None
     updated: int | None = None
