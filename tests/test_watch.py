@@ -183,3 +183,22 @@ def _read_json(stream: Any) -> str:
     while lines[-1].rstrip() != "}":
         lines.append(stream.readline())
     return "".join(lines)
+
+
+def test_serve_watch_resumes_watching_every_recorded_folder_under_the_roots(
+    service: ClipSearch, jobs: JobManager, watcher: FolderWatcher, color_folder: Path, tmp_path: Path, index_dir: Path
+) -> None:
+    from server.cli import _watch_recorded_folders
+    from server.paths import PathGuard
+
+    elsewhere = tmp_path / "elsewhere"
+    save_color(elsewhere / "x.jpg", COLORS["red"])
+    service.index_folder(color_folder)
+    service.index_folder(elsewhere)
+    (color_folder / "red" / "red_1.jpg").unlink()  # changed while no server ran
+
+    _watch_recorded_folders(index_dir, jobs, watcher, PathGuard([color_folder]))
+    until(lambda: "red_1.jpg" not in paths_in(service), "the change made while no server ran to be applied")
+
+    assert [(w.folder, w.state) for w in watcher.watched()] == [(str(color_folder), "watching")]
+    assert "x.jpg" in paths_in(service)  # a folder outside the roots is neither watched nor touched
