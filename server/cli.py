@@ -246,6 +246,9 @@ def render(result: BaseModel) -> str:
             f"removed {result.removed}, failed {result.failed}",
             f"  embedded {result.embedded} in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s)",
         ]
+        if result.skipped_raw_with_sibling:
+            twins = result.skipped_raw_with_sibling
+            lines.append(f"  {twins} RAW files left out: a JPEG/HEIC of the same name was indexed instead")
         lines += [f"  skipped {f.path}: {f.reason}" for f in result.failures]
         return "\n".join(lines)
     if isinstance(result, EvaluationReport):

@@ -27,7 +27,7 @@ from server.ground_truth import (
     from_folders,
     from_json,
 )
-from server.images import decode, read_file
+from server.images import load_image
 from server.metrics import rank_order, ranking_metrics
 from server.models import DirectionMetrics, EvaluationReport, QueryResult
 from server.paths import PathGuard
@@ -146,7 +146,7 @@ def _image_query_vectors(
             continue
         try:
             path = guard.check(query.path) if guard else query.path
-            pixels = encoder.preprocess(decode(read_file(path), min_side=encoder.input_size).image)
+            pixels = encoder.preprocess(load_image(path, min_side=encoder.input_size).image)
         except ClipSearchError as exc:
             truth.skipped_image.append(f"{query.path}: {exc}")
             continue

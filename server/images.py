@@ -1,4 +1,9 @@
-"""Reading image files: which files count as images, decoding any mode to upright RGB, hashing and thumbnails."""
+"""Reading image files: which files count as images, decoding any mode to upright RGB, hashing and thumbnails.
+
+Formats: JPEG, PNG, WebP, GIF, BMP, TIFF (Pillow); HEIC/HEIF, the format of phone cameras, through pillow-heif
+registered as a Pillow opener; AVIF through Pillow's own decoder where it has one, else pillow-heif's. Camera RAW
+files need the optional `rawpy` (`pip install clipsearch[raw]`): their largest embedded preview is decoded, which is
+far cheaper than developing the RAW and plenty for a 224 px model."""
 
 import hashlib
 import io
@@ -11,7 +16,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from server.errors import ImageUnreadable
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+RAW_EXTENSIONS = frozenset({".dng", ".cr2", ".cr3", ".nef", ".arw", ".rw2", ".orf", ".raf"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+    | RAW_EXTENSIONS
+)
+# A RAW file next to one of these with the same name is the same shot: only the developed sibling is indexed.
+RAW_SIBLING_EXTENSIONS = (".jpg", ".jpeg", ".heic", ".heif")
+RAW_EXTRA_MISSING = "install clipsearch[raw] to index RAW files"
 THUMBNAIL_MAX_SIDE = 256
 
 # Truncated files must fail loudly, not embed a half-grey picture; Pillow's decompression-bomb guard
@@ -21,8 +33,47 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
+def _register_formats() -> None:
+    from PIL import features
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    if not features.check("avif"):
+        from pillow_heif import register_avif_opener
+
+        register_avif_opener()
+
+
+_register_formats()
+
+
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_raw_name(path: Path) -> bool:
+    return path.suffix.lower() in RAW_EXTENSIONS
+
+
+def raw_supported() -> bool:
+    """Whether the optional RAW reader (rawpy) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("rawpy") is not None
+
+
+def raw_preview(data: bytes) -> bytes | Image.Image:
+    """The largest preview embedded in a RAW file: JPEG bytes, or an image when the camera stored a bitmap."""
+    import rawpy
+
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            thumb = raw.extract_thumb()
+    except (rawpy.LibRawError, OSError, ValueError) as exc:
+        raise ImageUnreadable(f"cannot read RAW file: {exc}") from exc
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        return bytes(thumb.data)
+    return Image.fromarray(np.asarray(thumb.data, dtype=np.uint8))
 
 
 def content_hash(data: bytes) -> str:
@@ -37,12 +88,20 @@ class DecodedImage:
     height: int
 
 
-def decode(data: bytes, min_side: int | None = None) -> DecodedImage:
+def decode(data: bytes, min_side: int | None = None, raw: bool = False) -> DecodedImage:
     """Decode bytes to an upright RGB image; width/height are the original, upright dimensions.
 
     With `min_side`, JPEGs are decoded in draft mode (DCT-domain downscaling) to no less than that many pixels on
-    each side: far cheaper than a full decode when the model only needs 224 px.
+    each side: far cheaper than a full decode when the model only needs 224 px. With `raw`, the bytes are a camera
+    RAW file and its embedded preview is decoded (the preview's dimensions are reported).
     """
+    if raw:
+        if not raw_supported():
+            raise ImageUnreadable(RAW_EXTRA_MISSING)
+        preview = raw_preview(data)
+        if isinstance(preview, Image.Image):
+            return DecodedImage(image=to_rgb(preview), width=preview.width, height=preview.height)
+        data = preview
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
@@ -111,9 +170,14 @@ def read_file(path: Path, max_bytes: int | None = None) -> bytes:
     return data
 
 
+def load_image(path: Path, min_side: int | None = None) -> DecodedImage:
+    """Read and decode one image file (RAW files by their preview)."""
+    return decode(read_file(path), min_side=min_side, raw=is_raw_name(path))
+
+
 def thumbnail_jpeg(path: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> bytes:
     """A small upright JPEG of the image, for showing results to an assistant."""
-    decoded = decode(read_file(path), min_side=max_side)
+    decoded = load_image(path, min_side=max_side)
     image = decoded.image.copy()
     image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     out = io.BytesIO()

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from server.collection import CatalogEntry, Collection, CollectionWriter, NewImage
 from server.encoder import Encoder
 from server.errors import ClipSearchError, FileMissing, IndexingCancelled
-from server.images import content_hash, decode, is_image_name, read_file
+from server.images import RAW_SIBLING_EXTENSIONS, content_hash, decode, is_image_name, is_raw_name, read_file
 from server.models import Failure, IndexReport
 from server.paths import PathGuard
 
@@ -77,6 +77,7 @@ class _Counts:
     unchanged: int = 0
     removed: int = 0
     embedded: int = 0
+    raw_with_sibling: int = 0
     failures: list[Failure] = field(default_factory=list)
 
 
@@ -85,6 +86,7 @@ class Scan:
     files: list[FileStat]
     failures: list[Failure]
     unlisted: list[Path]  # folders that could not be listed: what they hold is unknown, not gone
+    raw_with_sibling: list[Path] = field(default_factory=list)  # RAW files left out for their JPEG/HEIC twin
 
 
 def scan_folder(
@@ -131,7 +133,15 @@ def scan_folder(
             if any(real.is_relative_to(e) for e in excluded):
                 continue
             found.setdefault(real, FileStat(real, info.st_size, info.st_mtime_ns))
-    return Scan(sorted(found.values(), key=lambda f: f.path), failures, unlisted)
+    twins = _raw_with_sibling(found)
+    files = sorted((f for f in found.values() if f.path not in twins), key=lambda f: f.path)
+    return Scan(files, failures, unlisted, sorted(twins))
+
+
+def _raw_with_sibling(found: dict[Path, FileStat]) -> set[Path]:
+    """RAW files whose folder holds a JPEG or HEIC of the same name (any case): the camera's developed copy."""
+    developed = {(path.parent, path.stem.lower()) for path in found if path.suffix.lower() in RAW_SIBLING_EXTENSIONS}
+    return {path for path in found if is_raw_name(path) and (path.parent, path.stem.lower()) in developed}
 
 
 class Indexer:
@@ -172,7 +182,7 @@ class Indexer:
         folder = Path(os.path.realpath(folder))
         scan = scan_folder(folder, recursive, exclude, guard)
         files = scan.files
-        counts = _Counts(failures=list(scan.failures))
+        counts = _Counts(failures=list(scan.failures), raw_with_sibling=len(scan.raw_with_sibling))
         catalog = collection.entries_under(folder, recursive)
         scanned = {f.path for f in files}
         todo: list[tuple[FileStat, CatalogEntry | None]] = []
@@ -225,6 +235,7 @@ class Indexer:
             failed=len(counts.failures),
             failures=counts.failures[:MAX_REPORTED_FAILURES],
             embedded=counts.embedded,
+            skipped_raw_with_sibling=counts.raw_with_sibling,
             seconds=round(seconds, 3),
             images_per_second=round(counts.embedded / seconds, 2) if seconds > 0 else 0.0,
         )
@@ -249,7 +260,7 @@ class Indexer:
             result.hash = content_hash(data)
             if known is not None and result.hash in known:
                 return result
-            decoded = decode(data, min_side=self.encoder.input_size)
+            decoded = decode(data, min_side=self.encoder.input_size, raw=is_raw_name(file.path))
             result.width, result.height = decoded.width, decoded.height
             result.pixels = self.encoder.preprocess(decoded.image)
         except ClipSearchError as exc:

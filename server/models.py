@@ -33,6 +33,9 @@ class IndexReport(BaseModel):
     failed: int
     failures: list[Failure] = Field(description="The first 50 failures")
     embedded: int = Field(description="Images that went through the model in this run")
+    skipped_raw_with_sibling: int = Field(
+        0, description="RAW files not indexed because a JPEG/HEIC of the same name beside them was"
+    )
     seconds: float
     images_per_second: float = Field(description="Embedded images per second of wall time")
 
@@ -173,5 +176,6 @@ class IndexFolderResult(BaseModel):
     failed: int | None = None
     failures: list[Failure] | None = None
     embedded: int | None = None
+    skipped_raw_with_sibling: int | None = None
     seconds: float | None = None
     images_per_second: float | None = None

@@ -9,7 +9,7 @@ from server.collection import Collection
 from server.defaults import MAX_K, MAX_QUERY_CHARS
 from server.encoder import Encoder
 from server.errors import FileMissing, InvalidArgument
-from server.images import decode, read_file
+from server.images import load_image
 from server.models import SearchHit, SearchResponse
 
 
@@ -54,7 +54,7 @@ class Searcher:
         if entry is not None and entry.size == info.st_size and entry.mtime_ns == info.st_mtime_ns:
             vector = collection.vector(entry.id)[np.newaxis, :]
         else:
-            decoded = decode(read_file(path), min_side=self.encoder.input_size)
+            decoded = load_image(path, min_side=self.encoder.input_size)
             pixels = self.encoder.preprocess(decoded.image)[np.newaxis]
             vector = self.encoder.encode_pixels(pixels)
         return _response(collection, str(image_path), collection.search(vector, k)[0])
