@@ -247,11 +247,21 @@ async def test_index_folder_outside_the_roots_or_missing_is_refused_before_any_j
 # --- records outlive the server; crashed jobs resume ---------------------------------------------------------------
 
 
-def write_record(index_dir: Path, **fields: Any) -> JobRecord:
-    record = JobRecord(**fields)
-    folder = index_dir / record.collection / "jobs"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{record.job_id}.json").write_text(json.dumps(record.__dict__), encoding="utf-8")
+def write_record(index_dir: Path, job_id: str, folder: Path, owner: str) -> JobRecord:
+    """A record as a server leaves it when it dies mid-run: state running, owned by `owner`."""
+    record = JobRecord(
+        job_id=job_id,
+        collection="default",
+        folder=str(folder),
+        recursive=True,
+        remove_missing=True,
+        index_type=None,
+        state="running",
+        owner=owner,
+    )
+    jobs_folder = index_dir / record.collection / "jobs"
+    jobs_folder.mkdir(parents=True, exist_ok=True)
+    (jobs_folder / f"{record.job_id}.json").write_text(json.dumps(record.__dict__), encoding="utf-8")
     return record
 
 
@@ -277,17 +287,7 @@ def test_a_finished_job_is_read_back_by_a_new_server(index_dir: Path, color_fold
 def test_a_job_whose_server_died_is_resumed_under_the_roots_and_finishes(index_dir: Path, color_folder: Path) -> None:
     service = stepped_service(index_dir, FakeEncoder())
     service.index_folder(color_folder / "red")  # some of the work was committed before the crash
-    record = write_record(
-        index_dir,
-        job_id="j-20261127-120000-aaaaaa",
-        collection="default",
-        folder=str(color_folder),
-        recursive=True,
-        remove_missing=True,
-        index_type=None,
-        state="running",
-        owner=dead_owner(),
-    )
+    record = write_record(index_dir, "j-20261127-120000-aaaaaa", color_folder, dead_owner())
     manager = JobManager(index_dir, lambda: service)
 
     touched = manager.recover(PathGuard([color_folder]))
@@ -303,17 +303,7 @@ def test_a_job_whose_server_died_is_resumed_under_the_roots_and_finishes(index_d
 def test_a_crashed_job_is_only_marked_interrupted_without_resume_or_outside_the_roots(
     index_dir: Path, color_folder: Path, tmp_path: Path, guard_roots: str | None, resume: bool
 ) -> None:
-    record = write_record(
-        index_dir,
-        job_id="j-20261127-120000-bbbbbb",
-        collection="default",
-        folder=str(color_folder),
-        recursive=True,
-        remove_missing=True,
-        index_type=None,
-        state="running",
-        owner=dead_owner(),
-    )
+    record = write_record(index_dir, "j-20261127-120000-bbbbbb", color_folder, dead_owner())
     roots = {None: None, "folder": PathGuard([color_folder]), "elsewhere": PathGuard([tmp_path / "other"])}
     manager = JobManager(index_dir, lambda: stepped_service(index_dir, FakeEncoder()))
 
@@ -328,17 +318,8 @@ def test_another_live_servers_job_is_neither_resumed_nor_duplicated(index_dir: P
     other_server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         start = Path(f"/proc/{other_server.pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[19]
-        record = write_record(
-            index_dir,
-            job_id="j-20261127-120000-cccccc",
-            collection="default",
-            folder=str(color_folder),
-            recursive=True,
-            remove_missing=True,
-            index_type=None,
-            state="running",
-            owner=f"{socket.gethostname()}:{other_server.pid}:{start}",
-        )
+        owner = f"{socket.gethostname()}:{other_server.pid}:{start}"
+        record = write_record(index_dir, "j-20261127-120000-cccccc", color_folder, owner)
         manager = JobManager(index_dir, lambda: stepped_service(index_dir, FakeEncoder()))
 
         touched = manager.recover(PathGuard([color_folder]))
