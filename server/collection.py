@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,9 @@ from server.defaults import INDEX_TYPES
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
 from server.faiss_index import IndexSpec, apply_params, build_ivf, choose_kind, new_flat
 from server.model_identity import short
+
+if TYPE_CHECKING:
+    from server.metadata import PhotoMetadata
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,23 @@ CREATE INDEX IF NOT EXISTS images_hash ON images(hash);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS folders (path BLOB PRIMARY KEY);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
+"""
+# Catalog version 2 adds photo metadata (metadata.py); `meta_read` is NULL until a run has read a file's metadata.
+CATALOG_VERSION = 2
+METADATA_COLUMNS = ("taken", "taken_source", "taken_local", "taken_utc", "latitude", "longitude", "camera")
+_METADATA_SCHEMA = """
+ALTER TABLE images ADD COLUMN taken TEXT;
+ALTER TABLE images ADD COLUMN taken_source TEXT;
+ALTER TABLE images ADD COLUMN taken_local TEXT;
+ALTER TABLE images ADD COLUMN taken_utc REAL;
+ALTER TABLE images ADD COLUMN latitude REAL;
+ALTER TABLE images ADD COLUMN longitude REAL;
+ALTER TABLE images ADD COLUMN camera TEXT;
+ALTER TABLE images ADD COLUMN meta_read INTEGER;
+CREATE INDEX IF NOT EXISTS images_taken_local ON images(taken_local);
+CREATE INDEX IF NOT EXISTS images_taken_utc ON images(taken_utc);
+CREATE INDEX IF NOT EXISTS images_latitude ON images(latitude);
+INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '2');
 """
 
 
@@ -99,6 +119,7 @@ class CatalogEntry:
     size: int
     mtime_ns: int
     hash: str
+    has_metadata: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,6 +130,7 @@ class NewImage:
     hash: str
     width: int
     height: int
+    metadata: "PhotoMetadata | None" = None
 
 
 def _path_key(path: Path) -> bytes:
@@ -116,8 +138,13 @@ def _path_key(path: Path) -> bytes:
     return os.fsencode(str(path))
 
 
+_ENTRY_COLUMNS = "id, path, size, mtime_ns, hash, meta_read"
+
+
 def _entry(row: tuple[Any, ...]) -> CatalogEntry:
-    return CatalogEntry(id=row[0], path=Path(os.fsdecode(row[1])), size=row[2], mtime_ns=row[3], hash=row[4])
+    return CatalogEntry(
+        id=row[0], path=Path(os.fsdecode(row[1])), size=row[2], mtime_ns=row[3], hash=row[4], has_metadata=bool(row[5])
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -184,12 +211,43 @@ class Collection:
         self._model_identity = model_identity  # of the model in use; recorded by the first write if missing
         self._lock = threading.RLock()
         self._conn = _connect(folder / "catalog.sqlite")
-        # Only a new catalog needs the schema: writing it on every open would wait on a running indexer's lock.
+        # Only a new or older catalog is written on open; writing every time would wait on a running indexer.
         if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
             self._conn.executescript(_SCHEMA)
+        self._upgrade_catalog()
         self.generation = -1
         self._index: Any = None
         self._load_index()
+
+    def _upgrade_catalog(self) -> None:
+        """Bring a catalog written by an earlier release to this version: columns added, every row and vector kept.
+        Metadata of existing rows is filled in by the next indexing run (headers only, nothing re-embedded)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()
+        version = int(row[0]) if row else 1
+        if version > CATALOG_VERSION:
+            raise CollectionMismatch(
+                f"Collection '{self.name}' has catalog version {version}, newer than this clipsearch reads "
+                f"({CATALOG_VERSION}). Update clipsearch to open it."
+            )
+        if version == CATALOG_VERSION:
+            return
+        log.info("collection %s: upgrading its catalog from version %d to %d", self.name, version, CATALOG_VERSION)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have upgraded it between our look and the lock.
+                if not self._conn.execute("SELECT 1 FROM meta WHERE key = 'catalog_version'").fetchone():
+                    for statement in filter(str.strip, _METADATA_SCHEMA.split(";")):
+                        self._conn.execute(statement)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise CollectionBusy(
+                f"Collection '{self.name}' needs a one-time catalog upgrade, and another run is writing it: {exc}. "
+                "Try again when it finishes."
+            ) from exc
 
     # --- reading -------------------------------------------------------------------------------------------------
 
@@ -207,7 +265,7 @@ class Collection:
         prefix = _path_key(folder).rstrip(b"/") + b"/"
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, path, size, mtime_ns, hash FROM images WHERE path >= ? AND path < ?",
+                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE path >= ? AND path < ?",
                 (prefix, prefix[:-1] + b"0"),
             ).fetchall()
         entries = (_entry(row) for row in rows)
@@ -216,14 +274,14 @@ class Collection:
     def find_path(self, path: Path) -> CatalogEntry | None:
         with self._lock:
             row = self._conn.execute(
-                "SELECT id, path, size, mtime_ns, hash FROM images WHERE path = ?", (_path_key(path),)
+                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE path = ?", (_path_key(path),)
             ).fetchone()
         return _entry(row) if row else None
 
     def find_hash(self, content_hash: str) -> list[CatalogEntry]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, path, size, mtime_ns, hash FROM images WHERE hash = ? ORDER BY id", (content_hash,)
+                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE hash = ? ORDER BY id", (content_hash,)
             ).fetchall()
         return [_entry(row) for row in rows]
 
@@ -499,12 +557,22 @@ class CollectionWriter:
 
     def _row(self, image: NewImage, vector: npt.NDArray[np.float32]) -> tuple[Any, ...]:
         blob = _vector_blob(vector, self._collection.manifest.dim)
-        return (_path_key(image.path), image.size, image.mtime_ns, image.hash, image.width, image.height, blob)
+        return (
+            _path_key(image.path),
+            image.size,
+            image.mtime_ns,
+            image.hash,
+            image.width,
+            image.height,
+            blob,
+            *_metadata_values(image.metadata),
+        )
 
     def add(self, image: NewImage, vector: npt.NDArray[np.float32]) -> int:
         self._begin()
         cursor = self._conn.execute(
-            "INSERT INTO images (path, size, mtime_ns, hash, width, height, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO images (path, size, mtime_ns, hash, width, height, vector, {_METADATA_SET_COLUMNS}) "
+            f"VALUES ({', '.join('?' * (7 + len(METADATA_COLUMNS) + 1))})",
             self._row(image, vector),
         )
         image_id = int(cursor.lastrowid or 0)
@@ -515,8 +583,8 @@ class CollectionWriter:
         """New content at a known path: same id, new vector."""
         self._begin()
         self._conn.execute(
-            "UPDATE images SET path = ?, size = ?, mtime_ns = ?, hash = ?, width = ?, height = ?, vector = ? "
-            "WHERE id = ?",
+            "UPDATE images SET path = ?, size = ?, mtime_ns = ?, hash = ?, width = ?, height = ?, vector = ?, "
+            f"{', '.join(f'{c} = ?' for c in (*METADATA_COLUMNS, 'meta_read'))} WHERE id = ?",
             (*self._row(image, vector), image_id),
         )
         self._added[image_id] = vector
@@ -534,6 +602,15 @@ class CollectionWriter:
         """Remember a folder an indexing run covered (labels for evaluation are relative to it)."""
         self._begin()
         self._conn.execute("INSERT OR IGNORE INTO folders (path) VALUES (?)", (_path_key(folder),))
+
+    def set_metadata(self, image_id: int, width: int, height: int, metadata: "PhotoMetadata") -> None:
+        """Fill in a catalogued image's metadata (read from its header) without touching its vector."""
+        self._begin()
+        assignments = ", ".join(f"{c} = ?" for c in (*METADATA_COLUMNS, "meta_read"))
+        self._conn.execute(
+            f"UPDATE images SET width = ?, height = ?, {assignments} WHERE id = ?",
+            (width, height, *_metadata_values(metadata), image_id),
+        )
 
     def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
         """Same content, new size or modification time recorded so the next run skips it on stat alone."""
@@ -566,6 +643,15 @@ class CollectionWriter:
 
     def close(self) -> None:
         self._conn.close()
+
+
+_METADATA_SET_COLUMNS = ", ".join((*METADATA_COLUMNS, "meta_read"))
+
+
+def _metadata_values(metadata: "PhotoMetadata | None") -> tuple[Any, ...]:
+    if metadata is None:
+        return (None,) * (len(METADATA_COLUMNS) + 1)
+    return (*(getattr(metadata, c) for c in METADATA_COLUMNS), 1)
 
 
 def _vector_blob(vector: npt.NDArray[np.float32], dim: int) -> bytes:

@@ -156,11 +156,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_file(path: Path, max_bytes: int | None = None) -> bytes:
-    """The whole file; raises ImageUnreadable with the OS's reason (permissions, vanished file, not a file)."""
+def read_file(path: Path, max_bytes: int | None = None, partial: int | None = None) -> bytes:
+    """The whole file (or its first `partial` bytes); raises ImageUnreadable with the OS's reason (permissions,
+    vanished file, not a file), or when it exceeds `max_bytes`."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+            if partial is not None:
+                data = handle.read(partial)
+            else:
+                data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
     except OSError as exc:
         raise ImageUnreadable(f"cannot read file: {exc.strerror or exc}") from exc
     if max_bytes is not None and len(data) > max_bytes:

@@ -23,6 +23,7 @@ from server.collection import CatalogEntry, Collection, CollectionWriter, NewIma
 from server.encoder import Encoder
 from server.errors import ClipSearchError, FileMissing, IndexingCancelled
 from server.images import RAW_SIBLING_EXTENSIONS, content_hash, decode, is_image_name, is_raw_name, read_file
+from server.metadata import PhotoMetadata, read_metadata
 from server.models import Failure, IndexReport
 from server.paths import PathGuard
 
@@ -65,6 +66,7 @@ class _Prepared:
     hash: str = ""
     width: int = 0
     height: int = 0
+    metadata: PhotoMetadata | None = None
     pixels: npt.NDArray[np.float32] | None = None
     error: str | None = None
 
@@ -138,6 +140,21 @@ def scan_folder(
     return Scan(files, failures, unlisted, sorted(twins))
 
 
+HEADER_BYTES = 512 * 1024  # where JPEG/TIFF/PNG keep EXIF and XMP; other formats are read whole if needed
+
+
+def read_header_metadata(file: FileStat) -> PhotoMetadata:
+    """Metadata of a catalogued file from its header: its first part, or the whole file when that is not enough."""
+    try:
+        data = read_file(file.path, partial=HEADER_BYTES)
+        metadata = read_metadata(data, file.mtime_ns)
+        if metadata.width == 0 and len(data) >= HEADER_BYTES:
+            metadata = read_metadata(read_file(file.path), file.mtime_ns)
+    except ClipSearchError:  # unreadable now: its mtime is all that is known
+        metadata = read_metadata(b"", file.mtime_ns)
+    return metadata
+
+
 def _raw_with_sibling(found: dict[Path, FileStat]) -> set[Path]:
     """RAW files whose folder holds a JPEG or HEIC of the same name (any case): the camera's developed copy."""
     developed = {(path.parent, path.stem.lower()) for path in found if path.suffix.lower() in RAW_SIBLING_EXTENSIONS}
@@ -186,10 +203,13 @@ class Indexer:
         catalog = collection.entries_under(folder, recursive)
         scanned = {f.path for f in files}
         todo: list[tuple[FileStat, CatalogEntry | None]] = []
+        backfill: list[tuple[FileStat, CatalogEntry]] = []  # unchanged, but catalogued before metadata was read
         for file in files:
             previous = catalog.get(file.path)
             if previous and previous.size == file.size and previous.mtime_ns == file.mtime_ns:
                 counts.unchanged += 1
+                if not previous.has_metadata:
+                    backfill.append((file, previous))
             else:
                 todo.append((file, previous))
         vanished: dict[str, list[CatalogEntry]] = {}
@@ -205,6 +225,11 @@ class Indexer:
             if index_type is not None:
                 collection.set_index_policy(index_type)
             writer.record_folder(folder)
+            for file, entry in backfill:
+                if cancel is not None and cancel.is_set():
+                    break
+                metadata = read_header_metadata(file)
+                writer.set_metadata(entry.id, metadata.width, metadata.height, metadata)
             for prepared in self._prepare_all(todo, known):
                 if cancel is not None and cancel.is_set():
                     stopped = True
@@ -258,6 +283,8 @@ class Indexer:
         try:
             data = read_file(file.path)
             result.hash = content_hash(data)
+            result.metadata = read_metadata(data, file.mtime_ns)
+            result.width, result.height = result.metadata.width, result.metadata.height
             if known is not None and result.hash in known:
                 return result
             decoded = decode(data, min_side=self.encoder.input_size, raw=is_raw_name(file.path))
@@ -313,6 +340,8 @@ class _Run:
             return
         if previous is not None and previous.hash == item.hash:
             self.writer.touch(previous.id, item.file.size, item.file.mtime_ns)
+            if item.metadata is not None:
+                self.writer.set_metadata(previous.id, item.width, item.height, item.metadata)
             self.counts.unchanged += 1
             self._advance(1)
             return
@@ -323,6 +352,8 @@ class _Run:
                 self.writer.remove([previous.id])
                 self.counts.removed += 1
             self.writer.move(source.id, item.file.path, item.file.size, item.file.mtime_ns)
+            if item.metadata is not None:
+                self.writer.set_metadata(source.id, item.width, item.height, item.metadata)
             self.moved_ids.add(source.id)
             self.counts.moved += 1
             self._advance(1)
@@ -356,7 +387,7 @@ class _Run:
 
     def _store(self, item: _Prepared, vector: npt.NDArray[np.float32]) -> None:
         width, height = item.width, item.height
-        image = NewImage(item.file.path, item.file.size, item.file.mtime_ns, item.hash, width, height)
+        image = NewImage(item.file.path, item.file.size, item.file.mtime_ns, item.hash, width, height, item.metadata)
         if item.previous is not None:
             self.writer.replace(item.previous.id, image, vector)
             self.counts.updated += 1

@@ -412,14 +412,30 @@ def test_thumbnail_of_an_unreadable_file_raises_image_unreadable(tmp_path: Path)
 
 @pytest.mark.parametrize(
     "name",
-    ["a.jpg", "b.JPEG", "c.jpe", "d.png", "e.WebP", "f.gif", "g.bmp", "h.tif", "i.TIFF", "dir.with.dots/j.Jpg"],
+    [
+        "a.jpg",
+        "b.JPEG",
+        "c.jpe",
+        "d.png",
+        "e.WebP",
+        "f.gif",
+        "g.bmp",
+        "h.tif",
+        "i.TIFF",
+        "dir.with.dots/j.Jpg",
+        "k.HEIC",
+        "l.heif",
+        "m.avif",
+        "n.CR2",
+        "o.dng",
+    ],
 )
 def test_image_extensions_count_as_images_whatever_their_case(name: str) -> None:
     assert is_image_name(Path(name)) is True
 
 
 @pytest.mark.parametrize(
-    "name", ["notes.txt", "doc.pdf", "raw.heic", "archive.jpg.zip", "jpg", "no_suffix", ".jpg", "movie.mp4"]
+    "name", ["notes.txt", "doc.pdf", "photo.xmp", "archive.jpg.zip", "jpg", "no_suffix", ".jpg", "movie.mp4"]
 )
 def test_other_names_do_not_count_as_images(name: str) -> None:
     assert is_image_name(Path(name)) is False
