@@ -5,20 +5,21 @@ Search, evaluation and listing are here; indexing (jobs, status, cancel) is in `
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, Image, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ListRootsResult, ToolAnnotations
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from server.app_indexing import register_indexing_tools
 from server.app_support import CallProgress, CollectionName, RootAccess, lazy, run_core, tool_result
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, MAX_K, MAX_QUERY_CHARS
+from server.filters import ResultOrder
 from server.jobs import JobManager
 from server.model_files import DownloadTracker
-from server.models import CollectionList, EvaluationReport, SearchResponse
+from server.models import CollectionList, EvaluationReport, SearchHit, SearchResponse
 from server.paths import PathGuard
 from server.watch import FolderWatcher
 
@@ -34,6 +35,38 @@ TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1-{
 Thumbnails = Annotated[
     int, Field(ge=0, le=MAX_THUMBNAILS, description="Also return the top N hits as small JPEG images you can see")
 ]
+
+
+class Place(BaseModel):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+
+
+FolderFilter = Annotated[
+    str | None, Field(description="Only images under this folder (absolute path, inside the allowed folders)")
+]
+TakenAfter = Annotated[
+    str | None,
+    Field(
+        description="Only photos taken on or after this ISO 8601 date or datetime; a date covers its whole day, "
+        "without an offset it is the photo's local time, with one an instant"
+    ),
+]
+TakenBefore = Annotated[
+    str | None, Field(description="Only photos taken before this ISO 8601 datetime, or on or before this date")
+]
+Near = Annotated[Place | None, Field(description="Only photos taken within radius_km of this place (GPS)")]
+RadiusKm = Annotated[float | None, Field(gt=0, le=20_100, description="Distance around `near`, in kilometres")]
+Camera = Annotated[
+    str | None, Field(max_length=200, description="Camera make/model contains this, any case (e.g. 'iphone')")
+]
+MinScore = Annotated[float | None, Field(ge=-1, le=1, description="Drop results with a lower cosine similarity")]
+Sort = Annotated[
+    Literal["score", "taken", "taken_asc"],
+    Field(description="'score' (best first), 'taken' (the k most relevant, newest first) or 'taken_asc'"),
+]
+Offset = Annotated[int, Field(ge=0, le=10_000, description="Skip this many results (paging)")]
+
 
 INSTRUCTIONS = (
     "Search the user's own photos by description or by example. Index a folder once with index_folder "
@@ -95,10 +128,31 @@ def build_server(
         k: TopK = 10,
         collection: CollectionName = DEFAULT_COLLECTION,
         thumbnails: Thumbnails = 0,
+        folder: FolderFilter = None,
+        taken_after: TakenAfter = None,
+        taken_before: TakenBefore = None,
+        near: Near = None,
+        radius_km: RadiusKm = None,
+        camera: Camera = None,
+        min_score: MinScore = None,
+        sort: Sort = "score",
+        offset: Offset = 0,
     ) -> Annotated[CallToolResult, SearchResponse]:
-        """Find the images in a collection that best match a text description, best first, with cosine scores."""
-        response = await run(lambda: get().search_text(query, k, collection), ctx)
-        return await _search_result(get, response, thumbnails, access.guard(client_roots), indexing_note(collection))
+        """Find the images in a collection that best match a text description, best first, with cosine scores.
+        Optional filters (folder, capture date, place, camera) narrow the search exactly; each result carries its
+        capture time, size, camera and GPS position when known."""
+        guard = access.guard(client_roots)
+        place = (near.latitude, near.longitude) if near else None
+
+        def search() -> SearchResponse:
+            service = get()
+            filters = service.make_filter(
+                collection, folder, taken_after, taken_before, place, radius_km, camera, guard
+            )
+            return service.search_text(query, k, collection, filters, ResultOrder(min_score, sort, offset))
+
+        response = await run(search, ctx)
+        return await _search_result(get, response, thumbnails, guard, indexing_note(collection))
 
     @server.tool(annotations=ToolAnnotations(title="Find similar images", **READ_ONLY))
     async def search_similar_images(
@@ -108,11 +162,30 @@ def build_server(
         k: TopK = 10,
         collection: CollectionName = DEFAULT_COLLECTION,
         thumbnails: Thumbnails = 0,
+        folder: FolderFilter = None,
+        taken_after: TakenAfter = None,
+        taken_before: TakenBefore = None,
+        near: Near = None,
+        radius_km: RadiusKm = None,
+        camera: Camera = None,
+        min_score: MinScore = None,
+        sort: Sort = "score",
+        offset: Offset = 0,
     ) -> Annotated[CallToolResult, SearchResponse]:
         """Find the images in a collection most similar to an example image, best first, with cosine scores.
-        An indexed example comes back first with a score of about 1."""
+        An indexed example comes back first with a score of about 1. Takes the same filters as
+        search_images_by_text."""
         guard = access.guard(client_roots)
-        response = await run(lambda: get().search_image(image_path, k, collection, guard), ctx)
+        place = (near.latitude, near.longitude) if near else None
+
+        def search() -> SearchResponse:
+            service = get()
+            filters = service.make_filter(
+                collection, folder, taken_after, taken_before, place, radius_km, camera, guard
+            )
+            return service.search_image(image_path, k, collection, guard, filters, ResultOrder(min_score, sort, offset))
+
+        response = await run(search, ctx)
         return await _search_result(get, response, thumbnails, guard, indexing_note(collection))
 
     @server.tool(annotations=ToolAnnotations(title="Measure retrieval quality", **READ_ONLY))
@@ -176,6 +249,18 @@ def build_server(
     return server
 
 
+def _about(hit: SearchHit) -> str:
+    """What is known of a result besides its score, for the reader of the text."""
+    parts = []
+    if hit.taken:
+        parts.append(f"taken {hit.taken}" + (" (file date)" if hit.taken_source == "file_mtime" else ""))
+    if hit.camera:
+        parts.append(hit.camera)
+    if hit.latitude is not None and hit.longitude is not None:
+        parts.append(f"at {hit.latitude:.5f}, {hit.longitude:.5f}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 async def _search_result(
     get: "Callable[[], ClipSearch]",
     response: SearchResponse,
@@ -184,7 +269,7 @@ async def _search_result(
     notes: Sequence[str] = (),
 ) -> CallToolResult:
     lines = [f"{len(response.results)} results in '{response.collection}' for {response.query!r}:"]
-    lines += [f"{hit.rank}. {hit.score:.3f}  {hit.path}" for hit in response.results]
+    lines += [f"{hit.rank}. {hit.score:.3f}  {hit.path}{_about(hit)}" for hit in response.results]
     lines += notes
     images: list[ContentBlock] = []
     if thumbnails:

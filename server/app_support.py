@@ -45,8 +45,11 @@ class RootAccess:
             return ListRootsResult(roots=[])
         return ListRoots()
 
-    def ask_for_thumbnails(self, ctx: Context, thumbnails: int = 0) -> ListRoots | ListRootsResult:
-        return self.ask(ctx) if thumbnails else ListRootsResult(roots=[])
+    def ask_for_thumbnails(
+        self, ctx: Context, thumbnails: int = 0, folder: str | None = None
+    ) -> ListRoots | ListRootsResult:
+        """Roots for a text search: needed only to show thumbnails or to check a folder filter."""
+        return self.ask(ctx) if thumbnails or folder else ListRootsResult(roots=[])
 
     def guard(self, client_roots: ListRootsResult) -> PathGuard:
         return PathGuard(self.configured or file_roots(client_roots))

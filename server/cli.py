@@ -33,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     named.add_argument("--collection", "-c", default=DEFAULT_COLLECTION, help="Collection name (default: %(default)s)")
     topk = argparse.ArgumentParser(add_help=False)
     topk.add_argument("-k", type=int, default=10, help="Number of results (default: %(default)s)")
+    topk.add_argument("--folder", help="Only images under this folder")
+    topk.add_argument("--after", help="Only photos taken on/after this date or datetime (ISO 8601)")
+    topk.add_argument("--before", help="Only photos taken before this datetime, or on/before this date")
+    topk.add_argument("--camera", help="Only photos whose camera make/model contains this (any case)")
+    topk.add_argument("--near", metavar="LAT,LON", type=_place, help="Only photos taken near this place")
+    topk.add_argument("--radius-km", type=float, help="Distance around --near, in kilometres")
+    topk.add_argument("--min-score", type=float, help="Drop results under this cosine similarity")
+    topk.add_argument(
+        "--sort", choices=["score", "taken", "taken_asc"], default="score", help="Order of the k most relevant"
+    )
+    topk.add_argument("--offset", type=int, default=0, help="Skip this many results (paging)")
 
     parser = argparse.ArgumentParser(prog="clipsearch", description="Search your own images by text or by example.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
         help="Keep every folder indexed into any collection (under --root) in sync while the server runs",
     )
     return parser
+
+
+def _place(text: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON in decimal degrees, got {text!r}") from exc
+    return latitude, longitude
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,10 +200,17 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
         if args.watch:
             print(result.model_dump_json(indent=2) if args.json else render(result), flush=True)
             return _watch_until_interrupted(service, settings, Path(result.folder), args)
-    elif args.command == "search":
-        result = service.search_text(args.text, args.k, args.collection)
-    elif args.command == "similar":
-        result = service.search_image(args.image, args.k, args.collection)
+    elif args.command in ("search", "similar"):
+        from server.filters import ResultOrder
+
+        filters = service.make_filter(
+            args.collection, args.folder, args.after, args.before, args.near, args.radius_km, args.camera
+        )
+        order = ResultOrder(args.min_score, args.sort, args.offset)
+        if args.command == "search":
+            result = service.search_text(args.text, args.k, args.collection, filters, order)
+        else:
+            result = service.search_image(args.image, args.k, args.collection, None, filters, order)
     elif args.command == "eval":
         plots_dir = args.plots.expanduser().absolute() if args.plots else None
         ground_truth = (
@@ -236,8 +262,10 @@ def render(result: BaseModel) -> str:
         if not result.results:
             return f"No images in '{result.collection}'."
         width = max(len(str(len(result.results))), 4)
-        rows = [f"{'rank':>{width}}  {'score':>6}  path"]
-        rows += [f"{hit.rank:>{width}}  {hit.score:6.3f}  {hit.path}" for hit in result.results]
+        rows = [f"{'rank':>{width}}  {'score':>6}  {'taken':<25}  path"]
+        rows += [
+            f"{hit.rank:>{width}}  {hit.score:6.3f}  {(hit.taken or '-'):<25}  {hit.path}" for hit in result.results
+        ]
         return "\n".join(rows)
     if isinstance(result, IndexReport):
         lines = [

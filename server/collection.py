@@ -13,6 +13,7 @@ rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always ag
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: the manifest records the model's identity (content hash), not only its name
 READABLE_VERSIONS = (1, 2)  # 1 is migrated to 2 by the first write (see Collection.writer)
+EXACT_SUBSET = 4096  # on IVF, a filtered search among at most this many images scores each of them exactly
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
@@ -120,6 +122,24 @@ class CatalogEntry:
     mtime_ns: int
     hash: str
     has_metadata: bool = True
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result with what the catalog knows of the image."""
+
+    score: float
+    id: int
+    path: Path
+    width: int
+    height: int
+    taken: str | None
+    taken_source: str | None
+    taken_local: str | None
+    taken_utc: float | None
+    latitude: float | None
+    longitude: float | None
+    camera: str | None
 
 
 @dataclass(frozen=True)
@@ -345,6 +365,89 @@ class Collection:
             [(paths[int(i)], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if int(i) in paths]
             for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
+
+    def select_ids(self, where: str, params: list[Any], keep: Any = None) -> npt.NDArray[np.int64]:
+        """Ids of the images matching a WHERE clause over `images` (filters.py), optionally refined by `keep`
+        (called with each row's latitude and longitude)."""
+        with self._lock:
+            if keep is None:
+                rows = self._conn.execute(f"SELECT id FROM images WHERE {where}", params).fetchall()
+                return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            rows = self._conn.execute(f"SELECT id, latitude, longitude FROM images WHERE {where}", params).fetchall()
+        return np.array([r[0] for r in rows if keep(r[1], r[2])], dtype=np.int64)
+
+    def search_hits(
+        self, query: npt.NDArray[np.float32], k: int, ids: npt.NDArray[np.int64] | None = None
+    ) -> list["Hit"]:
+        """The top-k images for one query vector, best first, with their metadata; with `ids`, only among those,
+        exactly on a Flat index (every id is scored) and on IVF for small subsets; on IVF for larger subsets the
+        probed clusters are widened in proportion to how few images pass."""
+        vector = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        with self._lock:
+            self.refresh_if_stale()
+            total = int(self._index.ntotal)
+            if ids is None:
+                k = min(k, total)
+                params, selector = None, None
+            else:
+                k = min(k, len(ids))
+                params, selector = self._selection_params(ids, total)
+            if k == 0:
+                return []
+            if params is None and ids is not None:
+                found_scores, found_ids = self._exact_among(vector[0], ids, k)
+            else:
+                scores, found = self._index.search(vector, k, params=params)
+                del selector  # held until FAISS is done with it: the parameters hold only a raw pointer
+                keep = found[0] >= 0
+                found_scores, found_ids = scores[0][keep], found[0][keep]
+            details = self._details([int(i) for i in found_ids])
+        return [
+            Hit(float(score), *details[int(image_id)])
+            for score, image_id in zip(found_scores, found_ids, strict=True)
+            if int(image_id) in details
+        ]
+
+    def _selection_params(self, ids: npt.NDArray[np.int64], total: int) -> tuple[Any, Any]:
+        """FAISS search parameters restricting a search to `ids`, and the selector they point to; (None, None) when
+        exact scoring of the subset is better."""
+        import faiss
+
+        if self.manifest.index_type == "ivf" and len(ids) <= EXACT_SUBSET:
+            return None, None
+        selector = faiss.IDSelectorBatch(ids)
+        if self.manifest.index_type != "ivf":
+            return faiss.SearchParameters(sel=selector), selector
+        nprobe = int(self.manifest.index_params.get("nprobe", 16))
+        nlist = int(self.manifest.index_params.get("nlist", nprobe))
+        widened = min(nlist, math.ceil(nprobe * total / max(len(ids), 1)))
+        return faiss.SearchParametersIVF(sel=selector, nprobe=widened), selector
+
+    def _exact_among(
+        self, query: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Brute-force cosine over the vectors of `ids` from the catalog; ties by catalog order."""
+        order = np.sort(ids)
+        vectors = np.empty((len(order), self.manifest.dim), dtype=np.float32)
+        for start in range(0, len(order), 500):
+            chunk = [int(i) for i in order[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(f"SELECT id, vector FROM images WHERE id IN ({marks}) ORDER BY id", chunk)
+            for row_number, (_, blob) in enumerate(rows, start=start):
+                vectors[row_number] = np.frombuffer(blob, dtype=np.float32)
+        scores = vectors @ query
+        best = np.lexsort((order, -scores))[:k]
+        return scores[best], order[best]
+
+    def _details(self, ids: list[int]) -> dict[int, tuple[Any, ...]]:
+        details: dict[int, tuple[Any, ...]] = {}
+        columns = "id, path, width, height, " + ", ".join(METADATA_COLUMNS)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(f"SELECT {columns} FROM images WHERE id IN ({marks})", chunk):
+                details[row[0]] = (row[0], Path(os.fsdecode(row[1])), *row[2:])
+        return details
 
     def refresh_if_stale(self) -> None:
         """Reload the index when another process has committed since we loaded it."""

@@ -44,6 +44,13 @@ class SearchHit(BaseModel):
     rank: int = Field(ge=1)
     path: PathText
     score: float = Field(description="Cosine similarity between query and image, in [-1, 1]")
+    taken: str | None = Field(None, description="Capture time as written in the file (ISO 8601; offset if known)")
+    taken_source: str | None = Field(None, description="Where 'taken' came from: exif, xmp or file_mtime")
+    width: int | None = Field(None, description="Upright width in pixels")
+    height: int | None = None
+    camera: str | None = Field(None, description="Camera make and model")
+    latitude: float | None = None
+    longitude: float | None = None
 
 
 class SearchResponse(BaseModel):

@@ -4,11 +4,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
-from server.collection import Collection
+from server.collection import Collection, Hit
 from server.defaults import MAX_K, MAX_QUERY_CHARS
 from server.encoder import Encoder
 from server.errors import FileMissing, InvalidArgument
+from server.filters import ResultOrder, SearchFilter
 from server.images import load_image
 from server.models import SearchHit, SearchResponse
 
@@ -34,14 +36,29 @@ class Searcher:
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
 
-    def by_text(self, collection: Collection, query: str, k: int = 10) -> SearchResponse:
+    def by_text(
+        self,
+        collection: Collection,
+        query: str,
+        k: int = 10,
+        filters: SearchFilter | None = None,
+        order: ResultOrder | None = None,
+    ) -> SearchResponse:
         """The k images closest to the text, best first; text beyond the model's 77 tokens is truncated."""
         text = clean_query(query)
         check_k(k)
         vector = self.encoder.encode_texts([text])
-        return _response(collection, text, collection.search(vector, k)[0])
+        order = order or ResultOrder()
+        return _response(collection, text, _hits(collection, vector[0], k, filters, order), order.offset)
 
-    def by_image(self, collection: Collection, image_path: Path, k: int = 10) -> SearchResponse:
+    def by_image(
+        self,
+        collection: Collection,
+        image_path: Path,
+        k: int = 10,
+        filters: SearchFilter | None = None,
+        order: ResultOrder | None = None,
+    ) -> SearchResponse:
         """The k images closest to the given image; an indexed image's stored vector is reused."""
         check_k(k)
         path = Path(os.path.realpath(image_path))
@@ -57,12 +74,47 @@ class Searcher:
             decoded = load_image(path, min_side=self.encoder.input_size)
             pixels = self.encoder.preprocess(decoded.image)[np.newaxis]
             vector = self.encoder.encode_pixels(pixels)
-        return _response(collection, str(image_path), collection.search(vector, k)[0])
+        order = order or ResultOrder()
+        hits = _hits(collection, vector[0], k, filters, order)
+        return _response(collection, str(image_path), hits, order.offset)
 
 
-def _response(collection: Collection, query: str, hits: list[tuple[Path, float]]) -> SearchResponse:
+def _hits(
+    collection: Collection, vector: npt.NDArray[np.float32], k: int, filters: SearchFilter | None, order: ResultOrder
+) -> list[Hit]:
+    """Filter, then the top offset+k by score; drop those under min_score; order; cut the page."""
+    ids = None
+    if filters is not None and filters.active:
+        where, params = filters.sql()
+        ids = collection.select_ids(where, params, filters.keeps_place if filters.near else None)
+    hits = collection.search_hits(vector, order.offset + k, ids)
+    if order.min_score is not None:
+        hits = [h for h in hits if h.score >= order.min_score]
+    if order.sort != "score":
+        # Newest (or oldest) first among the relevant ones; images without a date go last.
+        newest = order.sort == "taken"
+        dated = sorted((h for h in hits if h.taken_utc is not None), key=lambda h: h.taken_utc or 0.0, reverse=newest)
+        hits = dated + [h for h in hits if h.taken_utc is None]
+    return hits[order.offset : order.offset + k]
+
+
+def _response(collection: Collection, query: str, hits: list[Hit], offset: int = 0) -> SearchResponse:
     return SearchResponse(
         collection=collection.name,
         query=query,
-        results=[SearchHit(rank=i, path=str(p), score=round(s, 6)) for i, (p, s) in enumerate(hits, start=1)],
+        results=[
+            SearchHit(
+                rank=rank,
+                path=str(hit.path),
+                score=round(hit.score, 6),
+                taken=hit.taken,
+                taken_source=hit.taken_source,
+                width=hit.width or None,
+                height=hit.height or None,
+                camera=hit.camera,
+                latitude=hit.latitude,
+                longitude=hit.longitude,
+            )
+            for rank, hit in enumerate(hits, start=offset + 1)
+        ],
     )

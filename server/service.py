@@ -13,6 +13,7 @@ from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, IN
 from server.encoder import ClipEncoder, Encoder
 from server.errors import ClipSearchError, FileMissing, InvalidArgument
 from server.evaluate import evaluate as evaluate_collection
+from server.filters import ResultOrder, SearchFilter
 from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
 from server.model_files import DownloadTracker
@@ -104,14 +105,50 @@ class ClipSearch:
             cancel=cancel,
         )
 
-    def search_text(self, query: str, k: int = 10, collection: str = DEFAULT_COLLECTION) -> SearchResponse:
-        return self.searcher.by_text(self.collection(collection), query, k)
+    def search_text(
+        self,
+        query: str,
+        k: int = 10,
+        collection: str = DEFAULT_COLLECTION,
+        filters: SearchFilter | None = None,
+        order: ResultOrder | None = None,
+    ) -> SearchResponse:
+        return self.searcher.by_text(self.collection(collection), query, k, filters, order)
 
     def search_image(
-        self, image_path: str | Path, k: int = 10, collection: str = DEFAULT_COLLECTION, guard: PathGuard | None = None
+        self,
+        image_path: str | Path,
+        k: int = 10,
+        collection: str = DEFAULT_COLLECTION,
+        guard: PathGuard | None = None,
+        filters: SearchFilter | None = None,
+        order: ResultOrder | None = None,
     ) -> SearchResponse:
         path = guard.check(image_path) if guard else Path(image_path).expanduser().absolute()
-        return self.searcher.by_image(self.collection(collection), path, k)
+        return self.searcher.by_image(self.collection(collection), path, k, filters, order)
+
+    def make_filter(
+        self,
+        collection: str = DEFAULT_COLLECTION,
+        folder: str | Path | None = None,
+        taken_after: str | None = None,
+        taken_before: str | None = None,
+        near: tuple[float, float] | None = None,
+        radius_km: float | None = None,
+        camera: str | None = None,
+        guard: PathGuard | None = None,
+    ) -> SearchFilter:
+        """Check a search's filters: dates, place and camera, and a folder that is allowed and indexed."""
+        path = None
+        if folder is not None:
+            path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
+            indexed = self.collection(collection).indexed_folders()
+            if not any(path.is_relative_to(f) or f.is_relative_to(path) for f in indexed):
+                known = ", ".join(str(f) for f in indexed) or "none yet"
+                raise InvalidArgument(
+                    f"Folder '{folder}' is not part of collection '{collection}' (its indexed folders: {known})."
+                )
+        return SearchFilter.parse(path, taken_after, taken_before, near, radius_km, camera)
 
     def evaluate(
         self,

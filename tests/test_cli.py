@@ -51,7 +51,8 @@ def test_tables_are_printed_for_people(cli_env: list[str], capsys: pytest.Captur
     assert "Collection 's': 9 images" in capsys.readouterr().out
     assert main(["search", "rocket launch", "-c", "s", "-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["rank", "score", "path"] and len(lines) == 3
+    assert lines[0].split() == ["rank", "score", "taken", "path"] and len(lines) == 3
+    assert lines[1].split()[2].startswith("20")  # the samples have no capture date: their file date stands in
 
 
 def test_model_and_index_dir_options_override_the_environment(

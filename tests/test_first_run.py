@@ -57,7 +57,7 @@ def test_first_run_announces_the_download_once_then_later_runs_print_nothing_ext
     assert len(lines) == len(set(lines))  # no line twice
     assert "Collection 'default': 9 images" in first.stdout
     assert second.stderr == ""
-    assert second.stdout.splitlines()[0].split() == ["rank", "score", "path"]
+    assert second.stdout.splitlines()[0].split() == ["rank", "score", "taken", "path"]
     assert len(fake_hub.requests) == requests_after_first
 
 
