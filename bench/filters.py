@@ -1,0 +1,106 @@
+"""Filtered search latency and exactness: filters passing 50 %, 1 % and 0.01 % of a collection against the unfiltered
+search, on Flat and IVF, through `Searcher` (catalog selection + FAISS selector or exact subset scoring).
+
+    python -m bench.filters --vectors 100000 --json
+
+Vectors as in bench.search (clustered, 512-d); each image gets a folder (50 % split), a capture date (1 % of them
+on one day) and a camera (0.01 % from a rare one). Latency is one query at a time, k=10, p50/p95 over 100
+queries; recall@10 is against brute force over the passing images.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.common import emit, machine, percentiles
+from bench.search import clustered
+from server.collection import Collection, CollectionStore, NewImage
+from server.filters import SearchFilter
+from server.metadata import PhotoMetadata
+from server.search import _hits
+
+DIM = 512
+QUERIES = 100
+
+
+def photo(i: int, count: int) -> PhotoMetadata:
+    day = "2024-03-01" if i % 100 == 0 else f"2024-{1 + i % 12:02d}-{2 + i % 27:02d}"
+    camera = "Leica M11" if i % 10_000 == 7 else "Apple iPhone 15"
+    return PhotoMetadata(f"{day}T12:00:00", "exif", f"{day}T12:00:00.000000", None, None, None, camera, 640, 480)
+
+
+def build(folder: Path, vectors: npt.NDArray[np.float32], kind: str) -> Collection:
+    collection = CollectionStore(folder).create("bench", "bench-model", DIM, index_policy=kind)
+    with collection.writer() as writer:
+        for i, vector in enumerate(vectors):
+            half = "a" if i % 2 else "b"
+            writer.add(
+                NewImage(Path(f"/bench/{half}/{i}.jpg"), 1, 1, f"h{i}", 640, 480, photo(i, len(vectors))), vector
+            )
+            if i % 50_000 == 49_999:
+                writer.commit()
+    return collection
+
+
+def exact(vectors: npt.NDArray[np.float32], passing: npt.NDArray[np.int64], ids: npt.NDArray[np.int64], query):  # type: ignore[no-untyped-def]
+    rows = np.searchsorted(ids, passing)
+    scores = vectors[rows] @ query
+    return set(passing[np.argsort(-scores)[:10]].tolist())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((2000, DIM)).astype(np.float32)
+    vectors = clustered(args.vectors, DIM, centres, rng)
+    queries = clustered(QUERIES, DIM, centres, rng)
+    cases = {
+        "none": SearchFilter.parse(),
+        "50%": SearchFilter.parse(folder=Path("/bench/a")),
+        "1%": SearchFilter.parse(taken_after="2024-03-01", taken_before="2024-03-01"),
+        "0.01%": SearchFilter.parse(camera="leica"),
+    }
+    out: dict[str, object] = {"machine": machine(), "vectors": args.vectors, "k": 10}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("flat", "ivf"):
+            collection = build(Path(tmp) / kind, vectors, kind)
+            ids, _, stored = collection.all_vectors()
+            rows: dict[str, object] = {}
+            for name, filters in cases.items():
+                where, params = filters.sql()
+                passing = collection.select_ids(where, params) if filters.active else ids
+                latencies, recalls = [], []
+                for query in queries:
+                    started = time.perf_counter()
+                    hits = _hits(collection, query, 10, filters, _order())
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    got = {collection.find_path(h.path).id for h in hits}  # type: ignore[union-attr]
+                    recalls.append(len(got & exact(stored, np.sort(passing), ids, query)) / min(10, len(passing)))
+                rows[name] = {
+                    "passing": len(passing),
+                    **percentiles(latencies),
+                    "recall_at_10": round(float(np.mean(recalls)), 4),
+                }
+            base = rows["none"]["p50_ms"]  # type: ignore[index]
+            for name in ("50%", "1%", "0.01%"):
+                rows[name]["p50_vs_unfiltered"] = round(rows[name]["p50_ms"] / base, 2)  # type: ignore[index]
+            out[kind] = {"index": collection.manifest.index_type, **rows}
+            collection.close()
+    emit(out, args.json)
+
+
+def _order():  # type: ignore[no-untyped-def]
+    from server.filters import ResultOrder
+
+    return ResultOrder()
+
+
+if __name__ == "__main__":
+    main()
