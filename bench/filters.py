@@ -19,7 +19,7 @@ import numpy.typing as npt
 from bench.common import emit, machine, percentiles
 from bench.search import clustered
 from server.collection import Collection, CollectionStore, NewImage
-from server.filters import SearchFilter
+from server.filters import ResultOrder, SearchFilter
 from server.metadata import PhotoMetadata
 from server.search import _hits
 
@@ -27,7 +27,7 @@ DIM = 512
 QUERIES = 100
 
 
-def photo(i: int, count: int) -> PhotoMetadata:
+def photo(i: int) -> PhotoMetadata:
     day = "2024-03-01" if i % 100 == 0 else f"2024-{1 + i % 12:02d}-{2 + i % 27:02d}"
     camera = "Leica M11" if i % 10_000 == 7 else "Apple iPhone 15"
     return PhotoMetadata(f"{day}T12:00:00", "exif", f"{day}T12:00:00.000000", None, None, None, camera, 640, 480)
@@ -46,7 +46,13 @@ def build(folder: Path, vectors: npt.NDArray[np.float32], kind: str) -> Collecti
     return collection
 
 
-def exact(vectors: npt.NDArray[np.float32], passing: npt.NDArray[np.int64], ids: npt.NDArray[np.int64], query):  # type: ignore[no-untyped-def]
+def exact(
+    vectors: npt.NDArray[np.float32],
+    passing: npt.NDArray[np.int64],
+    ids: npt.NDArray[np.int64],
+    query: npt.NDArray[np.float32],
+) -> set[int]:
+    """The true top-10 ids among `passing` (ids sorted, vectors in id order)."""
     rows = np.searchsorted(ids, passing)
     scores = vectors[rows] @ query
     return set(passing[np.argsort(-scores)[:10]].tolist())
@@ -74,12 +80,12 @@ def main() -> None:
             ids, _, stored = collection.all_vectors()
             rows: dict[str, object] = {}
             for name, filters in cases.items():
-                where, params = filters.sql()
+                where, params = filters.sql(collection.cameras() if filters.camera else None)
                 passing = collection.select_ids(where, params) if filters.active else ids
                 latencies, recalls = [], []
                 for query in queries:
                     started = time.perf_counter()
-                    hits = _hits(collection, query, 10, filters, _order())
+                    hits = _hits(collection, query, 10, filters, ResultOrder())
                     latencies.append((time.perf_counter() - started) * 1000)
                     got = {collection.find_path(h.path).id for h in hits}  # type: ignore[union-attr]
                     recalls.append(len(got & exact(stored, np.sort(passing), ids, query)) / min(10, len(passing)))
@@ -94,12 +100,6 @@ def main() -> None:
             out[kind] = {"index": collection.manifest.index_type, **rows}
             collection.close()
     emit(out, args.json)
-
-
-def _order():  # type: ignore[no-untyped-def]
-    from server.filters import ResultOrder
-
-    return ResultOrder()
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ ALTER TABLE images ADD COLUMN meta_read INTEGER;
 CREATE INDEX IF NOT EXISTS images_taken_local ON images(taken_local);
 CREATE INDEX IF NOT EXISTS images_taken_utc ON images(taken_utc);
 CREATE INDEX IF NOT EXISTS images_latitude ON images(latitude);
+CREATE INDEX IF NOT EXISTS images_camera ON images(camera);
 INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '2');
 """
 
@@ -230,6 +231,7 @@ class Collection:
         self.manifest = manifest
         self._model_identity = model_identity  # of the model in use; recorded by the first write if missing
         self._lock = threading.RLock()
+        self._cameras: tuple[int, list[str]] | None = None  # (generation, distinct camera names)
         self._conn = _connect(folder / "catalog.sqlite")
         # Only a new or older catalog is written on open; writing every time would wait on a running indexer.
         if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
@@ -366,6 +368,26 @@ class Collection:
             for row_scores, row_ids in zip(scores, ids, strict=True)
         ]
 
+    def cameras(self) -> list[str]:
+        """The distinct camera names in the collection (few), remembered until the next commit."""
+        with self._lock:
+            self.refresh_if_stale()
+            cached = self._cameras
+            if cached is None or cached[0] != self.generation:
+                rows = self._conn.execute("SELECT DISTINCT camera FROM images WHERE camera IS NOT NULL").fetchall()
+                cached = (self.generation, [r[0] for r in rows])
+                self._cameras = cached
+            return list(cached[1])
+
+    def passing(self, ids: list[int], where: str, params: list[Any], keep: Any = None) -> set[int]:
+        """Which of `ids` match a WHERE clause (and `keep`): a primary-key lookup per id, whatever the filter."""
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id, latitude, longitude FROM images WHERE id IN ({marks}) AND ({where})", [*ids, *params]
+            ).fetchall()
+        return {r[0] for r in rows if keep is None or keep(r[1], r[2])}
+
     def select_ids(self, where: str, params: list[Any], keep: Any = None) -> npt.NDArray[np.int64]:
         """Ids of the images matching a WHERE clause over `images` (filters.py), optionally refined by `keep`
         (called with each row's latitude and longitude)."""
@@ -377,18 +399,19 @@ class Collection:
         return np.array([r[0] for r in rows if keep(r[1], r[2])], dtype=np.int64)
 
     def search_hits(
-        self, query: npt.NDArray[np.float32], k: int, ids: npt.NDArray[np.int64] | None = None
+        self, query: npt.NDArray[np.float32], k: int, ids: npt.NDArray[np.int64] | None = None, widen: int = 1
     ) -> list["Hit"]:
         """The top-k images for one query vector, best first, with their metadata; with `ids`, only among those,
         exactly on a Flat index (every id is scored) and on IVF for small subsets; on IVF for larger subsets the
-        probed clusters are widened in proportion to how few images pass."""
+        probed clusters are widened in proportion to how few images pass. `widen` multiplies IVF's nprobe (deeper
+        unfiltered searches need more clusters for the same recall)."""
         vector = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         with self._lock:
             self.refresh_if_stale()
             total = int(self._index.ntotal)
             if ids is None:
                 k = min(k, total)
-                params, selector = None, None
+                params, selector = self._widened(widen), None
             else:
                 k = min(k, len(ids))
                 params, selector = self._selection_params(ids, total)
@@ -407,6 +430,15 @@ class Collection:
             for score, image_id in zip(found_scores, found_ids, strict=True)
             if int(image_id) in details
         ]
+
+    def _widened(self, factor: int) -> Any:
+        if factor <= 1 or self.manifest.index_type != "ivf":
+            return None
+        import faiss
+
+        nprobe = int(self.manifest.index_params.get("nprobe", 16))
+        nlist = int(self.manifest.index_params.get("nlist", nprobe))
+        return faiss.SearchParametersIVF(nprobe=min(nlist, nprobe * factor))
 
     def _selection_params(self, ids: npt.NDArray[np.int64], total: int) -> tuple[Any, Any]:
         """FAISS search parameters restricting a search to `ids`, and the selector they point to; (None, None) when

@@ -8,6 +8,7 @@ local time as written; a bound with an offset compares instants (a photo without
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -99,8 +100,10 @@ class SearchFilter:
     def active(self) -> bool:
         return any(v is not None for v in (self.folder, self.taken_after, self.taken_before, self.near, self.camera))
 
-    def sql(self) -> tuple[str, list[Any]]:
-        """A WHERE clause over the catalog's `images` table (indexed columns first) and its parameters."""
+    def sql(self, cameras: Sequence[str] | None = None) -> tuple[str, list[Any]]:
+        """A WHERE clause over the catalog's `images` table (indexed columns first) and its parameters. Given the
+        collection's distinct `cameras`, the camera filter becomes an indexed `IN` over the names that match, not a
+        pattern scan of every row."""
         clauses: list[str] = []
         params: list[Any] = []
         if self.folder is not None:
@@ -124,7 +127,11 @@ class SearchFilter:
                 params += [longitude - lon_spread, longitude + lon_spread]
             else:
                 clauses.append("longitude IS NOT NULL")
-        if self.camera is not None:
+        if self.camera is not None and cameras is not None:
+            matching = [name for name in cameras if self.camera.casefold() in name.casefold()]
+            clauses.append(f"camera IN ({', '.join('?' * len(matching))})" if matching else "0")
+            params += matching
+        elif self.camera is not None:
             escaped = self.camera.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("camera LIKE ? ESCAPE '\\'")
             params.append(f"%{escaped}%")

@@ -83,11 +83,11 @@ def _hits(
     collection: Collection, vector: npt.NDArray[np.float32], k: int, filters: SearchFilter | None, order: ResultOrder
 ) -> list[Hit]:
     """Filter, then the top offset+k by score; drop those under min_score; order; cut the page."""
-    ids = None
-    if filters is not None and filters.active:
-        where, params = filters.sql()
-        ids = collection.select_ids(where, params, filters.keeps_place if filters.near else None)
-    hits = collection.search_hits(vector, order.offset + k, ids)
+    need = order.offset + k
+    if filters is None or not filters.active:
+        hits = collection.search_hits(vector, need)
+    else:
+        hits = _filtered(collection, vector, need, filters)
     if order.min_score is not None:
         hits = [h for h in hits if h.score >= order.min_score]
     if order.sort != "score":
@@ -96,6 +96,28 @@ def _hits(
         dated = sorted((h for h in hits if h.taken_utc is not None), key=lambda h: h.taken_utc or 0.0, reverse=newest)
         hits = dated + [h for h in hits if h.taken_utc is None]
     return hits[order.offset : order.offset + k]
+
+
+OVERSAMPLE = 4  # a filtered search first looks this many times deeper unfiltered, and checks what it found
+
+
+def _filtered(collection: Collection, vector: npt.NDArray[np.float32], need: int, filters: SearchFilter) -> list[Hit]:
+    """The top `need` images that pass the filter.
+
+    When the filter lets many images through, the unfiltered top OVERSAMPLE·need usually holds `need` passing ones:
+    on an exact index they are then exactly the filtered top (anything passing further down scores lower), and only
+    those few ids are checked against the catalog. Otherwise the catalog selects every passing id and the search
+    runs among them (FAISS IDSelector, or exact scoring of a small subset)."""
+    where, params = filters.sql(collection.cameras() if filters.camera else None)
+    keep = filters.keeps_place if filters.near else None
+    depth = OVERSAMPLE * need
+    probe = collection.search_hits(vector, depth, widen=OVERSAMPLE // 2)
+    if probe:
+        passing = collection.passing([h.id for h in probe], where, params, keep)
+        kept = [h for h in probe if h.id in passing]
+        if len(kept) >= need or len(probe) >= collection.ntotal:  # enough, or the probe saw every image
+            return kept[:need]
+    return collection.search_hits(vector, need, collection.select_ids(where, params, keep))
 
 
 def _response(collection: Collection, query: str, hits: list[Hit], offset: int = 0) -> SearchResponse:
