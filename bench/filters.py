@@ -38,9 +38,7 @@ def build(folder: Path, vectors: npt.NDArray[np.float32], kind: str) -> Collecti
     with collection.writer() as writer:
         for i, vector in enumerate(vectors):
             half = "a" if i % 2 else "b"
-            writer.add(
-                NewImage(Path(f"/bench/{half}/{i}.jpg"), 1, 1, f"h{i}", 640, 480, photo(i, len(vectors))), vector
-            )
+            writer.add(NewImage(Path(f"/bench/{half}/{i}.jpg"), 1, 1, f"h{i}", 640, 480, photo(i)), vector)
             if i % 50_000 == 49_999:
                 writer.commit()
     return collection
