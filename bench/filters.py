@@ -2,6 +2,7 @@
 search, on Flat and IVF, through `Searcher` (catalog selection + FAISS selector or exact subset scoring).
 
     python -m bench.filters --vectors 100000 --json
+    python -m bench.filters --vectors 1000000 --kinds ivf --json
 
 Vectors as in bench.search (clustered, 512-d); each image gets a folder (50 % split), a capture date (1 % of them
 on one day) and a camera (0.01 % from a rare one). Latency is one query at a time, k=10, p50/p95 over 100
@@ -59,6 +60,7 @@ def exact(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--kinds", nargs="+", choices=["flat", "ivf"], default=["flat", "ivf"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -73,7 +75,7 @@ def main() -> None:
     }
     out: dict[str, object] = {"machine": machine(), "vectors": args.vectors, "k": 10}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("flat", "ivf"):
+        for kind in args.kinds:
             collection = build(Path(tmp) / kind, vectors, kind)
             ids, _, stored = collection.all_vectors()
             rows: dict[str, object] = {}
