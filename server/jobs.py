@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,7 +180,7 @@ class JobManager:
             if queued or (same and not again):
                 return (queued or same)[0].status()
             for record in self._records(collection):
-                if record.state in ACTIVE and record.folder == str(path) and self._foreign(record):
+                if record.state in ACTIVE and record.folder == str(path) and self._run_elsewhere(record):
                     return record.status()
             stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             record = JobRecord(
@@ -203,7 +203,7 @@ class JobManager:
         touched = []
         with self._lock:
             for record in self._records():
-                if record.state not in ACTIVE or record.job_id in self._jobs or self._foreign(record):
+                if record.state not in ACTIVE or record.job_id in self._jobs or self._run_elsewhere(record):
                     continue
                 record.state, record.note, record.owner = "interrupted", "its server stopped mid-run", _OWNER
                 path = Path(record.folder)
@@ -311,11 +311,12 @@ class JobManager:
 
     def _update(self, job: _Job, save: bool = True, **changes: Any) -> None:
         with self._lock:
+            # The record on disk changes first: whoever sees a state in memory finds it on disk too.
+            if save:
+                self._save(replace(job.record, **changes))
+                job.saved_at = time.monotonic()
             for key, value in changes.items():
                 setattr(job.record, key, value)
-            if save:
-                self._save(job.record)
-                job.saved_at = time.monotonic()
             self._touch()
 
     def _finish(self, job: _Job, state: str, report: IndexReport | None = None, **changes: Any) -> None:
@@ -422,7 +423,7 @@ class JobManager:
 
     def _as_seen(self, record: JobRecord) -> JobRecord:
         """A record from disk as it stands: one left active by a process that is gone was interrupted."""
-        if record.state in ACTIVE and record.job_id not in self._jobs and not self._foreign(record):
+        if record.state in ACTIVE and record.job_id not in self._jobs and not self._run_elsewhere(record):
             record.state, record.note = "interrupted", "its server stopped mid-run"
         return record
 
@@ -434,9 +435,10 @@ class JobManager:
             log.warning("ignoring unreadable job record %s: %s", path, exc)
             return None
 
-    def _foreign(self, record: JobRecord) -> bool:
-        """Whether another live process owns this record (so it is not ours to resume or run)."""
-        return record.owner != _OWNER and bool(record.owner) and _owner_alive(record.owner)
+    def _run_elsewhere(self, record: JobRecord) -> bool:
+        """Whether a live process (another server, or another manager in this one) owns this record, so it is not
+        ours to resume or run."""
+        return record.job_id not in self._jobs and bool(record.owner) and _owner_alive(record.owner)
 
     def _save(self, record: JobRecord) -> None:
         folder = self.index_dir / record.collection / "jobs"
