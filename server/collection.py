@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from server.defaults import INDEX_TYPES
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
-from server.faiss_index import IndexSpec, apply_params, build_ivf, choose_kind, new_flat
+from server.faiss_index import IndexSpec, apply_params, build_ivf, choose_kind, enable_lookup, new_flat
 from server.model_identity import short
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: the manifest records the model's identity (content hash), not only its name
 READABLE_VERSIONS = (1, 2)  # 1 is migrated to 2 by the first write (see Collection.writer)
-EXACT_SUBSET = 4096  # on IVF, a filtered search among at most this many images scores each of them exactly
+EXACT_SUBSET = 50_000  # on IVF, a filtered search among at most this many images scores each of them exactly
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
@@ -458,15 +458,9 @@ class Collection:
     def _exact_among(
         self, query: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Brute-force cosine over the vectors of `ids` from the catalog; ties by catalog order."""
+        """Brute-force cosine over the stored vectors of `ids` (looked up in the IVF index); ties by catalog order."""
         order = np.sort(ids)
-        vectors = np.empty((len(order), self.manifest.dim), dtype=np.float32)
-        for start in range(0, len(order), 500):
-            chunk = [int(i) for i in order[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(f"SELECT id, vector FROM images WHERE id IN ({marks}) ORDER BY id", chunk)
-            for row_number, (_, blob) in enumerate(rows, start=start):
-                vectors[row_number] = np.frombuffer(blob, dtype=np.float32)
+        vectors = self._index.reconstruct_batch(order)
         scores = vectors @ query
         best = np.lexsort((order, -scores))[:k]
         return scores[best], order[best]
@@ -579,6 +573,8 @@ class Collection:
             index = new_flat(self.manifest.dim)
             if len(ids):
                 index.add_with_ids(vectors, ids)
+        if spec.kind == "ivf":
+            enable_lookup(index)
         with self._lock:
             self._write_manifest(replace(self.manifest, index_type=spec.kind, index_params=spec.params))
             self._index = index
