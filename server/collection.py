@@ -13,7 +13,6 @@ rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always ag
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -27,9 +26,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from server.catalog_schema import METADATA_COLUMNS, METADATA_SET_COLUMNS, metadata_values, prepare_catalog
 from server.defaults import INDEX_TYPES
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
-from server.faiss_index import IndexSpec, apply_params, build_ivf, choose_kind, enable_lookup, new_flat
+from server.faiss_index import (
+    IndexSpec,
+    apply_params,
+    build_ivf,
+    choose_kind,
+    enable_lookup,
+    exact_among,
+    new_flat,
+    probe_params,
+    selection_params,
+)
 from server.model_identity import short
 
 if TYPE_CHECKING:
@@ -39,45 +49,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: the manifest records the model's identity (content hash), not only its name
 READABLE_VERSIONS = (1, 2)  # 1 is migrated to 2 by the first write (see Collection.writer)
-EXACT_SUBSET = 50_000  # on IVF, a filtered search among at most this many images scores each of them exactly
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY,
-    path BLOB NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    vector BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS images_hash ON images(hash);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS folders (path BLOB PRIMARY KEY);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
-"""
-# Catalog version 2 adds photo metadata (metadata.py); `meta_read` is NULL until a run has read a file's metadata.
-CATALOG_VERSION = 2
-METADATA_COLUMNS = ("taken", "taken_source", "taken_local", "taken_utc", "latitude", "longitude", "camera")
-_METADATA_SCHEMA = """
-ALTER TABLE images ADD COLUMN taken TEXT;
-ALTER TABLE images ADD COLUMN taken_source TEXT;
-ALTER TABLE images ADD COLUMN taken_local TEXT;
-ALTER TABLE images ADD COLUMN taken_utc REAL;
-ALTER TABLE images ADD COLUMN latitude REAL;
-ALTER TABLE images ADD COLUMN longitude REAL;
-ALTER TABLE images ADD COLUMN camera TEXT;
-ALTER TABLE images ADD COLUMN meta_read INTEGER;
-CREATE INDEX IF NOT EXISTS images_taken_local ON images(taken_local);
-CREATE INDEX IF NOT EXISTS images_taken_utc ON images(taken_utc);
-CREATE INDEX IF NOT EXISTS images_latitude ON images(latitude);
-CREATE INDEX IF NOT EXISTS images_camera ON images(camera);
-INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '2');
-"""
 
 
 def validate_name(name: str) -> str:
@@ -194,17 +168,22 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def recorded_folders(folder: Path) -> list[Path]:
-    """The folders indexing runs were pointed at, read from a collection's catalog without opening it."""
+def read_catalog(folder: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a query on a collection's catalog, read without opening the collection ([] if unreadable)."""
     uri = (folder / "catalog.sqlite").as_uri() + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)
         try:
-            return sorted(Path(os.fsdecode(row[0])) for row in conn.execute("SELECT path FROM folders"))
+            return conn.execute(sql).fetchall()
         finally:
             conn.close()
     except sqlite3.Error:
         return []
+
+
+def recorded_folders(folder: Path) -> list[Path]:
+    """The folders indexing runs were pointed at, from a collection's catalog."""
+    return sorted(Path(os.fsdecode(row[0])) for row in read_catalog(folder, "SELECT path FROM folders"))
 
 
 def is_being_written(folder: Path) -> bool:
@@ -234,42 +213,10 @@ class Collection:
         self._cameras: tuple[int, list[str]] | None = None  # (generation, distinct camera names)
         self._conn = _connect(folder / "catalog.sqlite")
         # Only a new or older catalog is written on open; writing every time would wait on a running indexer.
-        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-            self._conn.executescript(_SCHEMA)
-        self._upgrade_catalog()
+        prepare_catalog(self._conn, name)
         self.generation = -1
         self._index: Any = None
         self._load_index()
-
-    def _upgrade_catalog(self) -> None:
-        """Bring a catalog written by an earlier release to this version: columns added, every row and vector kept.
-        Metadata of existing rows is filled in by the next indexing run (headers only, nothing re-embedded)."""
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()
-        version = int(row[0]) if row else 1
-        if version > CATALOG_VERSION:
-            raise CollectionMismatch(
-                f"Collection '{self.name}' has catalog version {version}, newer than this clipsearch reads "
-                f"({CATALOG_VERSION}). Update clipsearch to open it."
-            )
-        if version == CATALOG_VERSION:
-            return
-        log.info("collection %s: upgrading its catalog from version %d to %d", self.name, version, CATALOG_VERSION)
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have upgraded it between our look and the lock.
-                if not self._conn.execute("SELECT 1 FROM meta WHERE key = 'catalog_version'").fetchone():
-                    for statement in filter(str.strip, _METADATA_SCHEMA.split(";")):
-                        self._conn.execute(statement)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as exc:
-            raise CollectionBusy(
-                f"Collection '{self.name}' needs a one-time catalog upgrade, and another run is writing it: {exc}. "
-                "Try again when it finishes."
-            ) from exc
 
     # --- reading -------------------------------------------------------------------------------------------------
 
@@ -349,24 +296,8 @@ class Collection:
         return ids, paths, vectors
 
     def search(self, queries: npt.NDArray[np.float32], k: int) -> list[list[tuple[Path, float]]]:
-        """Top-k (path, cosine) per query, best first, from one consistent state of index and catalog."""
-        with self._lock:
-            self.refresh_if_stale()
-            k = min(k, int(self._index.ntotal))
-            if k == 0:
-                return [[] for _ in range(len(queries))]
-            scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-            wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
-            paths: dict[int, Path] = {}
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for row_id, raw in self._conn.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk):
-                    paths[row_id] = Path(os.fsdecode(raw))
-        return [
-            [(paths[int(i)], float(s)) for s, i in zip(row_scores, row_ids, strict=True) if int(i) in paths]
-            for row_scores, row_ids in zip(scores, ids, strict=True)
-        ]
+        """Top-k (path, cosine) per query, best first (`search_hits` without the metadata)."""
+        return [[(hit.path, hit.score) for hit in self.search_hits(query, k)] for query in queries]
 
     def cameras(self) -> list[str]:
         """The distinct camera names in the collection (few), remembered until the next commit."""
@@ -411,14 +342,14 @@ class Collection:
             total = int(self._index.ntotal)
             if ids is None:
                 k = min(k, total)
-                params, selector = self._widened(widen), None
+                params, selector = probe_params(self.manifest.spec, widen), None
             else:
                 k = min(k, len(ids))
-                params, selector = self._selection_params(ids, total)
+                params, selector = selection_params(self.manifest.spec, ids, total)
             if k == 0:
                 return []
             if params is None and ids is not None:
-                found_scores, found_ids = self._exact_among(vector[0], ids, k)
+                found_scores, found_ids = exact_among(self._index, vector[0], ids, k)
             else:
                 scores, found = self._index.search(vector, k, params=params)
                 del selector  # held until FAISS is done with it: the parameters hold only a raw pointer
@@ -430,40 +361,6 @@ class Collection:
             for score, image_id in zip(found_scores, found_ids, strict=True)
             if int(image_id) in details
         ]
-
-    def _widened(self, factor: int) -> Any:
-        if factor <= 1 or self.manifest.index_type != "ivf":
-            return None
-        import faiss
-
-        nprobe = int(self.manifest.index_params.get("nprobe", 16))
-        nlist = int(self.manifest.index_params.get("nlist", nprobe))
-        return faiss.SearchParametersIVF(nprobe=min(nlist, nprobe * factor))
-
-    def _selection_params(self, ids: npt.NDArray[np.int64], total: int) -> tuple[Any, Any]:
-        """FAISS search parameters restricting a search to `ids`, and the selector they point to; (None, None) when
-        exact scoring of the subset is better."""
-        import faiss
-
-        if self.manifest.index_type == "ivf" and len(ids) <= EXACT_SUBSET:
-            return None, None
-        selector = faiss.IDSelectorBatch(ids)
-        if self.manifest.index_type != "ivf":
-            return faiss.SearchParameters(sel=selector), selector
-        nprobe = int(self.manifest.index_params.get("nprobe", 16))
-        nlist = int(self.manifest.index_params.get("nlist", nprobe))
-        widened = min(nlist, math.ceil(nprobe * total / max(len(ids), 1)))
-        return faiss.SearchParametersIVF(sel=selector, nprobe=widened), selector
-
-    def _exact_among(
-        self, query: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Brute-force cosine over the stored vectors of `ids` (looked up in the IVF index); ties by catalog order."""
-        order = np.sort(ids)
-        vectors = self._index.reconstruct_batch(order)
-        scores = vectors @ query
-        best = np.lexsort((order, -scores))[:k]
-        return scores[best], order[best]
 
     def _details(self, ids: list[int]) -> dict[int, tuple[Any, ...]]:
         details: dict[int, tuple[Any, ...]] = {}
@@ -696,13 +593,13 @@ class CollectionWriter:
             image.width,
             image.height,
             blob,
-            *_metadata_values(image.metadata),
+            *metadata_values(image.metadata),
         )
 
     def add(self, image: NewImage, vector: npt.NDArray[np.float32]) -> int:
         self._begin()
         cursor = self._conn.execute(
-            f"INSERT INTO images (path, size, mtime_ns, hash, width, height, vector, {_METADATA_SET_COLUMNS}) "
+            f"INSERT INTO images (path, size, mtime_ns, hash, width, height, vector, {METADATA_SET_COLUMNS}) "
             f"VALUES ({', '.join('?' * (7 + len(METADATA_COLUMNS) + 1))})",
             self._row(image, vector),
         )
@@ -740,7 +637,7 @@ class CollectionWriter:
         assignments = ", ".join(f"{c} = ?" for c in (*METADATA_COLUMNS, "meta_read"))
         self._conn.execute(
             f"UPDATE images SET width = ?, height = ?, {assignments} WHERE id = ?",
-            (width, height, *_metadata_values(metadata), image_id),
+            (width, height, *metadata_values(metadata), image_id),
         )
 
     def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
@@ -774,15 +671,6 @@ class CollectionWriter:
 
     def close(self) -> None:
         self._conn.close()
-
-
-_METADATA_SET_COLUMNS = ", ".join((*METADATA_COLUMNS, "meta_read"))
-
-
-def _metadata_values(metadata: "PhotoMetadata | None") -> tuple[Any, ...]:
-    if metadata is None:
-        return (None,) * (len(METADATA_COLUMNS) + 1)
-    return (*(getattr(metadata, c) for c in METADATA_COLUMNS), 1)
 
 
 def _vector_blob(vector: npt.NDArray[np.float32], dim: int) -> bytes:

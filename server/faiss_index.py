@@ -137,3 +137,44 @@ def enable_lookup(index: Any) -> None:
     ivf = faiss.extract_index_ivf(index)
     if ivf.direct_map.type != faiss.DirectMap.Hashtable:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+
+# --- searching among some ids (filters) ----------------------------------------------------------------------------
+
+EXACT_SUBSET = 50_000  # on IVF, a filtered search among at most this many images scores each of them exactly
+
+
+def probe_params(spec: IndexSpec, factor: int) -> Any:
+    """Search parameters multiplying IVF's nprobe by `factor` (deeper searches need more clusters); None otherwise."""
+    if factor <= 1 or spec.kind != "ivf":
+        return None
+    import faiss
+
+    nprobe = int(spec.params.get("nprobe", 16))
+    return faiss.SearchParametersIVF(nprobe=min(int(spec.params.get("nlist", nprobe)), nprobe * factor))
+
+
+def selection_params(spec: IndexSpec, ids: npt.NDArray[np.int64], total: int) -> tuple[Any, Any]:
+    """Search parameters restricting a search to `ids`, and the selector they point to (keep it alive while
+    searching: the parameters hold only a raw pointer); (None, None) when `exact_among` is the better way."""
+    import faiss
+
+    if spec.kind == "ivf" and len(ids) <= EXACT_SUBSET:
+        return None, None
+    selector = faiss.IDSelectorBatch(ids)
+    if spec.kind != "ivf":
+        return faiss.SearchParameters(sel=selector), selector
+    # Few passing images are spread over many clusters: probe more of them, in proportion.
+    nprobe = int(spec.params.get("nprobe", 16))
+    widened = min(int(spec.params.get("nlist", nprobe)), math.ceil(nprobe * total / max(len(ids), 1)))
+    return faiss.SearchParametersIVF(sel=selector, nprobe=widened), selector
+
+
+def exact_among(
+    index: Any, query: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Brute-force cosine over the stored vectors of `ids` (an IVF index with `enable_lookup`); ties by id."""
+    order = np.sort(ids)
+    scores = index.reconstruct_batch(order) @ query
+    best = np.lexsort((order, -scores))[:k]
+    return scores[best], order[best]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.collection import Collection, CollectionStore, validate_name
+from server.collection import Collection, CollectionStore, read_catalog, validate_name
 from server.config import Settings
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES
 from server.encoder import ClipEncoder, Encoder
@@ -199,14 +199,5 @@ class ClipSearch:
 
 
 def _count_rows(folder: Path) -> int:
-    import sqlite3
-
-    uri = (folder / "catalog.sqlite").as_uri() + "?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
+    rows = read_catalog(folder, "SELECT COUNT(*) FROM images")
+    return int(rows[0][0]) if rows else 0

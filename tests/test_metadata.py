@@ -184,7 +184,11 @@ def test_indexed_photos_carry_their_metadata_into_search_results(fake_service: C
 
 
 def test_a_catalog_without_metadata_gains_it_on_the_next_run_without_embedding(
-    fake_service: ClipSearch, fake_encoder: FakeEncoder, color_folder: Path, index_dir: Path
+    fake_service: ClipSearch,
+    fake_encoder: FakeEncoder,
+    color_folder: Path,
+    index_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dated = color_folder / "red" / "red_0.jpg"
     Image.new("RGB", (64, 48), COLORS["red"]).save(dated, exif=exif_with(original="2019:03:04 05:06:07"))
@@ -202,15 +206,10 @@ def test_a_catalog_without_metadata_gains_it_on_the_next_run_without_embedding(
             handle.read = lambda n=-1: reads.append(n) or real_read(n)
         return handle
 
-    import builtins
-
     service = ClipSearch(fake_service.settings, encoder=fake_encoder)
-    builtins_open = builtins.open
-    builtins.open = spy
-    try:
-        report = service.index_folder(color_folder)
-    finally:
-        builtins.open = builtins_open
+    monkeypatch.setattr("builtins.open", spy)
+    report = service.index_folder(color_folder)
+    monkeypatch.undo()
 
     assert (report.embedded, report.unchanged, report.added) == (0, 15, 0)
     assert fake_encoder.images_encoded == encoded
