@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from server.app_indexing import register_indexing_tools
 from server.app_support import CallProgress, CollectionName, RootAccess, lazy, run_core, tool_result
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, MAX_K, MAX_QUERY_CHARS
-from server.filters import ResultOrder
+from server.filters import ResultOrder, SearchFilter
 from server.jobs import JobManager
 from server.model_files import DownloadTracker
 from server.models import CollectionList, EvaluationReport, SearchHit, SearchResponse
@@ -116,6 +116,24 @@ def build_server(
             "images processed so far; results cover what is committed.)"
         ]
 
+    def search_options(
+        collection: str,
+        guard: PathGuard,
+        folder: str | None,
+        taken_after: str | None,
+        taken_before: str | None,
+        near: Place | None,
+        radius_km: float | None,
+        camera: str | None,
+        min_score: float | None,
+        sort: str,
+        offset: int,
+    ) -> tuple[SearchFilter, ResultOrder]:
+        """The search tools' filter and order parameters, checked (in a worker thread: it may open the collection)."""
+        place = (near.latitude, near.longitude) if near else None
+        filters = get().make_filter(collection, folder, taken_after, taken_before, place, radius_km, camera, guard)
+        return filters, ResultOrder(min_score, sort, offset)
+
     register_indexing_tools(server, jobs, tracker, access, watcher or FolderWatcher(jobs, exclude=(jobs.index_dir,)))
 
     @server.tool(annotations=ToolAnnotations(title="Find images by description", **READ_ONLY))
@@ -142,14 +160,11 @@ def build_server(
         Optional filters (folder, capture date, place, camera) narrow the search exactly; each result carries its
         capture time, size, camera and GPS position when known."""
         guard = access.guard(client_roots)
-        place = (near.latitude, near.longitude) if near else None
+        options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset)
 
         def search() -> SearchResponse:
-            service = get()
-            filters = service.make_filter(
-                collection, folder, taken_after, taken_before, place, radius_km, camera, guard
-            )
-            return service.search_text(query, k, collection, filters, ResultOrder(min_score, sort, offset))
+            filters, order = search_options(collection, guard, *options)
+            return get().search_text(query, k, collection, filters, order)
 
         response = await run(search, ctx)
         return await _search_result(get, response, thumbnails, guard, indexing_note(collection))
@@ -176,14 +191,11 @@ def build_server(
         An indexed example comes back first with a score of about 1. Takes the same filters as
         search_images_by_text."""
         guard = access.guard(client_roots)
-        place = (near.latitude, near.longitude) if near else None
+        options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset)
 
         def search() -> SearchResponse:
-            service = get()
-            filters = service.make_filter(
-                collection, folder, taken_after, taken_before, place, radius_km, camera, guard
-            )
-            return service.search_image(image_path, k, collection, guard, filters, ResultOrder(min_score, sort, offset))
+            filters, order = search_options(collection, guard, *options)
+            return get().search_image(image_path, k, collection, guard, filters, order)
 
         response = await run(search, ctx)
         return await _search_result(get, response, thumbnails, guard, indexing_note(collection))
