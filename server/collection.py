@@ -17,7 +17,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: the manifest records the model's identity (content hash), not only its name
 READABLE_VERSIONS = (1, 2)  # 1 is migrated to 2 by the first write (see Collection.writer)
+ESTIMATE_SAMPLE = 128  # ids sampled to estimate how selective a filter is (±0.045 at 50 %)
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
@@ -310,16 +311,33 @@ class Collection:
                 self._cameras = cached
             return list(cached[1])
 
-    def passing(self, ids: list[int], where: str, params: list[Any], keep: Any = None) -> set[int]:
-        """Which of `ids` match a WHERE clause (and `keep`): a primary-key lookup per id, whatever the filter."""
-        marks = ",".join("?" * len(ids))
+    def passing_fraction(self, where: str, params: Sequence[Any], sample: int = ESTIMATE_SAMPLE) -> float:
+        """About which fraction of the images match a WHERE clause, from `sample` random ids (a primary-key lookup
+        each, so about a millisecond whatever the collection's size); 1.0 for an empty collection."""
         with self._lock:
-            rows = self._conn.execute(
-                f"SELECT id, latitude, longitude FROM images WHERE id IN ({marks}) AND ({where})", [*ids, *params]
-            ).fetchall()
-        return {r[0] for r in rows if keep is None or keep(r[1], r[2])}
+            # Two queries: SQLite answers MIN or MAX alone from the primary key, but scans the table for both at once.
+            low = self._conn.execute("SELECT MIN(id) FROM images").fetchone()[0]
+            high = self._conn.execute("SELECT MAX(id) FROM images").fetchone()[0]
+            if low is None:
+                return 1.0
+            rng = np.random.default_rng(self.generation)
+            seen = matched = 0
+            for _ in range(4):  # ids deleted since leave gaps: draw again until enough existing rows were seen
+                draw = sorted({int(i) for i in rng.integers(low, high + 1, sample)})
+                marks = ",".join("?" * len(draw))
+                row = self._conn.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN ({where}) THEN 1 ELSE 0 END), 0) FROM images "
+                    f"WHERE id IN ({marks})",
+                    [*params, *draw],
+                ).fetchone()
+                seen, matched = seen + int(row[0]), matched + int(row[1])
+                if seen >= sample // 2:
+                    break
+        return matched / seen if seen else 1.0
 
-    def select_ids(self, where: str, params: list[Any], keep: Any = None) -> npt.NDArray[np.int64]:
+    def select_ids(
+        self, where: str, params: Sequence[Any], keep: Callable[[float | None, float | None], bool] | None = None
+    ) -> npt.NDArray[np.int64]:
         """Ids of the images matching a WHERE clause over `images` (filters.py), optionally refined by `keep`
         (called with each row's latitude and longitude)."""
         with self._lock:
@@ -330,45 +348,58 @@ class Collection:
         return np.array([r[0] for r in rows if keep(r[1], r[2])], dtype=np.int64)
 
     def search_hits(
-        self, query: npt.NDArray[np.float32], k: int, ids: npt.NDArray[np.int64] | None = None, widen: int = 1
+        self,
+        query: npt.NDArray[np.float32],
+        k: int,
+        ids: npt.NDArray[np.int64] | None = None,
+        where: str | None = None,
+        params: Sequence[Any] = (),
+        keep: Callable[[float | None, float | None], bool] | None = None,
+        widen: float = 1.0,
     ) -> list["Hit"]:
         """The top-k images for one query vector, best first, with their metadata; with `ids`, only among those,
         exactly on a Flat index (every id is scored) and on IVF for small subsets; on IVF for larger subsets the
-        probed clusters are widened in proportion to how few images pass. `widen` multiplies IVF's nprobe (deeper
-        unfiltered searches need more clusters for the same recall)."""
+        probed clusters are widened in proportion to how few images pass. With `where` (and `keep`, called with
+        each row's latitude and longitude), only the top-k that match it are returned, so possibly fewer than k.
+        `widen` multiplies IVF's nprobe (a deeper search needs more clusters for the same recall)."""
         vector = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         with self._lock:
             self.refresh_if_stale()
             total = int(self._index.ntotal)
             if ids is None:
                 k = min(k, total)
-                params, selector = probe_params(self.manifest.spec, widen), None
+                params_ivf, selector = probe_params(self.manifest.spec, widen), None
             else:
                 k = min(k, len(ids))
-                params, selector = selection_params(self.manifest.spec, ids, total)
+                params_ivf, selector = selection_params(self.manifest.spec, ids, total)
             if k == 0:
                 return []
-            if params is None and ids is not None:
+            if params_ivf is None and ids is not None:
                 found_scores, found_ids = exact_among(self._index, vector[0], ids, k)
             else:
-                scores, found = self._index.search(vector, k, params=params)
+                scores, found = self._index.search(vector, k, params=params_ivf)
                 del selector  # held until FAISS is done with it: the parameters hold only a raw pointer
-                keep = found[0] >= 0
-                found_scores, found_ids = scores[0][keep], found[0][keep]
-            details = self._details([int(i) for i in found_ids])
-        return [
+                valid = found[0] >= 0
+                found_scores, found_ids = scores[0][valid], found[0][valid]
+            details = self._details([int(i) for i in found_ids], where, params)
+        hits = (
             Hit(float(score), *details[int(image_id)])
             for score, image_id in zip(found_scores, found_ids, strict=True)
             if int(image_id) in details
-        ]
+        )
+        return [hit for hit in hits if keep is None or keep(hit.latitude, hit.longitude)]
 
-    def _details(self, ids: list[int]) -> dict[int, tuple[Any, ...]]:
+    def _details(
+        self, ids: list[int], where: str | None = None, params: Sequence[Any] = ()
+    ) -> dict[int, tuple[Any, ...]]:
         details: dict[int, tuple[Any, ...]] = {}
         columns = "id, path, width, height, " + ", ".join(METADATA_COLUMNS)
+        condition = f" AND ({where})" if where else ""
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(f"SELECT {columns} FROM images WHERE id IN ({marks})", chunk):
+            sql = f"SELECT {columns} FROM images WHERE id IN ({marks}){condition}"
+            for row in self._conn.execute(sql, [*chunk, *params]):
                 details[row[0]] = (row[0], Path(os.fsdecode(row[1])), *row[2:])
         return details
 

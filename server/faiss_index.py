@@ -144,14 +144,14 @@ def enable_lookup(index: Any) -> None:
 EXACT_SUBSET = 50_000  # on IVF, a filtered search among at most this many images scores each of them exactly
 
 
-def probe_params(spec: IndexSpec, factor: int) -> Any:
+def probe_params(spec: IndexSpec, factor: float) -> Any:
     """Search parameters multiplying IVF's nprobe by `factor` (deeper searches need more clusters); None otherwise."""
     if factor <= 1 or spec.kind != "ivf":
         return None
     import faiss
 
     nprobe = int(spec.params.get("nprobe", 16))
-    return faiss.SearchParametersIVF(nprobe=min(int(spec.params.get("nlist", nprobe)), nprobe * factor))
+    return faiss.SearchParametersIVF(nprobe=min(int(spec.params.get("nlist", nprobe)), math.ceil(nprobe * factor)))
 
 
 def selection_params(spec: IndexSpec, ids: npt.NDArray[np.int64], total: int) -> tuple[Any, Any]:
@@ -174,7 +174,17 @@ def exact_among(
     index: Any, query: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Brute-force cosine over the stored vectors of `ids` (an IVF index with `enable_lookup`); ties by id."""
+    import faiss
+
     order = np.sort(ids)
-    scores = index.reconstruct_batch(order) @ query
-    best = np.lexsort((order, -scores))[:k]
-    return scores[best], order[best]
+    vectors = index.reconstruct_batch(order)  # one batch, on all cores
+    # FAISS's own scan for one query (no BLAS: numpy's threads waking right after FAISS's cost more than the scan).
+    # One extra result shows whether a tie crosses the k-th place; only then is every score needed.
+    depth = min(k + 1, len(order))
+    found_scores, rows = faiss.knn(query.reshape(1, -1), vectors, depth, metric=faiss.METRIC_INNER_PRODUCT)
+    scores, rows = found_scores[0], rows[0]
+    if depth > k and scores[k] == scores[k - 1]:
+        rows = np.arange(len(order))
+        scores = vectors @ query
+    best = np.lexsort((order[rows], -scores))[:k]
+    return scores[best], order[rows[best]]

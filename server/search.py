@@ -1,5 +1,6 @@
 """Text-to-image and image-to-image search over one collection."""
 
+import math
 import os
 from pathlib import Path
 
@@ -98,24 +99,26 @@ def _hits(
     return hits[order.offset : order.offset + k]
 
 
-OVERSAMPLE = 4  # a filtered search first looks this many times deeper unfiltered, and checks what it found
+PROBE_FRACTION = 0.1  # filters estimated to pass fewer images than this select the passing ids straight away
+PROBE_SURPLUS = 2  # a probe looks deep enough to expect this many times the passing images it needs
 
 
 def _filtered(collection: Collection, vector: npt.NDArray[np.float32], need: int, filters: SearchFilter) -> list[Hit]:
     """The top `need` images that pass the filter.
 
-    When the filter lets many images through, the unfiltered top OVERSAMPLE·need usually holds `need` passing ones:
-    on an exact index they are then exactly the filtered top (anything passing further down scores lower), and only
-    those few ids are checked against the catalog. Otherwise the catalog selects every passing id and the search
-    runs among them (FAISS IDSelector, or exact scoring of a small subset)."""
+    A random sample of the catalog first estimates the fraction f of images that pass. When many pass, the
+    unfiltered top need·PROBE_SURPLUS/f usually holds `need` passing ones: on an exact index they are then exactly the
+    filtered top (anything passing further down scores lower), and only those few ids are checked against the
+    catalog. Otherwise (a selective filter, or a probe that came up short) the catalog selects every passing id and
+    the search runs among them (FAISS IDSelector, or exact scoring of a small subset)."""
     where, params = filters.sql(collection.cameras() if filters.camera else None)
     keep = filters.keeps_place if filters.near else None
-    depth = OVERSAMPLE * need
-    probe = collection.search_hits(vector, depth, widen=OVERSAMPLE // 2)
-    if probe:
-        passing = collection.passing([h.id for h in probe], where, params, keep)
-        kept = [h for h in probe if h.id in passing]
-        if len(kept) >= need or len(probe) >= collection.ntotal:  # enough, or the probe saw every image
+    fraction = collection.passing_fraction(where, params)
+    if fraction >= PROBE_FRACTION:
+        depth = math.ceil(need * PROBE_SURPLUS / fraction)
+        # On IVF, probe as many times more clusters as the filter is selective (the deeper top holds more of them).
+        kept = collection.search_hits(vector, depth, where=where, params=params, keep=keep, widen=1 / fraction)
+        if len(kept) >= need or depth >= collection.ntotal:  # enough, or the probe saw every image
             return kept[:need]
     return collection.search_hits(vector, need, collection.select_ids(where, params, keep))
 
