@@ -1,5 +1,10 @@
-"""CLIP encoders: images and text into one L2-normalised float32 space. The real model loads once, lazily."""
+"""Image-text encoders: images and text into one L2-normalised float32 space. The real model loads once, lazily.
 
+One path serves every family in `model_families` (CLIP, SigLIP, SigLIP 2, MetaCLIP 2, other transformers dual
+encoders): the family picks the model class and the text handling; the image preprocessing is read from the
+checkpoint's own processor config and reproduced here (tested equal to the processor)."""
+
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -12,7 +17,8 @@ import numpy.typing as npt
 from PIL import Image
 
 from server.errors import ModelUnavailable
-from server.model_files import DownloadTracker, ModelFiles, locate, quiet_hub
+from server.model_families import Family, detect, model_class
+from server.model_files import PREPROCESSOR, DownloadTracker, ModelFiles, locate, quiet_hub
 
 log = logging.getLogger(__name__)
 
@@ -60,32 +66,75 @@ def normalize(vectors: npt.NDArray[np.floating[Any]]) -> Vectors:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """CLIP's image preprocessing, read from the checkpoint's preprocessor config."""
+    """A checkpoint's image preprocessing, read from its preprocessor config: resize (the shortest side to
+    `shortest_edge` keeping the aspect ratio, or both sides to `height`×`width`), centre-crop when set, rescale,
+    normalise."""
 
-    shortest_edge: int
-    crop_height: int
+    height: int  # after resizing (shortest_edge mode: 0) and before cropping
+    width: int
+    shortest_edge: int  # 0 when resizing to height×width
+    crop_height: int  # 0 when there is no centre crop
     crop_width: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resample: int = Image.Resampling.BICUBIC
+    rescale: float = 1 / 255
+
+    @property
+    def input_size(self) -> int:
+        """The shortest side, in pixels, the model looks at."""
+        if self.crop_height:
+            return min(self.crop_height, self.crop_width)
+        return self.shortest_edge or min(self.height, self.width)
 
     def __call__(self, image: Image.Image) -> npt.NDArray[np.float32]:
-        """Resize the shortest side (bicubic), centre-crop, scale to [0, 1], normalise; returns (3, H, W)."""
+        """One RGB image to the model's input, (3, H, W) float32."""
         width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
-        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        if self.shortest_edge:
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
+            size = (new_short, new_long) if width <= height else (new_long, new_short)
+        else:
+            size = (self.width, self.height)
         if size != image.size:
-            image = image.resize(size, Image.Resampling.BICUBIC)
-        left = (size[0] - self.crop_width) // 2
-        top = (size[1] - self.crop_height) // 2
-        image = image.crop((left, top, left + self.crop_width, top + self.crop_height))
-        pixels = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+            image = image.resize(size, Image.Resampling(self.resample))
+        if self.crop_height:
+            left = (size[0] - self.crop_width) // 2
+            top = (size[1] - self.crop_height) // 2
+            image = image.crop((left, top, left + self.crop_width, top + self.crop_height))
+        pixels = np.asarray(image, dtype=np.float32) * np.float32(self.rescale)
         pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
+    @classmethod
+    def of(cls, processor: Any) -> "Preprocessing":
+        """The preprocessing a transformers image processor does, or ValueError for steps not reproduced here."""
+        for step in ("do_pad", "do_reduce_labels", "do_image_splitting"):
+            if getattr(processor, step, False):
+                raise ValueError(f"its image processor's '{step}' step is not supported")
+        if not (getattr(processor, "do_resize", True) and getattr(processor, "do_normalize", True)):
+            raise ValueError("its image processor does not resize and normalise")
+        size = processor.size
+        shortest = int(getattr(size, "shortest_edge", None) or 0)
+        height, width = int(getattr(size, "height", None) or 0), int(getattr(size, "width", None) or 0)
+        if not shortest and not (height and width):
+            raise ValueError(f"its image processor's size {size} is neither a shortest edge nor height and width")
+        crop = processor.crop_size if getattr(processor, "do_center_crop", False) else None
+        return cls(
+            height=0 if shortest else height,
+            width=0 if shortest else width,
+            shortest_edge=shortest,
+            crop_height=int(crop.height) if crop else 0,
+            crop_width=int(crop.width) if crop else 0,
+            mean=tuple(float(v) for v in processor.image_mean),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in processor.image_std),  # type: ignore[arg-type]
+            resample=int(getattr(processor, "resample", None) or Image.Resampling.BICUBIC),
+            rescale=float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0,
+        )
 
-class ClipEncoder:
-    """transformers' CLIPModel with its tokenizer; weights load on first use, once, whatever thread asks.
+
+class TransformersEncoder:
+    """A transformers image-text model with its tokenizer; weights load on first use, once, whatever thread asks.
 
     The files are found (or downloaded once, reported to `downloads`) before loading; `hash_cache` remembers the
     weight hashes behind `model_identity`."""
@@ -134,11 +183,15 @@ class ClipEncoder:
 
     @property
     def input_size(self) -> int:
-        return self._load().preprocessing.shortest_edge
+        return self._load().preprocessing.input_size
 
     @property
     def device(self) -> str:
         return self._load().device
+
+    @property
+    def family(self) -> Family:
+        return self._load().family
 
     def preprocess(self, image: Image.Image) -> npt.NDArray[np.float32]:
         return self._load().preprocessing(image)
@@ -163,9 +216,10 @@ class ClipEncoder:
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
+                batch = list(texts[start : start + self.batch_size])
                 tokens = loaded.tokenizer(
-                    list(texts[start : start + self.batch_size]),
-                    padding=True,
+                    [t.lower() for t in batch] if loaded.family.lowercase else batch,
+                    padding="max_length" if loaded.family.pad_to_context else True,
                     truncation=True,
                     max_length=loaded.context_length,
                     return_tensors="pt",
@@ -179,12 +233,13 @@ class ClipEncoder:
             files = self.files
             with self._lock:
                 if self._loaded is None:
-                    self._loaded = _load_clip(files, self._device_request)
+                    self._loaded = _load_model(files, self._device_request)
         return self._loaded
 
 
 @dataclass(frozen=True)
 class _Loaded:
+    family: Family
     model: Any
     tokenizer: Any
     preprocessing: Preprocessing
@@ -199,10 +254,11 @@ def _features(output: Any) -> Any:
     return getattr(output, "pooler_output", output)
 
 
-def _load_clip(files: ModelFiles, device: str | None) -> _Loaded:
-    log.info("loading CLIP model %s from %s", files.name, files.folder)
+def _load_model(files: ModelFiles, device: str | None) -> _Loaded:
+    family = detect(files.folder, files.name)
+    log.info("loading %s model %s from %s", family.label, files.name, files.folder)
     import torch
-    from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+    from transformers import AutoTokenizer
 
     quiet_libraries()
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -210,43 +266,51 @@ def _load_clip(files: ModelFiles, device: str | None) -> _Loaded:
     folder = files.folder
     try:
         # local_files_only: the folder is complete (model_files checked it), so nothing may go to the network.
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        if config.model_type != "clip":
-            raise ValueError(f"it is a '{config.model_type}' checkpoint, not a CLIP model")
-        model, info = CLIPModel.from_pretrained(folder, dtype=dtype, output_loading_info=True, local_files_only=True)
+        loader = model_class(family)
+        model, info = loader.from_pretrained(folder, dtype=dtype, output_loading_info=True, local_files_only=True)
         # transformers fills absent weights with random values; a half-loaded model would search at random.
         missing = info.get("missing_keys") or []
         if missing:
             raise ValueError(f"its weights lack {len(missing)} tensors (e.g. {sorted(missing)[0]})")
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         if len(tokenizer) <= 3:
-            raise ValueError("it has no tokenizer files (vocab.json/merges.txt or tokenizer.json)")
-        processor = CLIPImageProcessorPil.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
+            raise ValueError("it has no tokenizer files (vocab.json/merges.txt, tokenizer.json or spiece.model)")
+        preprocessing = Preprocessing.of(_image_processor(folder))
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
         raise ModelUnavailable(
-            f"Cannot load the CLIP model '{files.name}': {_first_line(exc)}. Point --model or CLIPSEARCH_MODEL at "
-            "a CLIP checkpoint in Hugging Face format (config.json, weights, tokenizer and preprocessor_config.json)."
+            f"Cannot load the {family.label} model '{files.name}': {_first_line(exc)}. Point --model or "
+            "CLIPSEARCH_MODEL at a checkpoint in Hugging Face format (config.json, weights, tokenizer and "
+            "preprocessor_config.json)."
         ) from exc
     model = model.to(chosen).eval()
-    size = processor.size
-    crop = processor.crop_size
-    shortest = size.shortest_edge or min(size.height or 224, size.width or 224)
-    preprocessing = Preprocessing(
-        shortest_edge=int(shortest),
-        crop_height=int(crop.height if crop and crop.height else shortest),
-        crop_width=int(crop.width if crop and crop.width else shortest),
-        mean=tuple(float(v) for v in processor.image_mean),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in processor.image_std),  # type: ignore[arg-type]
-    )
+    context = int(model.config.text_config.max_position_embeddings)
+    with torch.inference_mode():  # the embedding size, as the model itself gives it
+        probe = tokenizer(["a"], padding="max_length", truncation=True, max_length=context, return_tensors="pt")
+        dim = int(_features(model.get_text_features(**probe.to(chosen))).shape[-1])
     return _Loaded(
+        family=family,
         model=model,
         tokenizer=tokenizer,
         preprocessing=preprocessing,
         device=chosen,
         dtype=dtype,
-        dim=int(model.config.projection_dim),
-        context_length=int(model.config.text_config.max_position_embeddings),
+        dim=dim,
+        context_length=context,
     )
+
+
+def _image_processor(folder: Path) -> Any:
+    """The checkpoint's image processor, in its PIL flavour (the default one needs torchvision)."""
+    import transformers
+
+    config = json.loads((folder / PREPROCESSOR).read_text(encoding="utf-8"))
+    name = config.get("image_processor_type") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not name.endswith(("ImageProcessor", "ImageProcessorFast")):
+        raise ValueError(f"its {PREPROCESSOR} names no image processor")
+    pil = getattr(transformers, name.removesuffix("Fast") + "Pil", None)
+    if pil is None:
+        raise ValueError(f"its image processor {name} has no PIL version in transformers")
+    return pil.from_pretrained(folder, local_files_only=True)
 
 
 def _first_line(exc: Exception) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from server.collection import Collection, CollectionStore, read_catalog, validate_name
 from server.config import Settings
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES
-from server.encoder import ClipEncoder, Encoder
+from server.encoder import Encoder, TransformersEncoder
 from server.errors import ClipSearchError, FileMissing, InvalidArgument
 from server.evaluate import evaluate as evaluate_collection
 from server.filters import ResultOrder, SearchFilter
@@ -41,7 +41,7 @@ class ClipSearch:
     ) -> None:
         self.settings = settings
         self.downloads = downloads or DownloadTracker()
-        self.encoder: Encoder = encoder or ClipEncoder(
+        self.encoder: Encoder = encoder or TransformersEncoder(
             settings.model, downloads=self.downloads, hash_cache=settings.index_dir / MODEL_HASHES_FILE
         )
         self.indexer = indexer or Indexer(self.encoder)

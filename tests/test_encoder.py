@@ -1,4 +1,5 @@
-"""server/encoder.py: ClipEncoder over a tiny random-weight CLIP checkpoint, through the production loading path."""
+"""server/encoder.py: TransformersEncoder over a tiny random-weight CLIP checkpoint, through the production loading
+path."""
 
 import json
 import shutil
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 import server.encoder as encoder_module
-from server.encoder import ClipEncoder, normalize
+from server.encoder import TransformersEncoder, normalize
 from server.errors import ModelUnavailable
 
 PROJECTION_DIM = 24  # conftest.write_tiny_clip
@@ -19,8 +20,8 @@ PREPROCESS_TOLERANCE = 1e-5  # observed max abs difference against transformers:
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_clip: Path) -> ClipEncoder:
-    return ClipEncoder(str(tiny_clip))
+def encoder(tiny_clip: Path) -> TransformersEncoder:
+    return TransformersEncoder(str(tiny_clip))
 
 
 def noise_image(size: tuple[int, int], seed: int) -> Image.Image:
@@ -28,7 +29,7 @@ def noise_image(size: tuple[int, int], seed: int) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def encode_images(encoder: ClipEncoder, images: list[Image.Image]) -> np.ndarray:
+def encode_images(encoder: TransformersEncoder, images: list[Image.Image]) -> np.ndarray:
     return encoder.encode_pixels(np.stack([encoder.preprocess(image) for image in images]))
 
 
@@ -47,7 +48,7 @@ def copy_checkpoint(source: Path, target: Path, skip: tuple[str, ...] = ()) -> P
 # --- loading and shapes -----------------------------------------------------------------------------------------
 
 
-def test_dim_and_input_size_come_from_the_checkpoint(encoder: ClipEncoder, tiny_clip: Path) -> None:
+def test_dim_and_input_size_come_from_the_checkpoint(encoder: TransformersEncoder, tiny_clip: Path) -> None:
     config = json.loads((tiny_clip / "config.json").read_text(encoding="utf-8"))
 
     assert encoder.dim == config["projection_dim"] == PROJECTION_DIM
@@ -55,7 +56,7 @@ def test_dim_and_input_size_come_from_the_checkpoint(encoder: ClipEncoder, tiny_
     assert encoder.device == "cpu"
 
 
-def test_image_vectors_are_unit_float32_rows_of_model_dim(encoder: ClipEncoder) -> None:
+def test_image_vectors_are_unit_float32_rows_of_model_dim(encoder: TransformersEncoder) -> None:
     vectors = encode_images(encoder, [noise_image((64, 48), seed) for seed in range(3)])
 
     assert vectors.dtype == np.float32
@@ -64,7 +65,7 @@ def test_image_vectors_are_unit_float32_rows_of_model_dim(encoder: ClipEncoder) 
     assert_unit_rows(vectors)
 
 
-def test_text_vectors_are_unit_float32_rows_of_model_dim(encoder: ClipEncoder) -> None:
+def test_text_vectors_are_unit_float32_rows_of_model_dim(encoder: TransformersEncoder) -> None:
     vectors = encoder.encode_texts(["a red car", "a dog on a beach", "x"])
 
     assert vectors.dtype == np.float32
@@ -73,7 +74,7 @@ def test_text_vectors_are_unit_float32_rows_of_model_dim(encoder: ClipEncoder) -
     assert_unit_rows(vectors)
 
 
-def test_empty_inputs_give_empty_matrices_of_model_dim(encoder: ClipEncoder) -> None:
+def test_empty_inputs_give_empty_matrices_of_model_dim(encoder: TransformersEncoder) -> None:
     no_texts = encoder.encode_texts([])
     no_images = encoder.encode_pixels(np.zeros((0, 3, 224, 224), np.float32))
 
@@ -91,7 +92,7 @@ def test_normalize_scales_rows_to_unit_length_and_leaves_zero_rows_zero() -> Non
 # --- determinism ------------------------------------------------------------------------------------------------
 
 
-def test_same_image_gives_the_same_vector_twice(encoder: ClipEncoder) -> None:
+def test_same_image_gives_the_same_vector_twice(encoder: TransformersEncoder) -> None:
     image = noise_image((80, 60), seed=7)
 
     first = encode_images(encoder, [image])
@@ -100,13 +101,13 @@ def test_same_image_gives_the_same_vector_twice(encoder: ClipEncoder) -> None:
     np.testing.assert_array_equal(first, second)
 
 
-def test_different_images_give_different_vectors(encoder: ClipEncoder) -> None:
+def test_different_images_give_different_vectors(encoder: TransformersEncoder) -> None:
     vectors = encode_images(encoder, [noise_image((64, 64), 1), Image.new("RGB", (64, 64), (230, 20, 20))])
 
     assert np.abs(vectors[0] - vectors[1]).max() > 1e-3
 
 
-def test_same_text_gives_the_same_vector_and_different_texts_differ(encoder: ClipEncoder) -> None:
+def test_same_text_gives_the_same_vector_and_different_texts_differ(encoder: TransformersEncoder) -> None:
     first = encoder.encode_texts(["a red car", "a blue boat"])
     second = encoder.encode_texts(["a red car", "a blue boat"])
 
@@ -114,8 +115,8 @@ def test_same_text_gives_the_same_vector_and_different_texts_differ(encoder: Cli
     assert np.abs(first[0] - first[1]).max() > 1e-3
 
 
-def test_batching_does_not_change_vectors(tiny_clip: Path, encoder: ClipEncoder) -> None:
-    small_batches = ClipEncoder(str(tiny_clip), batch_size=2)
+def test_batching_does_not_change_vectors(tiny_clip: Path, encoder: TransformersEncoder) -> None:
+    small_batches = TransformersEncoder(str(tiny_clip), batch_size=2)
     images = [noise_image((50 + 10 * i, 70), seed=i) for i in range(5)]
     texts = ["red", "a much longer description of a small green boat", "sky", "x y z", "the end"]
 
@@ -129,7 +130,7 @@ def test_batching_does_not_change_vectors(tiny_clip: Path, encoder: ClipEncoder)
 # --- long text --------------------------------------------------------------------------------------------------
 
 
-def test_text_beyond_the_context_is_truncated_not_an_error(encoder: ClipEncoder) -> None:
+def test_text_beyond_the_context_is_truncated_not_an_error(encoder: TransformersEncoder) -> None:
     # The tiny tokenizer has no merges: "hello" is 5 tokens, so 15 words fill the 75 slots between BOS and EOS.
     long_text = " ".join(["hello"] * 500)
     fits_exactly = " ".join(["hello"] * 15)
@@ -143,7 +144,7 @@ def test_text_beyond_the_context_is_truncated_not_an_error(encoder: ClipEncoder)
     assert np.abs(vectors[0] - vectors[2]).max() > 1e-4
 
 
-def test_long_texts_sharing_their_first_80_words_encode_identically(encoder: ClipEncoder) -> None:
+def test_long_texts_sharing_their_first_80_words_encode_identically(encoder: TransformersEncoder) -> None:
     shared = " ".join(f"word{i}" for i in range(80))
     first = shared + " " + " ".join(["apples"] * 420)
     second = shared + " " + " ".join(["oranges and pears"] * 140)
@@ -159,14 +160,14 @@ def test_long_texts_sharing_their_first_80_words_encode_identically(encoder: Cli
 
 def test_model_loads_once_however_many_threads_ask(tiny_clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real_load = encoder_module._load_clip
+    real_load = encoder_module._load_model
 
     def counting_load(files, device: str | None):  # type: ignore[no-untyped-def]
         calls.append(str(files.folder))
         return real_load(files, device)
 
-    monkeypatch.setattr(encoder_module, "_load_clip", counting_load)
-    fresh = ClipEncoder(str(tiny_clip))
+    monkeypatch.setattr(encoder_module, "_load_model", counting_load)
+    fresh = TransformersEncoder(str(tiny_clip))
     assert calls == []  # construction alone loads nothing
     workers = 6
     start = threading.Barrier(workers, timeout=30)
@@ -209,7 +210,7 @@ def test_model_loads_once_however_many_threads_ask(tiny_clip: Path, monkeypatch:
     ],
 )
 def test_preprocessing_matches_transformers_clip_image_processor(
-    encoder: ClipEncoder, tiny_clip: Path, size: tuple[int, int]
+    encoder: TransformersEncoder, tiny_clip: Path, size: tuple[int, int]
 ) -> None:
     from transformers import CLIPImageProcessorPil
 
@@ -236,7 +237,7 @@ def assert_names_model_and_remedy(error: ModelUnavailable, model_name: str) -> N
 
 def test_missing_model_folder_raises_model_unavailable(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-checkpoint")
-    encoder = ClipEncoder(missing)
+    encoder = TransformersEncoder(missing)
 
     with pytest.raises(ModelUnavailable) as raised:
         _ = encoder.dim
@@ -248,7 +249,7 @@ def test_missing_model_folder_raises_model_unavailable(tmp_path: Path) -> None:
 def test_uncached_hub_model_offline_raises_model_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     name = "clipsearch-tests/no-such-clip-model"
-    encoder = ClipEncoder(name)
+    encoder = TransformersEncoder(name)
 
     with pytest.raises(ModelUnavailable) as raised:
         encoder.encode_texts(["a red car"])
@@ -261,7 +262,7 @@ def test_folder_without_weights_raises_model_unavailable_instead_of_random_weigh
     tiny_clip: Path, tmp_path: Path
 ) -> None:
     folder = copy_checkpoint(tiny_clip, tmp_path / "no-weights", skip=("model.safetensors",))
-    encoder = ClipEncoder(str(folder))
+    encoder = TransformersEncoder(str(folder))
 
     with pytest.raises(ModelUnavailable) as raised:
         encoder.encode_texts(["a red car"])
@@ -273,7 +274,7 @@ def test_folder_without_preprocessor_config_raises_model_unavailable(tiny_clip: 
     folder = copy_checkpoint(tiny_clip, tmp_path / "no-preprocessor", skip=("preprocessor_config.json",))
 
     with pytest.raises(ModelUnavailable) as raised:
-        _ = ClipEncoder(str(folder)).dim
+        _ = TransformersEncoder(str(folder)).dim
 
     assert_names_model_and_remedy(raised.value, str(folder))
 
@@ -288,7 +289,7 @@ def test_weights_file_without_the_vision_tower_raises_model_unavailable(tiny_cli
     save_file(text_only, folder / "model.safetensors", metadata={"format": "pt"})
 
     with pytest.raises(ModelUnavailable):
-        _ = ClipEncoder(str(folder)).dim
+        _ = TransformersEncoder(str(folder)).dim
 
 
 def test_text_only_clip_checkpoint_raises_model_unavailable(tiny_clip: Path, tmp_path: Path) -> None:
@@ -310,11 +311,11 @@ def test_text_only_clip_checkpoint_raises_model_unavailable(tiny_clip: Path, tmp
             shutil.copy(path, folder / path.name)
 
     with pytest.raises(ModelUnavailable):
-        _ = ClipEncoder(str(folder)).dim
+        _ = TransformersEncoder(str(folder)).dim
 
 
 def test_folder_without_tokenizer_files_raises_model_unavailable(tiny_clip: Path, tmp_path: Path) -> None:
     folder = copy_checkpoint(tiny_clip, tmp_path / "no-tokenizer", skip=("tokenizer",))
 
     with pytest.raises(ModelUnavailable):
-        ClipEncoder(str(folder)).encode_texts(["a red car", "a blue boat"])
+        TransformersEncoder(str(folder)).encode_texts(["a red car", "a blue boat"])

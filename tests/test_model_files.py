@@ -16,7 +16,7 @@ import pytest
 import server.model_files as model_files
 from bench.fakehub import FakeHub, silent_endpoint
 from conftest import HUB_NAME
-from server.encoder import ClipEncoder
+from server.encoder import TransformersEncoder
 from server.errors import ModelUnavailable
 from server.model_files import DownloadPlan, DownloadState, DownloadTracker, locate
 
@@ -65,12 +65,12 @@ def test_cached_model_is_found_and_loaded_without_any_request_to_the_hub(
     cached_model: Path, fake_hub: FakeHub, tiny_clip: Path
 ) -> None:
     found = locate(HUB_NAME)
-    encoder = ClipEncoder(HUB_NAME)
+    encoder = TransformersEncoder(HUB_NAME)
     vectors = encoder.encode_texts(["a red car"])
 
     assert found.source == "cache" and found.folder == cached_model
     assert vectors.shape == (1, 24)
-    np.testing.assert_allclose(vectors, ClipEncoder(str(tiny_clip)).encode_texts(["a red car"]), atol=1e-6)
+    np.testing.assert_allclose(vectors, TransformersEncoder(str(tiny_clip)).encode_texts(["a red car"]), atol=1e-6)
     assert fake_hub.requests == []
 
 
@@ -80,7 +80,7 @@ def test_cached_model_with_the_hub_unreachable_loads_without_waiting_for_it(
     endpoint, accepted = silent_port
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
 
-    encoder = ClipEncoder(HUB_NAME)
+    encoder = TransformersEncoder(HUB_NAME)
     _ = encoder.dim
 
     assert encoder.files.source == "cache"
@@ -138,7 +138,7 @@ def test_two_processes_starting_with_an_empty_cache_both_load_one_intact_copy(
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("TRANSFORMERS_OFFLINE", None)
     code = (
-        "from server.encoder import ClipEncoder; e = ClipEncoder('openai/clip-vit-base-patch32'); "
+        "from server.encoder import TransformersEncoder; e = TransformersEncoder('openai/clip-vit-base-patch32'); "
         "print(e.files.source, e.dim, e.model_identity)"
     )
     procs = [
@@ -191,7 +191,7 @@ def test_missing_model_with_the_network_down_is_one_well_formed_message(
     monkeypatch.setenv("HF_ENDPOINT", closed_port_endpoint())
 
     with pytest.raises(ModelUnavailable) as raised:
-        ClipEncoder(HUB_NAME).encode_texts(["a cat"])
+        TransformersEncoder(HUB_NAME).encode_texts(["a cat"])
 
     message = str(raised.value)
     assert "the hub cannot be reached (" in message and "Connection refused" in message
@@ -213,7 +213,7 @@ def test_partial_cache_offline_is_reported_as_incomplete_with_the_fix(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     with pytest.raises(ModelUnavailable) as raised:
-        ClipEncoder(HUB_NAME).encode_texts(["a cat"])
+        TransformersEncoder(HUB_NAME).encode_texts(["a cat"])
 
     message = str(raised.value)
     assert "is incomplete: it lacks model weights" in message
