@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.common import emit, machine, make_photos, peak_rss_mb
 from server.config import Settings
-from server.encoder import ClipEncoder, normalize
+from server.encoder import TransformersEncoder, normalize
 from server.service import ClipSearch
 
 BATCH = 32
@@ -39,7 +39,7 @@ def main() -> None:
 
     photos_dir = args.photos or Path(tempfile.gettempdir()) / "clipsearch-bench-photos"
     paths = make_photos(photos_dir, args.images)
-    encoder = ClipEncoder(args.model, batch_size=BATCH)
+    encoder = TransformersEncoder(args.model, batch_size=BATCH)
     dim = encoder.dim  # load the model before any timing
     size = encoder.input_size
     # Warm up: the first forward passes allocate and pick kernels; charging that to whichever stage runs first

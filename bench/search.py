@@ -121,13 +121,13 @@ def main() -> None:
 
 def text_latency(collection: Collection, store: CollectionStore, model: str, kind: str) -> dict[str, object]:
     """End-to-end text query on the index 'auto' picks, with the real text tower (any checkpoint of the right dim)."""
-    from server.encoder import ClipEncoder
+    from server.encoder import TransformersEncoder
     from server.search import Searcher
 
     collection.set_index_policy(kind)
     with collection.writer():
         pass
-    searcher = Searcher(ClipEncoder(model))
+    searcher = Searcher(TransformersEncoder(model))
     words = ["a dog on a beach", "red bicycle", "mountains at sunset", "a birthday cake with candles"]
     for text in words:
         searcher.by_text(collection, text, 10)

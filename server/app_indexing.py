@@ -24,7 +24,7 @@ from server.app_support import (
 )
 from server.defaults import DEFAULT_COLLECTION
 from server.jobs import ACTIVE, JobManager
-from server.model_files import DownloadTracker
+from server.model_files import DownloadTracker, requested_model
 from server.models import IndexFolderResult, JobList, JobStatus
 from server.watch import FolderWatcher
 
@@ -65,6 +65,16 @@ def register_indexing_tools(
                 "'auto' switches to ivf from 150,000 images; omitted keeps the collection's setting"
             ),
         ] = None,
+        model: Annotated[
+            str | None,
+            Field(
+                max_length=400,
+                description="Model for a NEW collection: a Hugging Face id (see list_models, e.g. "
+                "'google/siglip2-base-patch16-224' for better and multilingual search) or the absolute path of a "
+                "checkpoint folder inside the allowed roots; omitted: the server's default. An existing collection "
+                "always keeps the model it was built with",
+            ),
+        ] = None,
         wait_seconds: WaitSeconds = DEFAULT_WAIT_SECONDS,
         watch: Annotated[
             bool | None,
@@ -80,7 +90,12 @@ def register_indexing_tools(
         the job's progress (state 'running' or 'queued') and its job_id for index_status and cancel_indexing.
         Calling it again for a folder being indexed returns the same job."""
         guard = access.guard(client_roots)
-        status = await run_core(lambda: jobs.start(folder, collection, recursive, remove_missing, index_type, guard))
+
+        def start() -> JobStatus:
+            chosen = requested_model(model, guard) if model is not None else None
+            return jobs.start(folder, collection, recursive, remove_missing, index_type, guard, model=chosen)
+
+        status = await run_core(start)
         path = Path(status.folder)
         if watch:
             await run_core(lambda: watcher.watch(path, collection, recursive, remove_missing, guard))

@@ -24,7 +24,11 @@ EXIT_INTERRUPTED = 130
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help="CLIP checkpoint: hub name or local folder (env CLIPSEARCH_MODEL)")
+    common.add_argument(
+        "--model",
+        help="Model for new collections: hub id or local folder (env CLIPSEARCH_MODEL; see 'clipsearch models'); "
+        "a collection always searches with the model it was built with",
+    )
     common.add_argument("--index-dir", help="Where collections live (env CLIPSEARCH_INDEX_DIR)")
     common.add_argument("-v", "--verbose", action="store_true", help="Log progress details to stderr")
     output = argparse.ArgumentParser(add_help=False)
@@ -189,8 +193,17 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
     if args.command == "index":
         with _ProgressBar(enabled=not args.json) as bar, _StopOnInterrupt() as stop:
             try:
+                model = settings.model if args.model else None  # explicit: refused for a collection of another model
                 result = service.index_folder(
-                    args.folder, args.collection, args.recursive, args.remove_missing, None, bar, args.index_type, stop
+                    args.folder,
+                    args.collection,
+                    args.recursive,
+                    args.remove_missing,
+                    None,
+                    bar,
+                    args.index_type,
+                    stop,
+                    model,
                 )
             except IndexingCancelled as exc:
                 bar.close()

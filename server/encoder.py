@@ -23,6 +23,7 @@ from server.model_files import PREPROCESSOR, DownloadTracker, ModelFiles, locate
 log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
+_LOADING = threading.Lock()
 
 
 class Encoder(Protocol):
@@ -233,7 +234,8 @@ class TransformersEncoder:
             files = self.files
             with self._lock:
                 if self._loaded is None:
-                    self._loaded = _load_model(files, self._device_request)
+                    with _LOADING:  # one model at a time: transformers' lazy imports are not safe to race
+                        self._loaded = _load_model(files, self._device_request)
         return self._loaded
 
 

@@ -178,6 +178,10 @@ class Indexer:
         self.commit_every = commit_every
         self.commit_seconds = commit_seconds
 
+    def using(self, encoder: Encoder) -> "Indexer":
+        """An indexer with these settings over another encoder (another collection's model)."""
+        return Indexer(encoder, self.workers, self.batch_size, self.commit_every, self.commit_seconds)
+
     def run(
         self,
         collection: Collection,

@@ -88,6 +88,7 @@ class JobRecord:
     remove_missing: bool
     index_type: str | None
     state: str = "queued"
+    model: str | None = None  # the model a new collection is built with (None: the default)
     created: str = field(default_factory=_now)
     started: str | None = None
     finished: str | None = None
@@ -108,6 +109,7 @@ class JobRecord:
             recursive=self.recursive,
             remove_missing=self.remove_missing,
             index_type=self.index_type,
+            model=self.model,
             created=self.created,
             started=self.started,
             finished=self.finished,
@@ -158,10 +160,12 @@ class JobManager:
         index_type: str | None = None,
         guard: PathGuard | None = None,
         again: bool = False,
+        model: str | None = None,
     ) -> JobStatus:
         """Queue the indexing of `folder` into `collection`, or return the job already queued or running for it
         (in this process or, read from its record, in another server). With `again` (changes seen after a run
-        began), a running job gets one follow-up queued behind it."""
+        began), a running job gets one follow-up queued behind it. `model` builds a new collection with that model
+        (checked at once against an existing collection's; loaded, or downloaded, by the job)."""
         from server.collection import validate_name  # here, not above: the MCP handshake must not wait for numpy
 
         validate_name(collection)
@@ -170,6 +174,8 @@ class JobManager:
         path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
+        if model is not None:
+            self._service().check_model(collection, model)
         with self._lock:
             same = [
                 job.record
@@ -190,6 +196,7 @@ class JobManager:
                 recursive=recursive,
                 remove_missing=remove_missing,
                 index_type=index_type,
+                model=model,
                 owner=_OWNER,
             )
             job = _Job(record, guard)
@@ -280,6 +287,7 @@ class JobManager:
                 lambda progress: self._progress(job, progress),
                 record.index_type,
                 job.cancel,
+                record.model,
             )
         except IndexingCancelled as exc:
             self._finish(job, "cancelled", report=exc.report, note="stopped on request; what it committed stays")

@@ -14,9 +14,12 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from server.errors import ModelUnavailable
+from server.errors import InvalidArgument, ModelUnavailable
+
+if TYPE_CHECKING:
+    from server.paths import PathGuard
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +243,35 @@ def locate(name: str, downloads: DownloadTracker | None = None) -> ModelFiles:
     if cached is not None:
         return ModelFiles(name, cached, "cache")
     return ModelFiles(name, _download(name, problem, downloads or DownloadTracker()), "download")
+
+
+def requested_model(name: str, guard: "PathGuard") -> str:
+    """A model asked for by a client: a hub id as given, or a checkpoint folder, which must lie inside the allowed
+    roots (a client must not make the server read arbitrary folders); the folder comes back resolved."""
+    text = name.strip()
+    if text.startswith(("/", "~", ".")):
+        folder = guard.check(text)
+        if not folder.is_dir():
+            raise InvalidArgument(f"Model folder '{name}' does not exist or is not a folder.")
+        return str(folder)
+    if not _is_repo_id(text):
+        raise InvalidArgument(
+            f"Model '{name}' is neither a Hugging Face model id (owner/name, e.g. 'google/siglip2-base-patch16-224') "
+            "nor the absolute path of a checkpoint folder."
+        )
+    return text
+
+
+def find_local(name: str) -> ModelFiles | None:
+    """The local files of model `name` without any network access: its folder, or its complete copy in the hub
+    cache; None when it would have to be downloaded."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return _checked_folder(name, folder, "folder")
+    if not _is_repo_id(name):
+        return None
+    cached, _ = _cached_snapshot(name)
+    return ModelFiles(name, cached, "cache") if cached is not None else None
 
 
 def _checked_folder(name: str, folder: Path, source: str) -> ModelFiles:

@@ -138,6 +138,7 @@ class JobStatus(BaseModel):
     recursive: bool
     remove_missing: bool
     index_type: str | None
+    model: str | None = None
     created: str
     started: str | None = None
     finished: str | None = None

@@ -7,16 +7,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.collection import Collection, CollectionStore, read_catalog, validate_name
+from server.collection import Collection, CollectionStore, Manifest, read_catalog, validate_name
 from server.config import Settings
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES
 from server.encoder import Encoder, TransformersEncoder
-from server.errors import ClipSearchError, FileMissing, InvalidArgument
+from server.encoder_pool import EncoderPool
+from server.errors import ClipSearchError, CollectionMismatch, FileMissing, InvalidArgument, ModelUnavailable
 from server.evaluate import evaluate as evaluate_collection
 from server.filters import ResultOrder, SearchFilter
 from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
-from server.model_files import DownloadTracker
+from server.model_files import DownloadTracker, find_local
+from server.model_identity import model_identity
 from server.models import CollectionInfo, CollectionList, EvaluationReport, IndexReport, SearchResponse
 from server.paths import PathGuard
 from server.search import Searcher
@@ -38,39 +40,92 @@ class ClipSearch:
         indexer: Indexer | None = None,
         downloads: DownloadTracker | None = None,
         speaker: str = "this command",
+        encoders: EncoderPool | None = None,
     ) -> None:
         self.settings = settings
         self.downloads = downloads or DownloadTracker()
-        self.encoder: Encoder = encoder or TransformersEncoder(
-            settings.model, downloads=self.downloads, hash_cache=settings.index_dir / MODEL_HASHES_FILE
-        )
-        self.indexer = indexer or Indexer(self.encoder)
-        self.searcher = Searcher(self.encoder)
+        self.encoders = encoders or EncoderPool(self._make_encoder)
+        if encoder is not None:
+            self.encoders.add(encoder)
+        self.indexer = indexer
         self.store = CollectionStore(settings.index_dir, speaker)
         self._open: dict[str, Collection] = {}
         self._lock = threading.Lock()
 
+    def _make_encoder(self, model: str) -> Encoder:
+        hashes = self.settings.index_dir / MODEL_HASHES_FILE
+        return TransformersEncoder(model, downloads=self.downloads, hash_cache=hashes)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder of the default model (the one new collections get)."""
+        return self.encoders.get(self.settings.model)
+
+    def encoder_for(self, collection: Collection) -> Encoder:
+        """The encoder of the model a collection was built with."""
+        return self.encoders.get(collection.manifest.model)
+
     def warm_up(self) -> None:
-        """Load the model now (e.g. in a background thread) so the first query does not wait; failures are left
-        for the first call that needs the model to report."""
+        """Load the default model now (e.g. in a background thread) so the first query does not wait; failures are
+        left for the first call that needs the model to report."""
         try:
             _ = self.encoder.dim
         except ClipSearchError as exc:
             log.warning("model not loaded in the background: %s", exc)
 
-    def collection(self, name: str, create: bool = False) -> Collection:
-        """An open collection, cached for the life of the service; `create` makes it if missing."""
+    def collection(self, name: str, create: bool = False, model: str | None = None) -> Collection:
+        """An open collection, cached for the life of the service; `create` makes it if missing, with `model` (else
+        the default model). An existing collection keeps its own model: asking it for another is refused."""
         validate_name(name)
         with self._lock:
             if name not in self._open:
-                if not create:
-                    self.store.read_manifest(name)  # a missing collection is said before any model work
-                model, identity = self.encoder.model_name, self.encoder.model_identity
-                if create and not self.store.exists(name):
-                    self._open[name] = self.store.create(name, model, self.encoder.dim, identity=identity)
+                if not create or self.store.exists(name):
+                    manifest = self.store.read_manifest(name)  # a missing collection is said before any model work
+                    self.check_model(name, model)
+                    encoder = self._encoder_of(manifest)
+                    self._open[name] = self.store.open(name, manifest.model, identity=encoder.model_identity)
                 else:
-                    self._open[name] = self.store.open(name, model, identity=identity)
+                    encoder = self.encoders.get(model or self.settings.model)
+                    identity = encoder.model_identity
+                    self._open[name] = self.store.create(name, encoder.model_name, encoder.dim, identity=identity)
+            elif model is not None:
+                self.check_model(name, model)
             return self._open[name]
+
+    def _encoder_of(self, manifest: Manifest) -> Encoder:
+        """The collection's model, by its recorded name; when that name no longer leads to its files (a folder
+        moved), the default model if it is the same checkpoint."""
+        try:
+            return self.encoders.get(manifest.model)
+        except ModelUnavailable:
+            default = self.encoder
+            if manifest.model_identity is None or default.model_identity != manifest.model_identity:
+                raise
+            self.encoders.add(default, manifest.model)
+            return default
+
+    def check_model(self, collection: str, model: str | None) -> None:
+        """Refuse `model` for an existing collection built with another; downloads nothing to tell."""
+        if model is None or not self.store.exists(collection):
+            return
+        manifest = self.store.read_manifest(collection)
+        if model == manifest.model:
+            return
+        local = find_local(model)
+        if local is not None and manifest.model_identity is not None:
+            hashes = self.settings.index_dir / MODEL_HASHES_FILE
+            if model_identity(local.folder, hashes) == manifest.model_identity:
+                return  # another name for the same checkpoint
+        raise CollectionMismatch(
+            f"Collection '{collection}' was built with model '{manifest.model}'; it cannot take '{model}' (vectors "
+            "of different models do not compare). Index into a new collection name to use that model, e.g. "
+            f"'{collection}-{_short_model(model)}'."
+        )
+
+    def _indexer(self, encoder: Encoder) -> Indexer:
+        if self.indexer is None:
+            return Indexer(encoder)
+        return self.indexer if self.indexer.encoder is encoder else self.indexer.using(encoder)
 
     def index_folder(
         self,
@@ -82,18 +137,20 @@ class ClipSearch:
         progress: ProgressFn | None = None,
         index_type: str | None = None,
         cancel: threading.Event | None = None,
+        model: str | None = None,
     ) -> IndexReport:
         """Index a folder's images into a collection, embedding only new or changed files.
 
         `index_type` ('auto', 'flat', 'ivf') changes the collection's index choice; None keeps it. Setting `cancel`
-        stops the run after its current batch (`IndexingCancelled`, with what was committed)."""
+        stops the run after its current batch (`IndexingCancelled`, with what was committed). `model` builds a new
+        collection with that model (default: the settings' model); an existing one keeps its own."""
         if index_type is not None and index_type not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
         path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
-        target = self.collection(collection, create=True)
-        return self.indexer.run(
+        target = self.collection(collection, create=True, model=model)
+        return self._indexer(self.encoder_for(target)).run(
             target,
             path,
             recursive=recursive,
@@ -113,7 +170,8 @@ class ClipSearch:
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
     ) -> SearchResponse:
-        return self.searcher.by_text(self.collection(collection), query, k, filters, order)
+        target = self.collection(collection)
+        return Searcher(self.encoder_for(target)).by_text(target, query, k, filters, order)
 
     def search_image(
         self,
@@ -125,7 +183,8 @@ class ClipSearch:
         order: ResultOrder | None = None,
     ) -> SearchResponse:
         path = guard.check(image_path) if guard else Path(image_path).expanduser().absolute()
-        return self.searcher.by_image(self.collection(collection), path, k, filters, order)
+        target = self.collection(collection)
+        return Searcher(self.encoder_for(target)).by_image(target, path, k, filters, order)
 
     def make_filter(
         self,
@@ -161,7 +220,8 @@ class ClipSearch:
         plots: bool = False,
     ) -> EvaluationReport:
         """Measure retrieval on a collection; with `report_dir`, also write report.json/.md (and plots)."""
-        evaluation = evaluate_collection(self.collection(collection), self.encoder, ground_truth, ks, template, guard)
+        target = self.collection(collection)
+        evaluation = evaluate_collection(target, self.encoder_for(target), ground_truth, ks, template, guard)
         if report_dir is not None:
             from server.report import write_report
 
@@ -196,6 +256,12 @@ class ClipSearch:
         """A ≤256 px JPEG of an image, read only if the guard allows its path."""
         checked = guard.check(path) if guard else Path(path)
         return thumbnail_jpeg(checked)
+
+
+def _short_model(model: str) -> str:
+    """A collection-name-safe short form of a model name (its last path part)."""
+    tail = model.rstrip("/").rsplit("/", 1)[-1]
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in tail)[:40] or "model"
 
 
 def _count_rows(folder: Path) -> int:

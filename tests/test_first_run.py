@@ -3,6 +3,7 @@ MCP call waiting on the download, and messages that speak as a command or as a s
 output is the point; a local fake hub, no network."""
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -112,18 +113,19 @@ async def test_mcp_call_waiting_for_the_download_reports_its_progress(
 async def test_stdio_server_speaks_as_a_server_in_its_errors(tiny_clip: Path, tmp_path: Path) -> None:
     from bench.checkpoint import write_random_clip
 
+    model = tmp_path / "model"
+    shutil.copytree(tiny_clip, model)
     other = write_random_clip(tmp_path / "other-clip", "tiny", seed=1)
     index = tmp_path / "index"
     env = {**os.environ, "CLIPSEARCH_INDEX_DIR": str(index), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    assert clipsearch({**env, "CLIPSEARCH_MODEL": str(tiny_clip)}, "index", str(SAMPLES)).returncode == 0
+    assert clipsearch({**env, "CLIPSEARCH_MODEL": str(model)}, "index", str(SAMPLES)).returncode == 0
+    shutil.copy(other / "model.safetensors", model / "model.safetensors")  # the collection's model is not the same
     params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "server", "serve", "--root", str(SAMPLES), "--model", str(other)],
-        env=env,
+        command=sys.executable, args=["-m", "server", "serve", "--root", str(SAMPLES), "--model", str(other)], env=env
     )
 
     async with Client(params, read_timeout_seconds=300) as client:
         refused = await client.call_tool("search_images_by_text", {"query": "a cat"})
 
     assert refused.is_error
-    assert f"this server uses '{other}', a different checkpoint" in refused.content[0].text  # type: ignore[union-attr]
+    assert f"this server uses '{model}', a different checkpoint" in refused.content[0].text  # type: ignore[union-attr]

@@ -162,19 +162,44 @@ def test_missing_folder_is_a_clear_error(fake_service: ClipSearch, tmp_path: Pat
         fake_service.index_folder(tmp_path / "nope")
 
 
-def test_collection_built_with_another_model_is_refused(index_dir: Path, color_folder: Path, fake_service: ClipSearch):
-    from server.config import Settings
-
-    fake_service.index_folder(color_folder)
+def other_encoder() -> FakeEncoder:
     other = FakeEncoder()
     other.model_name = "another-model"
     other.model_identity = "sha256:" + "0b" * 32  # type: ignore[misc]
+    return other
+
+
+def test_each_collection_searches_with_its_own_model_whatever_the_default(
+    index_dir: Path, color_folder: Path, fake_service: ClipSearch
+):
+    from server.config import Settings
+
+    fake_service.index_folder(color_folder)  # built with fake-color-encoder
+    built_with, other = FakeEncoder(), other_encoder()
+    service = ClipSearch(Settings(index_dir=index_dir, model="another-model"), other)
+    service.encoders.add(built_with)
+    service.index_folder(color_folder, collection="second")  # a new collection gets the default model
+
+    assert "/red/" in service.search_text("red", k=1).results[0].path
+    assert "/red/" in service.search_text("red", k=1, collection="second").results[0].path
+    assert built_with.texts_encoded == ["red"] and other.texts_encoded == ["red"]
+    models = {c.name: c.model for c in service.list_collections().collections}
+    assert models == {"default": "fake-color-encoder", "second": "another-model"}
+
+
+def test_asking_a_collection_for_another_model_is_refused_naming_both(
+    index_dir: Path, color_folder: Path, fake_service: ClipSearch
+):
+    fake_service.index_folder(color_folder)
+    fake_service.encoders.add(other_encoder())
+
     with pytest.raises(CollectionMismatch) as raised:
-        ClipSearch(Settings(index_dir=index_dir, model="another-model"), other).search_text("red")
+        fake_service.index_folder(color_folder, model="another-model")
 
     message = str(raised.value)
-    assert "'fake-color-encoder' (weights sha256:fcfcfcfcfcfc)" in message
-    assert "this command uses 'another-model', a different checkpoint (weights sha256:0b0b0b0b0b0b)" in message
+    assert "built with model 'fake-color-encoder'; it cannot take 'another-model'" in message
+    assert "new collection name" in message
+    assert fake_service.collection("default").count() == 3 * len(COLORS)
 
 
 def test_same_model_under_another_name_opens_the_collection(

@@ -210,17 +210,19 @@ def test_previous_release_collection_opens_and_searches_unchanged(
     assert (v1_index / "default" / "manifest.json").read_bytes() == manifest_before  # reading never writes
 
 
-def test_previous_release_collection_opens_only_under_its_model_name_until_written(
+def test_previous_release_collection_searches_with_its_recorded_model_and_gains_its_identity_when_written(
     cached_model: Path, v1_index: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     copy = str(copy_snapshot(cached_model, tmp_path / "copy"))
     photos = shutil.copytree(SAMPLES, tmp_path / "photos")  # not where the fixture's photos were: 9 more entries
 
-    before = cli_error(capsys, "search", "a rocket", "--index-dir", str(v1_index), "--model", copy)
+    # --model is the default for new collections; this one searches with the model it records, by name.
+    before = cli_json(capsys, "search", "a rocket", "-k", "9", "--index-dir", str(v1_index), "--model", copy)
+    still_v1 = json.loads((v1_index / "default" / "manifest.json").read_text(encoding="utf-8"))
     cli_json(capsys, "index", str(photos), "--index-dir", str(v1_index), "--model", HUB_NAME)
     after = cli_json(capsys, "search", "a rocket launching", "-k", "18", "--index-dir", str(v1_index), "--model", copy)
 
-    assert f"this command uses '{copy}'" in before and "until its next indexing run" in before
+    assert len(before["results"]) == 9 and still_v1["schema_version"] == 1
     manifest = json.loads((v1_index / "default" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["schema_version"] == SCHEMA_VERSION == 2
     assert manifest["model"] == HUB_NAME
