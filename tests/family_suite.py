@@ -1,0 +1,144 @@
+"""The behaviour every supported model family must show, run by one test module per family (test_family_*.py).
+
+Each module provides a `checkpoint` fixture (a tiny random checkpoint of its family, written by its own transformers
+classes with a real tokenizer of its family's class), `FAMILY` (the key `model_families.detect` must give) and
+`TEXT_RULES` (how the family's text must be fed: `lowercase`, `pad_to_context`), then imports the tests below.
+Everything goes through the production path: TransformersEncoder, ClipSearch and the MCP tools.
+"""
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mcp import Client
+from PIL import Image
+
+from server.app import build_server
+from server.config import Settings
+from server.encoder import TransformersEncoder, normalize
+from server.service import ClipSearch
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+TEXTS = [
+    "a red car",
+    "A Photo of a CAT on the sofa",
+    "Ein Hund im Schnee",
+    "一只狗在雪地里",
+    "猫がソファで寝ている",
+    "",
+]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, checkpoint: Path) -> Path:
+    """One allowed root holding the photos, the checkpoint and an outside copy of each photo (query images)."""
+    root = tmp_path / "root"
+    shutil.copytree(SAMPLES, root / "photos", ignore=shutil.ignore_patterns("*.md"))
+    shutil.copytree(checkpoint, root / "model")
+    queries = root / "queries"
+    queries.mkdir()
+    for photo in (root / "photos").rglob("*.jpg"):
+        shutil.copy(photo, queries / f"{photo.parent.name}-{photo.name}")
+    return root
+
+
+def test_family_is_told_from_the_checkpoint_files(checkpoint: Path, family: str) -> None:
+    assert TransformersEncoder(str(checkpoint)).family.key == family
+
+
+def test_preprocessing_equals_the_checkpoints_own_image_processor(checkpoint: Path) -> None:
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(checkpoint, local_files_only=True)
+    encoder = TransformersEncoder(str(checkpoint))
+    rng = np.random.default_rng(0)
+    for size in [(640, 480), (333, 517), (224, 224), (1000, 97)]:
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        expected = processor(images=image, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(encoder.preprocess(image), expected, atol=1e-5)
+
+
+def test_texts_are_fed_as_the_family_was_trained(checkpoint: Path, text_rules: dict[str, Any]) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from server.model_families import detect, model_class
+
+    encoder = TransformersEncoder(str(checkpoint))
+    got = encoder.encode_texts(TEXTS)
+    # The family's rules, applied here by hand to the checkpoint's own tokenizer and model.
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, local_files_only=True)
+    model = model_class(detect(checkpoint, "test")).from_pretrained(checkpoint, local_files_only=True).eval()
+    context = model.config.text_config.max_position_embeddings
+    texts = [t.lower() for t in TEXTS] if text_rules["lowercase"] else TEXTS
+    padding = "max_length" if text_rules["pad_to_context"] else True
+    tokens = tokenizer(texts, padding=padding, truncation=True, max_length=context, return_tensors="pt")
+    with torch.inference_mode():
+        output = model.get_text_features(**tokens)
+    expected = normalize(getattr(output, "pooler_output", output).numpy())
+    assert got.shape == (len(TEXTS), encoder.dim)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    unknown = tokenizer.unk_token_id
+    for text in ("一只狗在雪地里", "猫がソファで寝ている"):  # non-Latin text reaches the model as real tokens
+        ids = tokenizer(text)["input_ids"]
+        assert any(i != unknown and i not in tokenizer.all_special_ids for i in ids)
+
+
+@pytest.mark.anyio
+async def test_indexes_and_searches_by_text_and_image_through_the_tools(workspace: Path, tmp_path: Path) -> None:
+    model = str(workspace / "model")
+    service = ClipSearch(Settings(index_dir=tmp_path / "index", model="openai/clip-vit-base-patch32"))
+    photos = sorted((workspace / "photos").rglob("*.jpg"))
+    async with Client(build_server(service, roots=[workspace])) as client:
+        indexed = await client.call_tool(
+            "index_folder", {"folder": str(workspace / "photos"), "collection": "family", "model": model}
+        )
+        assert not indexed.is_error, indexed.content
+        assert indexed.structured_content["state"] == "done"  # type: ignore[index]
+        found = {}
+        for query in ("a cat on a sofa", "一只猫", "猫の写真"):
+            result = await client.call_tool("search_images_by_text", {"query": query, "collection": "family", "k": 3})
+            assert not result.is_error, result.content
+            found[query] = result.structured_content["results"]  # type: ignore[index]
+        listed = await client.call_tool("list_collections", {})
+        # Self-retrieval: a copy of each photo outside the collection is embedded afresh and must find its original.
+        firsts = []
+        for photo in photos:
+            copy = workspace / "queries" / f"{photo.parent.name}-{photo.name}"
+            similar = await client.call_tool(
+                "search_similar_images", {"image_path": str(copy), "collection": "family", "k": 1}
+            )
+            assert not similar.is_error, similar.content
+            firsts.append(similar.structured_content["results"][0])  # type: ignore[index]
+
+    assert all(len(hits) == 3 for hits in found.values())
+    collections = listed.structured_content["collections"]  # type: ignore[index]
+    assert [(c["name"], c["model"], c["images"]) for c in collections] == [("family", model, len(photos))]
+    assert [Path(hit["path"]).name for hit in firsts] == [p.name for p in photos]
+    assert min(hit["score"] for hit in firsts) >= 0.999
+    manifest = service.store.read_manifest("family")
+    assert manifest.model == model and manifest.dim == service.encoders.get(model).dim
+
+
+@pytest.mark.anyio
+async def test_another_model_for_the_collection_is_refused(workspace: Path, tmp_path: Path, other: Path) -> None:
+    shutil.copytree(other, workspace / "other-model")
+    service = ClipSearch(Settings(index_dir=tmp_path / "index", model="openai/clip-vit-base-patch32"))
+    folder = str(workspace / "photos")
+    async with Client(build_server(service, roots=[workspace])) as client:
+        first = await client.call_tool(
+            "index_folder", {"folder": folder, "collection": "family", "model": str(workspace / "model")}
+        )
+        refused = await client.call_tool(
+            "index_folder", {"folder": folder, "collection": "family", "model": str(workspace / "other-model")}
+        )
+        outside = await client.call_tool(
+            "index_folder", {"folder": folder, "collection": "new", "model": str(tmp_path / "elsewhere")}
+        )
+
+    assert not first.is_error, first.content
+    assert refused.is_error and "it cannot take" in refused.content[0].text  # type: ignore[union-attr]
+    assert outside.is_error and "outside" in outside.content[0].text  # type: ignore[union-attr]
+    assert service.collection("family").count() == 9
