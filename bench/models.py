@@ -9,16 +9,20 @@ SigLIP 2 base-patch16-256 with 256k, MetaCLIP 2 worldwide B/32 with 901k) and re
 640×480 JPEGs (gradients under noise) are generated once per run. Each family is then measured in a process of its
 own, through the production path (`ClipSearch` with `Settings(index_dir=<fresh>, model=<checkpoint folder>)`):
 
-- load_s: the first call that needs the model (`service.encoder.dim`: weights, tokenizer, processor, probe), with
-  torch and transformers already imported (import_s).
-- identity_s: hashing the weights for the model identity, which the first collection of a fresh index dir pays.
+- identity_s: `service.encoder`, the service's first use of the model: finding its files and hashing the weights
+  for its identity (a fresh index dir has no remembered hashes).
+- load_s: then the first call that needs the weights (`encoder.dim`: model, tokenizer, processor, a probe), with
+  torch and transformers already imported (import_s). The first query of a new process waits identity_s + load_s.
 - images_per_s: `index_folder` wall time over the images (after one warm-up batch of the model, so the figure is
   the steady state; the identity is already known).
 - text_query: `search_text` end to end (tokenise, text tower, search, lookup), k=10, p50/p95 over `--queries`
   distinct single queries after one warm-up query.
+- text_query_first_ms: the warm-up query, the first after indexing.
 - peak_rss_mb: the child's peak resident memory (VmHWM) over the whole run; peak_rss_load_mb the same right after
   loading, rss_loaded_mb the resident memory then. VmHWM rather than ru_maxrss: after a fork or vfork, ru_maxrss
-  can carry the parent's peak.
+  can carry the parent's peak. Resident memory is split into anonymous (RssAnon: activations, copies) and
+  file-backed (RssFile: safetensors weights mapped from the file, resident only once touched, so a large text
+  embedding table counts only for the rows the queries used) after loading and at the end.
 - checkpoint_mb, parameters (from the safetensors headers, split into text tower, vision tower and the rest).
 
 Random weights: the cost is the real architecture's, the results are meaningless. The CLIP checkpoint's tokenizer
@@ -246,15 +250,20 @@ def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="clipsearch-bench-index-") as index_dir:
         service = ClipSearch(Settings(index_dir=Path(index_dir), model=str(model.resolve())))
 
+        # The service's first use of its model: the pool finds the files and hashes the weights (identity), then
+        # the weights load on the first call that needs them.
         started = time.perf_counter()
         encoder = service.encoder
+        identity_s = time.perf_counter() - started
+        started = time.perf_counter()
         dim = encoder.dim
         load_s = time.perf_counter() - started
-        rss_loaded, peak_load = proc_status_mb("VmRSS"), proc_status_mb("VmHWM")
-
-        started = time.perf_counter()
-        _ = encoder.model_identity
-        identity_s = time.perf_counter() - started
+        loaded_memory = {
+            "rss_loaded_mb": proc_status_mb("VmRSS"),
+            "rss_anon_loaded_mb": proc_status_mb("RssAnon"),
+            "rss_file_loaded_mb": proc_status_mb("RssFile"),
+            "peak_rss_load_mb": proc_status_mb("VmHWM"),
+        }
 
         # One batch through the image tower first: the first forward pass allocates and picks kernels.
         size = encoder.input_size
@@ -269,8 +278,10 @@ def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
             raise SystemExit(f"indexed {report.embedded} of {count} images")
 
         texts = [QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" {i}") for i in range(queries)]
+        started = time.perf_counter()
         if not service.search_text("a warm-up query", 10, COLLECTION).results:
             raise SystemExit("a text query found nothing")
+        first_query_ms = (time.perf_counter() - started) * 1000
         latencies = []
         for text in texts:
             started = time.perf_counter()
@@ -291,12 +302,14 @@ def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
             "import_s": round(import_s, 2),
             "load_s": round(load_s, 2),
             "identity_s": round(identity_s, 2),
-            "rss_loaded_mb": rss_loaded,
-            "peak_rss_load_mb": peak_load,
+            **loaded_memory,
             "peak_rss_index_mb": peak_index,
             "peak_rss_mb": proc_status_mb("VmHWM"),
+            "rss_anon_end_mb": proc_status_mb("RssAnon"),
+            "rss_file_end_mb": proc_status_mb("RssFile"),
             "index_s": round(index_s, 2),
             "images_per_s": round(report.embedded / index_s, 2),
+            "text_query_first_ms": round(first_query_ms, 1),
             "text_query": percentiles(latencies),
         }
 

@@ -18,8 +18,9 @@ from server.app_support import CallProgress, CollectionName, RootAccess, lazy, r
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, MAX_K, MAX_QUERY_CHARS
 from server.filters import ResultOrder, SearchFilter
 from server.jobs import JobManager
+from server.model_catalog import list_models as list_models_in_cache
 from server.model_files import DownloadTracker
-from server.models import CollectionList, EvaluationReport, SearchHit, SearchResponse
+from server.models import CollectionList, EvaluationReport, ModelList, SearchHit, SearchResponse
 from server.paths import PathGuard
 from server.watch import FolderWatcher
 
@@ -257,6 +258,19 @@ def build_server(
         listing = await run_core(lambda: get().list_collections())
         names = ", ".join(f"{c.name} ({c.images} images)" for c in listing.collections) or "none yet"
         return tool_result(listing, f"Collections in {listing.index_dir}: {names}")
+
+    @server.tool(annotations=ToolAnnotations(title="List recommended models", **READ_ONLY))
+    async def list_models() -> Annotated[CallToolResult, ModelList]:
+        """The recommended image-text models (pass one as index_folder's `model` for a new collection): family,
+        languages, size, embedding dimension, published quality figures with their sources, and which are already
+        downloaded. Searches always use the model a collection was built with."""
+        listing = await run_core(lambda: list_models_in_cache(get().settings.model))
+        lines = [f"Default model: {listing.default}"]
+        for m in listing.models:
+            best = f"; {m.figures[0].metric} {m.figures[0].value}" if m.figures else ""
+            here = ", downloaded" if m.downloaded else ""
+            lines.append(f"- {m.model} ({m.family}, {m.languages}, {m.download_mb} MB{here}{best}): {m.advice}")
+        return tool_result(listing, "\n".join(lines))
 
     return server
 

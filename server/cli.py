@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE
 from server.errors import ClipSearchError, IndexingCancelled
 from server.model_files import DownloadPlan, DownloadState, megabytes
-from server.models import CollectionList, EvaluationReport, IndexReport, JobList, SearchResponse
+from server.models import CollectionList, EvaluationReport, IndexReport, JobList, ModelList, SearchResponse
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         "--plots", metavar="DIR", type=Path, help="Write report.json, report.md, score histogram and t-SNE map to DIR"
     )
     commands.add_parser("collections", parents=[common, output], help="List collections")
+    commands.add_parser(
+        "models", parents=[common, output], help="List the recommended models, their published quality and cost"
+    )
     commands.add_parser("jobs", parents=[common, output], help="List the MCP server's recent indexing jobs")
     serve = commands.add_parser("serve", parents=[common], help="Run the MCP server on stdio")
     serve.add_argument(
@@ -182,6 +185,12 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
     from server.model_files import DownloadTracker
     from server.service import ClipSearch
 
+    if args.command == "models":
+        from server.model_catalog import list_models
+
+        models = list_models(settings.model)
+        print(models.model_dump_json(indent=2) if args.json else render(models))
+        return 0
     if args.command == "jobs":
         from server.jobs import JobManager
 
@@ -294,6 +303,16 @@ def render(result: BaseModel) -> str:
         return "\n".join(lines)
     if isinstance(result, EvaluationReport):
         return render_evaluation(result)
+    if isinstance(result, ModelList):
+        lines = [f"{'model':<46}{'family':<12}{'languages':<15}{'size':>9}  {'dim':>4}  quality (published)"]
+        for m in result.models:
+            size = f"{'~' if m.download_estimated else ''}{m.download_mb:,} MB"
+            quality = "; ".join(f"{f.metric} {f.value:g}" for f in m.figures[:2]) or "none published"
+            mark = " *" if m.model == result.default else ("  (downloaded)" if m.downloaded else "")
+            lines.append(f"{m.model:<46}{m.family:<12}{m.languages[:14]:<15}{size:>9}  {m.dim:>4}  {quality}{mark}")
+            lines.append(f"{'':<4}{m.advice}")
+        lines.append("* the default. Sources of the figures: clipsearch models --json; XM3600 is immich's benchmark.")
+        return "\n".join(lines)
     if isinstance(result, JobList):
         if not result.jobs:
             return "No indexing jobs."

@@ -117,6 +117,31 @@ class CollectionList(BaseModel):
     collections: list[CollectionInfo]
 
 
+class Figure(BaseModel):
+    metric: str
+    value: float
+    source: str
+
+
+class ModelInfo(BaseModel):
+    model: str = Field(description="Hugging Face id, to pass as index_folder's model or --model")
+    family: str
+    languages: str
+    parameters_m: int = Field(description="Parameters, millions (both towers)")
+    download_mb: int
+    download_estimated: bool = Field(description="True when the size is parameters × 4 bytes, not a file listing")
+    dim: int = Field(description="Embedding dimension")
+    image_size: int
+    figures: list[Figure] = Field(description="Published quality figures, each with its source")
+    advice: str
+    downloaded: bool = Field(description="Already in the local Hugging Face cache (usable offline)")
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 
 

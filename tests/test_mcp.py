@@ -33,6 +33,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 TOOLS = {
     "index_folder",
+    "list_models",
     "index_status",
     "cancel_indexing",
     "search_images_by_text",
