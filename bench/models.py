@@ -18,6 +18,9 @@ own, through the production path (`ClipSearch` with `Settings(index_dir=<fresh>,
 - text_query: `search_text` end to end (tokenise, text tower, search, lookup), k=10, p50/p95 over `--queries`
   distinct single queries after one warm-up query.
 - text_query_first_ms: the warm-up query, the first after indexing.
+- other_cpus_index, other_cpus_queries: CPUs kept busy by other processes meanwhile (from /proc/stat). Torch runs
+  one thread per core; a busy neighbour stalls its parallel regions, so latencies balloon (p95 of seconds seen):
+  trust a run only where these stay near 0.
 - peak_rss_mb: the child's peak resident memory (VmHWM) over the whole run; peak_rss_load_mb the same right after
   loading, rss_loaded_mb the resident memory then. VmHWM rather than ru_maxrss: after a fork or vfork, ru_maxrss
   can carry the parent's peak. Resident memory is split into anonymous (RssAnon: activations, copies) and
@@ -237,6 +240,23 @@ def proc_status_mb(field: str) -> float:
     return float("nan")
 
 
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall clock, CPU seconds busy machine-wide, CPU seconds of this process), for `other_cpus`."""
+    fields = [int(v) for v in Path("/proc/stat").read_text(encoding="utf-8").split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    own = os.times()
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return time.perf_counter(), busy, own.user + own.system
+
+
+def other_cpus(since: tuple[float, float, float]) -> float:
+    """How many CPUs other processes kept busy, on average, since the snapshot: with 2 cores and 2 torch threads,
+    anything near 1 means the figures measured contention as much as the model."""
+    now = cpu_snapshot()
+    wall = now[0] - since[0]
+    return round(max(0.0, (now[1] - since[1]) - (now[2] - since[2])) / wall, 2) if wall > 0 else 0.0
+
+
 def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
     started = time.perf_counter()
     import torch
@@ -270,10 +290,12 @@ def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
         batch = min(count, getattr(encoder, "batch_size", 32))
         encoder.encode_pixels(np.zeros((batch, 3, size, size), np.float32))
 
+        snapshot = cpu_snapshot()
         started = time.perf_counter()
         report = service.index_folder(images, collection=COLLECTION)
         index_s = time.perf_counter() - started
         peak_index = proc_status_mb("VmHWM")
+        other_cpus_index = other_cpus(snapshot)
         if report.embedded != count:
             raise SystemExit(f"indexed {report.embedded} of {count} images")
 
@@ -283,10 +305,12 @@ def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
             raise SystemExit("a text query found nothing")
         first_query_ms = (time.perf_counter() - started) * 1000
         latencies = []
+        snapshot = cpu_snapshot()
         for text in texts:
             started = time.perf_counter()
             service.search_text(text, 10, COLLECTION)
             latencies.append((time.perf_counter() - started) * 1000)
+        other_cpus_queries = other_cpus(snapshot)
 
         loaded = encoder._load()  # type: ignore[attr-defined]
         parameters = sum(p.numel() for p in loaded.model.parameters())
@@ -311,6 +335,8 @@ def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
             "images_per_s": round(report.embedded / index_s, 2),
             "text_query_first_ms": round(first_query_ms, 1),
             "text_query": percentiles(latencies),
+            "other_cpus_index": other_cpus_index,
+            "other_cpus_queries": other_cpus_queries,
         }
 
 

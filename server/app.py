@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from server.app_indexing import register_indexing_tools
 from server.app_support import CallProgress, CollectionName, RootAccess, lazy, run_core, tool_result
-from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, MAX_K, MAX_QUERY_CHARS
+from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, MAX_COMPARED, MAX_K, MAX_QUERY_CHARS
 from server.filters import ResultOrder, SearchFilter
 from server.jobs import JobManager
 from server.model_catalog import list_models as list_models_in_cache
@@ -224,22 +224,43 @@ def build_server(
         plots: Annotated[
             bool, Field(description="Also write report.json, report.md, a score histogram and a t-SNE map")
         ] = False,
+        collections: Annotated[
+            list[CollectionName] | None,
+            Field(
+                min_length=2,
+                max_length=MAX_COMPARED,
+                description="Compare models: 2-5 collections of the same images, each built with another model, "
+                "evaluated with the same ground truth and shown side by side with each model's measured speed "
+                "(replaces `collection`)",
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, EvaluationReport]:
         """Measure how well search works on a collection, as in the CLIP+FAISS paper: mAP, MRR, Recall@k, hit
-        rate@k, Precision@k and nDCG@k for text-to-image and image-to-image queries, worst queries listed."""
+        rate@k, Precision@k and nDCG@k for text-to-image and image-to-image queries, worst queries listed. With
+        `collections`, compares the models of several collections of the same images side by side."""
         guard = access.guard(client_roots)
-        report = await run(
-            lambda: get().evaluate(
-                collection,
-                ground_truth,
-                ks,
-                text_template,
-                guard,
-                get().evaluation_dir(collection) if plots else None,
-                plots,
-            ),
-            ctx,
-        )
+
+        def evaluate() -> EvaluationReport:
+            service = get()
+            names = collections or [collection]
+            report_dir = service.evaluation_dir(names[0]) if plots else None
+            if collections:
+                return service.compare(collections, ground_truth, ks, text_template, guard, report_dir, plots)
+            return service.evaluate(collection, ground_truth, ks, text_template, guard, report_dir, plots)
+
+        report = await run(evaluate, ctx)
+        if report.comparison:
+            lines = [f"Models compared on the same {report.images} images (ground truth {report.ground_truth}):"]
+            for c in report.comparison:
+                t2i, i2i = c.text_to_image, c.image_to_image
+                lines.append(
+                    f"'{c.collection}' ({c.model}): text→image mAP {t2i.map:.3f}, image→image mAP {i2i.map:.3f}, "
+                    f"{c.images_per_second:.1f} images/s, text query {c.text_query_ms:.0f} ms"
+                )
+            if report.report_dir:
+                lines.append(f"Report written to {report.report_dir}")
+            images = [Image(data=Path(p).read_bytes(), format="png").to_image_content() for p in report.plots]
+            return tool_result(report, "\n".join(lines), images)
         lines = [f"Evaluation of '{report.collection}' ({report.images} images, ground truth {report.ground_truth}):"]
         for direction, metrics in (("text→image", report.text_to_image), ("image→image", report.image_to_image)):
             recalls = ", ".join(f"R@{k} {v:.3f}" for k, v in metrics.recall_at.items())

@@ -69,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("text")
     similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
     similar.add_argument("image")
-    evaluate = commands.add_parser("eval", parents=[common, output, named], help="Measure retrieval quality")
+    evaluate = commands.add_parser("eval", parents=[common, output], help="Measure retrieval quality")
+    evaluate.add_argument(
+        "--collection",
+        "-c",
+        action="append",
+        help=f"Collection (default: {DEFAULT_COLLECTION}); give 2-5 (-c a -c b) to compare their models side by side",
+    )
     evaluate.add_argument(
         "--ground-truth", default="folders", help="'folders' (labels are subfolder names) or a ground-truth JSON file"
     )
@@ -238,9 +244,15 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
         ground_truth = (
             args.ground_truth if args.ground_truth == "folders" else str(Path(args.ground_truth).expanduser())
         )
-        result = service.evaluate(
-            args.collection, ground_truth, args.ks, args.template, None, plots_dir, plots_dir is not None
-        )
+        names = args.collection or [DEFAULT_COLLECTION]
+        if len(names) > 1:
+            result = service.compare(
+                names, ground_truth, args.ks, args.template, None, plots_dir, plots_dir is not None
+            )
+        else:
+            result = service.evaluate(
+                names[0], ground_truth, args.ks, args.template, None, plots_dir, plots_dir is not None
+            )
     else:
         result = service.list_collections()
     print(result.model_dump_json(indent=2) if args.json else render(result))
@@ -335,6 +347,8 @@ def render_evaluation(report: EvaluationReport) -> str:
     """The paper's Table 3 layout: one row per metric, one column per direction."""
     from server.report import metric_rows
 
+    if report.comparison:
+        return _render_comparison(report)
     t2i, i2i = report.text_to_image, report.image_to_image
     rows = [
         f"Collection '{report.collection}': {report.images} images, ground truth {report.ground_truth}",
@@ -345,6 +359,29 @@ def render_evaluation(report: EvaluationReport) -> str:
     rows.append(f"{'skipped':<14}{t2i.skipped:>12}{i2i.skipped:>13}")
     if report.unknown_count:
         rows.append(f"{report.unknown_count} ground-truth paths are not in the collection")
+    if report.report_dir:
+        rows.append(f"report written to {report.report_dir}")
+    return "\n".join(rows)
+
+
+def _render_comparison(report: EvaluationReport) -> str:
+    """Models side by side: one column per collection, one row per metric and direction, then the speeds."""
+    from server.report import metric_rows
+
+    compared = report.comparison or []
+    width = max(14, *(len(c.collection) + 2 for c in compared))
+    rows = [f"Models compared on the same {report.images} images, ground truth {report.ground_truth}"]
+    rows.append(f"{'':<22}" + "".join(f"{c.collection:>{width}}" for c in compared))
+    tables = [
+        metric_rows(report.model_copy(update={"text_to_image": c.text_to_image, "image_to_image": c.image_to_image}))
+        for c in compared
+    ]
+    for column, direction in ((1, "t→i"), (2, "i→i")):
+        for row, (name, *_) in enumerate(tables[0]):
+            rows.append(f"{direction + ' ' + name:<22}" + "".join(f"{t[row][column]:>{width}.3f}" for t in tables))
+    rows.append(f"{'images/s':<22}" + "".join(f"{c.images_per_second:>{width}.1f}" for c in compared))
+    rows.append(f"{'text query ms':<22}" + "".join(f"{c.text_query_ms:>{width}.1f}" for c in compared))
+    rows += [f"{c.collection}: {c.model} ({c.dim}-d)" for c in compared]
     if report.report_dir:
         rows.append(f"report written to {report.report_dir}")
     return "\n".join(rows)

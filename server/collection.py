@@ -272,6 +272,11 @@ class Collection:
             raise KeyError(image_id)
         return np.frombuffer(row[0], dtype=np.float32).copy()
 
+    def image_paths(self) -> set[Path]:
+        """Every catalogued image's path."""
+        with self._lock:
+            return {Path(os.fsdecode(row[0])) for row in self._conn.execute("SELECT path FROM images")}
+
     def all_vectors(self) -> tuple[npt.NDArray[np.int64], list[Path], npt.NDArray[np.float32]]:
         """Every image's id, path and vector, in id order, from one consistent snapshot."""
         with self._lock:

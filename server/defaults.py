@@ -9,3 +9,4 @@ DEFAULT_TEMPLATE = "a photo of a {label}"
 MAX_K = 1000
 MAX_QUERY_CHARS = 2000
 INDEX_TYPES = ("auto", "flat", "ivf")
+MAX_COMPARED = 5  # collections compared side by side in one evaluation

@@ -84,6 +84,16 @@ class DirectionMetrics(BaseModel):
     worst: list[QueryResult] = Field(description="The lowest-AP queries, worst first (all of them in report.json)")
 
 
+class ComparedCollection(BaseModel):
+    collection: str
+    model: str
+    dim: int
+    text_to_image: DirectionMetrics
+    image_to_image: DirectionMetrics
+    images_per_second: float = Field(description="Image embedding speed measured now on this machine (decode + model)")
+    text_query_ms: float = Field(description="Median text search time measured now on this machine (model + search)")
+
+
 class EvaluationReport(BaseModel):
     collection: str
     ground_truth: str = Field(description="'folders' or the ground-truth file used")
@@ -99,6 +109,11 @@ class EvaluationReport(BaseModel):
     seconds: float
     report_dir: PathText | None = Field(description="Folder holding report.json, report.md and the plots, if written")
     plots: list[PathText] = Field(default_factory=list)
+    comparison: list[ComparedCollection] | None = Field(
+        None,
+        description="When several collections (one per model) were evaluated: each one's figures side by side; "
+        "the fields above are then the first collection's",
+    )
 
 
 class CollectionInfo(BaseModel):

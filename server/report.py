@@ -4,12 +4,13 @@ and the paper's two pictures: a histogram of retrieved similarity scores (its Fi
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from server.evaluate import Direction, Evaluation
-from server.models import EvaluationReport
+from server.models import ComparedCollection, EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,52 @@ def write_report(evaluation: Evaluation, folder: Path, plots: bool = True) -> li
     (folder / "report.json").write_text(json.dumps(full, indent=1), encoding="utf-8")
     (folder / "report.md").write_text(markdown(evaluation), encoding="utf-8")
     return written
+
+
+def write_comparison(
+    evaluations: Sequence[Evaluation], compared: Sequence[ComparedCollection], folder: Path, plots: bool = True
+) -> list[Path]:
+    """Several models' evaluations side by side: report.json and report.md in `folder`, each collection's own report
+    (and plots) in a subfolder named after it. Returns every PNG written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for evaluation in evaluations:
+        written += write_report(evaluation, folder / evaluation.report.collection, plots)
+    first = evaluations[0].report
+    full = {**first.model_dump(mode="json"), "comparison": [c.model_dump(mode="json") for c in compared]}
+    (folder / "report.json").write_text(json.dumps(full, indent=1), encoding="utf-8")
+    (folder / "report.md").write_text(comparison_markdown(evaluations, compared), encoding="utf-8")
+    return written
+
+
+def comparison_markdown(evaluations: Sequence[Evaluation], compared: Sequence[ComparedCollection]) -> str:
+    first = evaluations[0].report
+    names = [c.collection for c in compared]
+    lines = [
+        "# Retrieval evaluation: models compared on the same images",
+        "",
+        f"Ground truth: {first.ground_truth}; {first.images} images"
+        + (f", {first.labels} labels" if first.labels is not None else "")
+        + f"; text queries from {first.text_template!r}. Speeds measured on this machine when the report was made.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| Model | " + " | ".join(c.model for c in compared) + " |",
+        "| Dimension | " + " | ".join(str(c.dim) for c in compared) + " |",
+        "| Images/s (embedding) | " + " | ".join(f"{c.images_per_second:.1f}" for c in compared) + " |",
+        "| Text query (ms, median) | " + " | ".join(f"{c.text_query_ms:.1f}" for c in compared) + " |",
+    ]
+    per_model = [metric_rows(e.report) for e in evaluations]
+    for column, direction in ((1, "Text-to-Image"), (2, "Image-to-Image")):
+        for row, (name, *_) in enumerate(per_model[0]):
+            values = " | ".join(f"{rows[row][column]:.4f}" for rows in per_model)
+            lines.append(f"| {direction} {name} | {values} |")
+    lines += [
+        "",
+        "Each collection's own report, per query and with plots: " + ", ".join(f"[{n}]({n}/report.md)" for n in names),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def metric_rows(report: EvaluationReport) -> list[tuple[str, float, float]]:

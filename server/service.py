@@ -9,7 +9,7 @@ from pathlib import Path
 
 from server.collection import Collection, CollectionStore, Manifest, read_catalog, validate_name
 from server.config import Settings
-from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES
+from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES, MAX_COMPARED
 from server.encoder import Encoder, TransformersEncoder
 from server.encoder_pool import EncoderPool
 from server.errors import ClipSearchError, CollectionMismatch, FileMissing, InvalidArgument, ModelUnavailable
@@ -227,6 +227,37 @@ class ClipSearch:
 
             write_report(evaluation, report_dir, plots)
         return evaluation.report
+
+    def compare(
+        self,
+        collections: Sequence[str],
+        ground_truth: str = "folders",
+        ks: Sequence[int] = DEFAULT_KS,
+        template: str = DEFAULT_TEMPLATE,
+        guard: PathGuard | None = None,
+        report_dir: Path | None = None,
+        plots: bool = False,
+    ) -> EvaluationReport:
+        """Evaluate collections of the same images (one per model) with the same ground truth, side by side, each
+        model's speed measured now; the report is the first collection's, with `comparison` holding them all."""
+        from server.compare import check_comparable, compared
+
+        targets = [self.collection(name) for name in collections[: MAX_COMPARED + 1]]
+        check_comparable(targets)
+        evaluations = []
+        rows = []
+        for target in targets:
+            encoder = self.encoder_for(target)
+            evaluation = evaluate_collection(target, encoder, ground_truth, ks, template, guard)
+            evaluations.append(evaluation)
+            rows.append(compared(target, encoder, evaluation))
+        update: dict[str, object] = {"comparison": rows, "report_dir": None, "plots": []}
+        if report_dir is not None:
+            from server.report import write_comparison
+
+            written = write_comparison(evaluations, rows, report_dir, plots)
+            update.update(report_dir=str(report_dir), plots=[str(p) for p in written])
+        return evaluations[0].report.model_copy(update=update)
 
     def evaluation_dir(self, collection: str) -> Path:
         """Where the MCP tool keeps a collection's written evaluations: inside the index directory."""
