@@ -249,25 +249,7 @@ def build_server(
             return service.evaluate(collection, ground_truth, ks, text_template, guard, report_dir, plots)
 
         report = await run(evaluate, ctx)
-        if report.comparison:
-            lines = [f"Models compared on the same {report.images} images (ground truth {report.ground_truth}):"]
-            for c in report.comparison:
-                t2i, i2i = c.text_to_image, c.image_to_image
-                lines.append(
-                    f"'{c.collection}' ({c.model}): text→image mAP {t2i.map:.3f}, image→image mAP {i2i.map:.3f}, "
-                    f"{c.images_per_second:.1f} images/s, text query {c.text_query_ms:.0f} ms"
-                )
-            if report.report_dir:
-                lines.append(f"Report written to {report.report_dir}")
-            images = [Image(data=Path(p).read_bytes(), format="png").to_image_content() for p in report.plots]
-            return tool_result(report, "\n".join(lines), images)
-        lines = [f"Evaluation of '{report.collection}' ({report.images} images, ground truth {report.ground_truth}):"]
-        for direction, metrics in (("text→image", report.text_to_image), ("image→image", report.image_to_image)):
-            recalls = ", ".join(f"R@{k} {v:.3f}" for k, v in metrics.recall_at.items())
-            lines.append(
-                f"{direction}: mAP {metrics.map:.3f}, MRR {metrics.mrr:.3f}, {recalls} "
-                f"({metrics.queries} queries, {metrics.skipped} skipped)"
-            )
+        lines = _comparison_lines(report) if report.comparison else _evaluation_lines(report)
         if report.report_dir:
             lines.append(f"Report written to {report.report_dir}")
         images = [Image(data=Path(p).read_bytes(), format="png").to_image_content() for p in report.plots]
@@ -294,6 +276,27 @@ def build_server(
         return tool_result(listing, "\n".join(lines))
 
     return server
+
+
+def _evaluation_lines(report: EvaluationReport) -> list[str]:
+    lines = [f"Evaluation of '{report.collection}' ({report.images} images, ground truth {report.ground_truth}):"]
+    for direction, metrics in (("text→image", report.text_to_image), ("image→image", report.image_to_image)):
+        recalls = ", ".join(f"R@{k} {v:.3f}" for k, v in metrics.recall_at.items())
+        lines.append(
+            f"{direction}: mAP {metrics.map:.3f}, MRR {metrics.mrr:.3f}, {recalls} "
+            f"({metrics.queries} queries, {metrics.skipped} skipped)"
+        )
+    return lines
+
+
+def _comparison_lines(report: EvaluationReport) -> list[str]:
+    lines = [f"Models compared on the same {report.images} images (ground truth {report.ground_truth}):"]
+    for c in report.comparison or []:
+        lines.append(
+            f"'{c.collection}' ({c.model}): text→image mAP {c.text_to_image.map:.3f}, image→image mAP "
+            f"{c.image_to_image.map:.3f}, {c.images_per_second:.1f} images/s, text query {c.text_query_ms:.0f} ms"
+        )
+    return lines
 
 
 def _about(hit: SearchHit) -> str:

@@ -1,12 +1,14 @@
 """The behaviour every supported model family must show, run by one test module per family (test_family_*.py).
 
-Each module provides a `checkpoint` fixture (a tiny random checkpoint of its family, written by its own transformers
-classes with a real tokenizer of its family's class), `FAMILY` (the key `model_families.detect` must give) and
-`TEXT_RULES` (how the family's text must be fed: `lowercase`, `pad_to_context`), then imports the tests below.
+Each module makes its fixtures with `family_fixtures`: `checkpoint` (a tiny random checkpoint of its family, written
+by its own transformers classes with a real tokenizer of its family's class), `other` (another one, seed 1),
+`family` (the key `model_families.detect` must give) and `text_rules` (how the family's text must be fed), then
+imports the tests below.
 Everything goes through the production path: TransformersEncoder, ClipSearch and the MCP tools.
 """
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,33 @@ TEXTS = [
     "猫がソファで寝ている",
     "",
 ]
+
+
+def family_fixtures(
+    key: str, write: Callable[[Path, str, int], Path], lowercase: bool, pad_to_context: bool
+) -> tuple[Any, Any, Any, Any]:
+    """The fixtures `checkpoint`, `other`, `family` and `text_rules` for one family."""
+
+    def written(factory: pytest.TempPathFactory, seed: int) -> Path:
+        return write(factory.mktemp(f"{key}-{seed}"), "tiny", seed)
+
+    @pytest.fixture(scope="module")
+    def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return written(tmp_path_factory, 0)
+
+    @pytest.fixture(scope="module")
+    def other(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return written(tmp_path_factory, 1)
+
+    @pytest.fixture
+    def family() -> str:
+        return key
+
+    @pytest.fixture
+    def text_rules() -> dict[str, Any]:
+        return {"lowercase": lowercase, "pad_to_context": pad_to_context}
+
+    return checkpoint, other, family, text_rules
 
 
 @pytest.fixture

@@ -1,10 +1,7 @@
 """The family behaviour suite (family_suite.py) on MetaCLIP 2 (multilingual): MetaClip2Model, XLMRobertaTokenizer."""
 
-from pathlib import Path
-from typing import Any
-
-import pytest
-from family_suite import (  # noqa: F401 - the imported tests run in this module
+from family_suite import (  # noqa: F401 - the imported tests and fixtures run in this module
+    family_fixtures,
     test_another_model_for_the_collection_is_refused,
     test_family_is_told_from_the_checkpoint_files,
     test_indexes_and_searches_by_text_and_image_through_the_tools,
@@ -15,27 +12,4 @@ from family_suite import (  # noqa: F401 - the imported tests run in this module
 
 from bench.families import write_random_metaclip2 as write
 
-
-def _written(factory: pytest.TempPathFactory, seed: int) -> Path:
-    folder = factory.mktemp(f"metaclip2-{seed}")
-    return write(folder, "tiny", seed)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _written(tmp_path_factory, 0)
-
-
-@pytest.fixture(scope="module")
-def other(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _written(tmp_path_factory, 1)
-
-
-@pytest.fixture
-def family() -> str:
-    return "metaclip2"
-
-
-@pytest.fixture
-def text_rules() -> dict[str, Any]:
-    return {"lowercase": False, "pad_to_context": False}
+checkpoint, other, family, text_rules = family_fixtures("metaclip2", write, lowercase=False, pad_to_context=False)

@@ -1,11 +1,8 @@
 """The family behaviour suite (family_suite.py) on SigLIP 2 fixed resolution: model type siglip with a Gemma tokenizer;
 texts lowercased and padded to 64."""
 
-from pathlib import Path
-from typing import Any
-
-import pytest
-from family_suite import (  # noqa: F401 - the imported tests run in this module
+from family_suite import (  # noqa: F401 - the imported tests and fixtures run in this module
+    family_fixtures,
     test_another_model_for_the_collection_is_refused,
     test_family_is_told_from_the_checkpoint_files,
     test_indexes_and_searches_by_text_and_image_through_the_tools,
@@ -16,27 +13,4 @@ from family_suite import (  # noqa: F401 - the imported tests run in this module
 
 from bench.families import write_random_siglip2 as write
 
-
-def _written(factory: pytest.TempPathFactory, seed: int) -> Path:
-    folder = factory.mktemp(f"siglip2-{seed}")
-    return write(folder, "tiny", seed)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _written(tmp_path_factory, 0)
-
-
-@pytest.fixture(scope="module")
-def other(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _written(tmp_path_factory, 1)
-
-
-@pytest.fixture
-def family() -> str:
-    return "siglip2"
-
-
-@pytest.fixture
-def text_rules() -> dict[str, Any]:
-    return {"lowercase": True, "pad_to_context": True}
+checkpoint, other, family, text_rules = family_fixtures("siglip2", write, lowercase=True, pad_to_context=True)
