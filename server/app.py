@@ -5,16 +5,35 @@ Search, evaluation and listing are here; indexing (jobs, status, cancel) is in `
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, Image, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ListRootsResult, ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from server.app_indexing import register_indexing_tools
+from server.app_params import (
+    AndImages,
+    AndTexts,
+    Camera,
+    FolderFilter,
+    MinScore,
+    Near,
+    NotImages,
+    NotTexts,
+    Offset,
+    Place,
+    RadiusKm,
+    Sort,
+    TakenAfter,
+    TakenBefore,
+    Thumbnails,
+    TopK,
+)
 from server.app_support import CallProgress, CollectionName, RootAccess, lazy, run_core, tool_result
+from server.composition import Extras
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, MAX_COMPARED, MAX_K, MAX_QUERY_CHARS
 from server.filters import ResultOrder, SearchFilter
 from server.jobs import JobManager
@@ -29,45 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-MAX_THUMBNAILS = 10
-
-TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1-{MAX_K}")]
-Thumbnails = Annotated[
-    int, Field(ge=0, le=MAX_THUMBNAILS, description="Also return the top N hits as small JPEG images you can see")
-]
-
-
-class Place(BaseModel):
-    latitude: float = Field(ge=-90, le=90)
-    longitude: float = Field(ge=-180, le=180)
-
-
-FolderFilter = Annotated[
-    str | None, Field(description="Only images under this folder (absolute path, inside the allowed folders)")
-]
-TakenAfter = Annotated[
-    str | None,
-    Field(
-        description="Only photos taken on or after this ISO 8601 date or datetime; a date covers its whole day, "
-        "without an offset it is the photo's local time, with one an instant"
-    ),
-]
-TakenBefore = Annotated[
-    str | None, Field(description="Only photos taken before this ISO 8601 datetime, or on or before this date")
-]
-Near = Annotated[Place | None, Field(description="Only photos taken within radius_km of this place (GPS)")]
-RadiusKm = Annotated[float | None, Field(gt=0, le=20_100, description="Distance around `near`, in kilometres")]
-Camera = Annotated[
-    str | None, Field(max_length=200, description="Camera make/model contains this, any case (e.g. 'iphone')")
-]
-MinScore = Annotated[float | None, Field(ge=-1, le=1, description="Drop results with a lower cosine similarity")]
-Sort = Annotated[
-    Literal["score", "taken", "taken_asc"],
-    Field(description="'score' (best first), 'taken' (the k most relevant, newest first) or 'taken_asc'"),
-]
-Offset = Annotated[int, Field(ge=0, le=10_000, description="Skip this many results (paging)")]
-
 
 INSTRUCTIONS = (
     "Search the user's own photos by description or by example. Index a folder once with index_folder "
@@ -156,16 +136,23 @@ def build_server(
         min_score: MinScore = None,
         sort: Sort = "score",
         offset: Offset = 0,
+        and_texts: AndTexts = None,
+        not_texts: NotTexts = None,
+        and_images: AndImages = None,
+        not_images: NotImages = None,
     ) -> Annotated[CallToolResult, SearchResponse]:
         """Find the images in a collection that best match a text description, best first, with cosine scores.
-        Optional filters (folder, capture date, place, camera) narrow the search exactly; each result carries its
-        capture time, size, camera and GPS position when known."""
+        Refine it like "beach, and sunset, but not people": and_texts/not_texts/and_images/not_images add or take
+        away texts and example images (weighted; the query's vector is the normalised weighted sum). Optional
+        filters (folder, capture date, place, camera) narrow the search exactly; each result carries its capture
+        time, size, camera and GPS position when known."""
         guard = access.guard(client_roots)
         options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset)
+        extras = _extras(and_texts, not_texts, and_images, not_images)
 
         def search() -> SearchResponse:
             filters, order = search_options(collection, guard, *options)
-            return get().search_text(query, k, collection, filters, order)
+            return get().search_text(query, k, collection, filters, order, extras, guard)
 
         response = await run(search, ctx)
         return await _search_result(get, response, thumbnails, guard, indexing_note(collection))
@@ -187,16 +174,21 @@ def build_server(
         min_score: MinScore = None,
         sort: Sort = "score",
         offset: Offset = 0,
+        and_texts: AndTexts = None,
+        not_texts: NotTexts = None,
+        and_images: AndImages = None,
+        not_images: NotImages = None,
     ) -> Annotated[CallToolResult, SearchResponse]:
         """Find the images in a collection most similar to an example image, best first, with cosine scores.
-        An indexed example comes back first with a score of about 1. Takes the same filters as
-        search_images_by_text."""
+        An indexed example comes back first with a score of about 1. Takes the same refinements ("like this photo,
+        but at night": and_texts=['night']) and filters as search_images_by_text."""
         guard = access.guard(client_roots)
         options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset)
+        extras = _extras(and_texts, not_texts, and_images, not_images)
 
         def search() -> SearchResponse:
             filters, order = search_options(collection, guard, *options)
-            return get().search_image(image_path, k, collection, guard, filters, order)
+            return get().search_image(image_path, k, collection, guard, filters, order, extras)
 
         response = await run(search, ctx)
         return await _search_result(get, response, thumbnails, guard, indexing_note(collection))
@@ -276,6 +268,11 @@ def build_server(
         return tool_result(listing, "\n".join(lines))
 
     return server
+
+
+def _extras(*terms: list[str] | None) -> Extras:
+    and_texts, not_texts, and_images, not_images = (tuple(t or ()) for t in terms)
+    return Extras(and_texts, not_texts, and_images, not_images)
 
 
 def _evaluation_lines(report: EvaluationReport) -> list[str]:

@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         "--sort", choices=["score", "taken", "taken_asc"], default="score", help="Order of the k most relevant"
     )
     topk.add_argument("--offset", type=int, default=0, help="Skip this many results (paging)")
+    weight = " (repeatable; a weight prefix like '2:' or '0.5:' scales it)"
+    for flag, dest, what in (
+        ("--and", "and_texts", "Also like this text"),
+        ("--not", "not_texts", "But not like this text"),
+        ("--like", "and_images", "Also like this image"),
+        ("--unlike", "not_images", "But not like this image"),
+    ):
+        topk.add_argument(flag, dest=dest, action="append", default=[], help=what + weight)
 
     parser = argparse.ArgumentParser(prog="clipsearch", description="Search your own images by text or by example.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         "--watch", action="store_true", help="After indexing, keep the collection in sync with the folder until Ctrl-C"
     )
     search = commands.add_parser("search", parents=[common, output, named, topk], help="Find images by description")
-    search.add_argument("text")
+    search.add_argument("text", help="What to find; rclip's 'horse + stripes - grass' form composes texts (and images)")
     similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
     similar.add_argument("image")
     evaluate = commands.add_parser("eval", parents=[common, output], help="Measure retrieval quality")
@@ -229,16 +237,22 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
             print(result.model_dump_json(indent=2) if args.json else render(result), flush=True)
             return _watch_until_interrupted(service, settings, Path(result.folder), args)
     elif args.command in ("search", "similar"):
+        from dataclasses import astuple
+
+        from server.composition import Extras, split_infix
         from server.filters import ResultOrder
 
         filters = service.make_filter(
             args.collection, args.folder, args.after, args.before, args.near, args.radius_km, args.camera
         )
         order = ResultOrder(args.min_score, args.sort, args.offset)
+        flags = Extras(*(tuple(getattr(args, n)) for n in ("and_texts", "not_texts", "and_images", "not_images")))
         if args.command == "search":
-            result = service.search_text(args.text, args.k, args.collection, filters, order)
+            text, infix = split_infix(args.text)  # rclip's "horse + stripes - grass"
+            extras = Extras(*(a + b for a, b in zip(astuple(infix), astuple(flags), strict=True)))
+            result = service.search_text(text, args.k, args.collection, filters, order, extras)
         else:
-            result = service.search_image(args.image, args.k, args.collection, None, filters, order)
+            result = service.search_image(args.image, args.k, args.collection, None, filters, order, flags)
     elif args.command == "eval":
         plots_dir = args.plots.expanduser().absolute() if args.plots else None
         ground_truth = (

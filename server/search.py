@@ -8,12 +8,14 @@ import numpy as np
 import numpy.typing as npt
 
 from server.collection import Collection, Hit
+from server.composition import Extras, Term, extra_terms
 from server.defaults import MAX_K, MAX_QUERY_CHARS
 from server.encoder import Encoder
 from server.errors import FileMissing, InvalidArgument
 from server.filters import ResultOrder, SearchFilter
 from server.images import load_image
 from server.models import SearchHit, SearchResponse
+from server.paths import PathGuard
 
 
 def check_k(k: int) -> int:
@@ -44,13 +46,20 @@ class Searcher:
         k: int = 10,
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
+        extras: Extras | None = None,
+        guard: PathGuard | None = None,
     ) -> SearchResponse:
-        """The k images closest to the text, best first; text beyond the model's 77 tokens is truncated."""
+        """The k images closest to the text (composed with `extras`, if any), best first; text beyond the model's
+        context is truncated. `guard` checks the paths of image terms."""
         text = clean_query(query)
         check_k(k)
-        vector = self.encoder.encode_texts([text])
         order = order or ResultOrder()
-        return _response(collection, text, _hits(collection, vector[0], k, filters, order), order.offset)
+        if extras is None or extras.empty:
+            vector = self.encoder.encode_texts([text])[0]
+            label = text
+        else:
+            vector, label = self._composed(collection, [Term(text, None, 1.0)], extras, guard)
+        return _response(collection, label, _hits(collection, vector, k, filters, order), order.offset)
 
     def by_image(
         self,
@@ -59,9 +68,22 @@ class Searcher:
         k: int = 10,
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
+        extras: Extras | None = None,
+        guard: PathGuard | None = None,
     ) -> SearchResponse:
-        """The k images closest to the given image; an indexed image's stored vector is reused."""
+        """The k images closest to the given image (composed with `extras`, if any); an indexed image's stored
+        vector is reused."""
         check_k(k)
+        order = order or ResultOrder()
+        if extras is None or extras.empty:
+            vector = self.image_vector(collection, image_path)
+            label = str(image_path)
+        else:
+            vector, label = self._composed(collection, [Term(None, image_path, 1.0)], extras, guard)
+        return _response(collection, label, _hits(collection, vector, k, filters, order), order.offset)
+
+    def image_vector(self, collection: Collection, image_path: Path) -> npt.NDArray[np.float32]:
+        """One image's unit vector: its stored vector when the collection holds it unchanged, else embedded now."""
         path = Path(os.path.realpath(image_path))
         if not path.exists():
             raise FileMissing(f"Image '{image_path}' does not exist.")
@@ -70,14 +92,32 @@ class Searcher:
         entry = collection.find_path(path)
         info = path.stat()
         if entry is not None and entry.size == info.st_size and entry.mtime_ns == info.st_mtime_ns:
-            vector = collection.vector(entry.id)[np.newaxis, :]
-        else:
-            decoded = load_image(path, min_side=self.encoder.input_size)
-            pixels = self.encoder.preprocess(decoded.image)[np.newaxis]
-            vector = self.encoder.encode_pixels(pixels)
-        order = order or ResultOrder()
-        hits = _hits(collection, vector[0], k, filters, order)
-        return _response(collection, str(image_path), hits, order.offset)
+            return collection.vector(entry.id)
+        decoded = load_image(path, min_side=self.encoder.input_size)
+        return self.encoder.encode_pixels(self.encoder.preprocess(decoded.image)[np.newaxis])[0]
+
+    def _composed(
+        self, collection: Collection, main: list[Term], extras: Extras, guard: PathGuard | None
+    ) -> tuple[npt.NDArray[np.float32], str]:
+        """rclip's formula: Σ weight·unit(term), normalised; and the query written out with its terms."""
+        texts, images = extra_terms(extras)
+        terms = main + texts
+        for weight, given in images:
+            path = guard.check(given) if guard else Path(os.path.realpath(Path(given).expanduser()))
+            terms.append(Term(None, path, weight))
+        text_terms = [t for t in terms if t.text is not None]
+        weighted: list[tuple[float, npt.NDArray[np.float32]]] = []
+        if text_terms:  # one batch through the text tower
+            encoded = self.encoder.encode_texts([clean_query(t.text or "") for t in text_terms])
+            weighted += [(t.weight, v) for t, v in zip(text_terms, encoded, strict=True)]
+        weighted += [(t.weight, self.image_vector(collection, t.image)) for t in terms if t.image is not None]
+        total = np.sum([w * v.astype(np.float64) for w, v in weighted], axis=0)
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise InvalidArgument("The query's terms cancel each other out exactly; change a weight or drop a term.")
+        first = main[0].text if main[0].text is not None else str(main[0].image)
+        label = " ".join([first, *(t.describe() for t in terms[1:])])
+        return (total / norm).astype(np.float32), label
 
 
 def _hits(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from server.collection import Collection, CollectionStore, Manifest, read_catalog, validate_name
+from server.composition import Extras
 from server.config import Settings
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES, MAX_COMPARED
 from server.encoder import Encoder, TransformersEncoder
@@ -169,9 +170,12 @@ class ClipSearch:
         collection: str = DEFAULT_COLLECTION,
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
+        extras: Extras | None = None,
+        guard: PathGuard | None = None,
     ) -> SearchResponse:
+        """Text search; `extras` composes it with more texts and images (their paths checked by `guard`)."""
         target = self.collection(collection)
-        return Searcher(self.encoder_for(target)).by_text(target, query, k, filters, order)
+        return Searcher(self.encoder_for(target)).by_text(target, query, k, filters, order, extras, guard)
 
     def search_image(
         self,
@@ -181,10 +185,11 @@ class ClipSearch:
         guard: PathGuard | None = None,
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
+        extras: Extras | None = None,
     ) -> SearchResponse:
         path = guard.check(image_path) if guard else Path(image_path).expanduser().absolute()
         target = self.collection(collection)
-        return Searcher(self.encoder_for(target)).by_image(target, path, k, filters, order)
+        return Searcher(self.encoder_for(target)).by_image(target, path, k, filters, order, extras, guard)
 
     def make_filter(
         self,
