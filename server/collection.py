@@ -169,13 +169,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def read_catalog(folder: Path, sql: str) -> list[tuple[Any, ...]]:
+def read_catalog(folder: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """Rows of a query on a collection's catalog, read without opening the collection ([] if unreadable)."""
     uri = (folder / "catalog.sqlite").as_uri() + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)
         try:
-            return conn.execute(sql).fetchall()
+            return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
     except sqlite3.Error:

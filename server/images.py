@@ -181,9 +181,20 @@ def load_image(path: Path, min_side: int | None = None) -> DecodedImage:
 
 def thumbnail_jpeg(path: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> bytes:
     """A small upright JPEG of the image, for showing results to an assistant."""
-    decoded = load_image(path, min_side=max_side)
-    image = decoded.image.copy()
+    return jpeg_of(load_image(path, min_side=max_side).image, max_side)
+
+
+def jpeg_of(image: Image.Image, max_side: int, max_bytes: int | None = None) -> bytes:
+    """An RGB image as a JPEG of at most `max_side` px (and `max_bytes`, lowering the quality, then the size)."""
+    image = image.copy()
     image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=80)
-    return out.getvalue()
+    quality = 85 if max_bytes else 80
+    while True:
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=quality)
+        if max_bytes is None or out.tell() <= max_bytes or max(image.size) <= 64:
+            return out.getvalue()
+        if quality > 50:
+            quality -= 15
+        else:
+            image.thumbnail((max(64, image.width * 3 // 4), max(64, image.height * 3 // 4)), Image.Resampling.BICUBIC)

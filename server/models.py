@@ -132,6 +132,21 @@ class CollectionList(BaseModel):
     collections: list[CollectionInfo]
 
 
+class ImageView(BaseModel):
+    path: PathText
+    width: int = Field(description="Upright size of the original, in pixels")
+    height: int
+    shown_width: int = Field(description="Size of the JPEG returned")
+    shown_height: int
+    jpeg_bytes: int
+    taken: str | None
+    taken_source: str | None
+    latitude: float | None
+    longitude: float | None
+    camera: str | None
+    collections: list[str] = Field(description="Collections that hold this image")
+
+
 class Figure(BaseModel):
     metric: str
     value: float

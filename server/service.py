@@ -20,7 +20,7 @@ from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
 from server.model_files import DownloadTracker, find_local
 from server.model_identity import model_identity
-from server.models import CollectionInfo, CollectionList, EvaluationReport, IndexReport, SearchResponse
+from server.models import CollectionInfo, CollectionList, EvaluationReport, ImageView, IndexReport, SearchResponse
 from server.paths import PathGuard
 from server.search import Searcher
 
@@ -287,6 +287,16 @@ class ClipSearch:
                 )
             )
         return CollectionList(index_dir=str(self.store.index_dir), collections=infos)
+
+    def view_image(
+        self, path: str | Path, max_side: int = 1024, guard: PathGuard | None = None
+    ) -> tuple[bytes, ImageView]:
+        """One image as an upright JPEG of at most `max_side` px, with its metadata; read only if the guard allows
+        its path."""
+        from server.view import view_image
+
+        checked = guard.check(path) if guard else Path(os.path.realpath(Path(path).expanduser()))
+        return view_image(checked, max_side, self.store.index_dir, self.store.names())
 
     def thumbnail(self, path: str | Path, guard: PathGuard | None = None) -> bytes:
         """A ≤256 px JPEG of an image, read only if the guard allows its path."""

@@ -33,6 +33,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 TOOLS = {
     "index_folder",
+    "view_image",
     "list_models",
     "index_status",
     "cancel_indexing",
