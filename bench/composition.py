@@ -1,6 +1,8 @@
-"""Composed queries against plain ones: a text query alone, then the same query with 7 more terms (5 texts, 2 images
-already in the collection: 8 terms in all), and with one more image that is not (it has to be embedded), through
-`Searcher` with a real encoder over a collection of synthetic vectors.
+"""Composed queries against plain ones, through `Searcher` with a real encoder over a collection of synthetic vectors:
+a text query alone; the query with 7 more terms (5 texts, 2 images already in the collection: 8 terms in all), every
+text new; the same as a step of a refinement (the assistant adds one new text to terms it asked before, which the
+encoder's text cache holds); and with one more image that is not in the collection (it has to be embedded). Every
+query's texts are new to the encoder (a round number is appended) unless the case says otherwise.
 
     python -m bench.checkpoint /tmp/clip-vitb32 && python -m bench.composition --model /tmp/clip-vitb32 --json
 
@@ -22,6 +24,12 @@ from server.search import Searcher
 
 QUERIES = ["a dog on a beach", "a red bicycle", "mountains at sunrise", "a birthday cake", "a city street at night"]
 MORE_TEXTS = ("2:sunset", "people", "0.5:water", "a photo", "colourful")
+CASES = (
+    "plain (1 term)",
+    "composed (8 terms, all texts new)",
+    "refinement (8 terms, 1 text new)",
+    "composed + 1 image to embed (9 terms, texts new)",
+)
 
 
 def main() -> None:
@@ -46,22 +54,30 @@ def main() -> None:
             filler = normalize(rng.standard_normal((args.vectors, encoder.dim)).astype(np.float32))
             for i, vector in enumerate(filler):
                 writer.add(NewImage(Path(f"/bench/{i}.jpg"), 1, 1, f"h{i}", 640, 480), vector)
-        cases = {
-            "plain (1 term)": None,
-            "composed (8 terms)": Extras(MORE_TEXTS, (), tuple(map(str, indexed))),
-            "composed + 1 image to embed (9 terms)": Extras(MORE_TEXTS, (), tuple(map(str, indexed)), (str(outside),)),
-        }
+        images = tuple(map(str, indexed))
         searcher.by_text(collection, "warm up", 10)  # the model loads here, not in a timed call
-        timings: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(args.rounds):
-            for query in QUERIES:
-                for name, extras in cases.items():
+        timings: dict[str, list[float]] = {name: [] for name in CASES}
+        for round_ in range(args.rounds):
+            for number, query in enumerate(QUERIES):
+                tag = f" {round_}.{number}"  # makes every text of this query new to the encoder's cache
+                fresh = tuple(t + tag for t in MORE_TEXTS)
+                searcher.by_text(collection, query, 10, extras=Extras(fresh[:4]))  # asked before the refinement
+                cases = {
+                    CASES[0]: (query + tag, None),
+                    CASES[1]: (query + tag + " new", Extras(tuple(t + " new" for t in fresh), (), images)),
+                    CASES[2]: (query, Extras(fresh, (), images)),
+                    CASES[3]: (
+                        query + tag + " more",
+                        Extras(tuple(t + " more" for t in fresh), (), images, (str(outside),)),
+                    ),
+                }
+                for name, (text, extras) in cases.items():
                     started = time.perf_counter()
-                    searcher.by_text(collection, query, 10, extras=extras)
+                    searcher.by_text(collection, text, 10, extras=extras)
                     timings[name].append((time.perf_counter() - started) * 1000)
         collection.close()
     rows = {name: percentiles(samples) for name, samples in timings.items()}
-    base = rows["plain (1 term)"]["p50_ms"]
+    base = rows[CASES[0]]["p50_ms"]
     for row in rows.values():
         row["p50_vs_plain"] = round(row["p50_ms"] / base, 2)
     emit({"machine": machine(), "vectors": args.vectors, "index": "flat", "cases": rows}, args.json)

@@ -7,6 +7,7 @@ checkpoint's own processor config and reproduced here (tested equal to the proce
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
 _LOADING = threading.Lock()
+TEXT_CACHE_SIZE = 1024  # text vectors remembered per model (2 MB at 512-d)
 
 
 class Encoder(Protocol):
@@ -157,6 +159,8 @@ class TransformersEncoder:
         self._files: ModelFiles | None = None
         self._identity: str | None = None
         self._loaded: _Loaded | None = None
+        self._text_cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @property
     def files(self) -> ModelFiles:
@@ -211,6 +215,25 @@ class TransformersEncoder:
         return normalize(np.concatenate(outputs) if outputs else np.zeros((0, loaded.dim), np.float32))
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        """Texts to unit vectors; texts seen lately come from a small cache (an assistant paging through results or
+        refining a query repeats them), the rest go through the model in one pass."""
+        with self._cache_lock:
+            known = {t: self._text_cache[t] for t in texts if t in self._text_cache}
+            for text in known:
+                self._text_cache.move_to_end(text)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            fresh = self._embed_texts(missing)
+            with self._cache_lock:
+                for text, vector in zip(missing, fresh, strict=True):
+                    known[text] = self._text_cache[text] = vector
+                while len(self._text_cache) > TEXT_CACHE_SIZE:
+                    self._text_cache.popitem(last=False)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.ascontiguousarray(np.stack([known[t] for t in texts]), dtype=np.float32)
+
+    def _embed_texts(self, texts: Sequence[str]) -> Vectors:
         import torch
 
         loaded = self._load()

@@ -4,6 +4,7 @@ path."""
 import json
 import shutil
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -319,3 +320,25 @@ def test_folder_without_tokenizer_files_raises_model_unavailable(tiny_clip: Path
 
     with pytest.raises(ModelUnavailable):
         TransformersEncoder(str(folder)).encode_texts(["a red car", "a blue boat"])
+
+
+def test_texts_seen_lately_are_not_embedded_again_and_the_cache_stays_bounded(
+    encoder: TransformersEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encoder_module, "TEXT_CACHE_SIZE", 3)
+    embedded: list[str] = []
+    real = encoder._embed_texts
+
+    def counting(texts: Sequence[str]) -> np.ndarray:
+        embedded.extend(texts)
+        return real(texts)
+
+    monkeypatch.setattr(encoder, "_embed_texts", counting)
+    first = encoder.encode_texts(["a cat", "a dog", "a cat"])
+    again = encoder.encode_texts(["a dog", "a cat", "a bird"])
+    encoder.encode_texts(["a fish", "a horse"])  # pushes the two least recently used out
+    encoder.encode_texts(["a dog", "a fish"])
+
+    assert embedded == ["a cat", "a dog", "a bird", "a fish", "a horse", "a dog"]
+    np.testing.assert_array_equal(again[:2], first[[1, 0]])
+    assert first.shape == (3, encoder.dim) and first.dtype == np.float32
