@@ -171,3 +171,19 @@ async def test_another_model_for_the_collection_is_refused(workspace: Path, tmp_
     assert refused.is_error and "it cannot take" in refused.content[0].text  # type: ignore[union-attr]
     assert outside.is_error and "outside" in outside.content[0].text  # type: ignore[union-attr]
     assert service.collection("family").count() == 9
+
+
+def test_a_checkpoint_missing_weights_is_refused_not_filled_with_random_ones(checkpoint: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    from server.errors import ModelUnavailable
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    tensors = load_file(broken / "model.safetensors")
+    dropped = sorted(name for name in tensors if "text" in name and name.endswith("weight"))[0]
+    del tensors[dropped]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+
+    with pytest.raises(ModelUnavailable, match="weights lack 1 tensors"):
+        TransformersEncoder(str(broken)).encode_texts(["a cat"])

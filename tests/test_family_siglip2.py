@@ -3,6 +3,7 @@ texts lowercased and padded to 64."""
 
 from family_suite import (  # noqa: F401 - the imported tests and fixtures run in this module
     family_fixtures,
+    test_a_checkpoint_missing_weights_is_refused_not_filled_with_random_ones,
     test_another_model_for_the_collection_is_refused,
     test_family_is_told_from_the_checkpoint_files,
     test_indexes_and_searches_by_text_and_image_through_the_tools,
