@@ -46,10 +46,16 @@ class RootAccess:
         return ListRoots()
 
     def ask_for_thumbnails(
-        self, ctx: Context, thumbnails: int = 0, folder: str | None = None
+        self,
+        ctx: Context,
+        thumbnails: int = 0,
+        folder: str | None = None,
+        and_images: list[str] | None = None,
+        not_images: list[str] | None = None,
     ) -> ListRoots | ListRootsResult:
-        """Roots for a text search: needed only to show thumbnails or to check a folder filter."""
-        return self.ask(ctx) if thumbnails or folder else ListRootsResult(roots=[])
+        """Roots for a text search: needed only to show thumbnails, check a folder filter or read image terms."""
+        needed = thumbnails or folder or and_images or not_images
+        return self.ask(ctx) if needed else ListRootsResult(roots=[])
 
     def guard(self, client_roots: ListRootsResult) -> PathGuard:
         return PathGuard(self.configured or file_roots(client_roots))

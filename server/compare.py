@@ -5,6 +5,7 @@ The recipe: `clipsearch index FOLDER -c photos-clip`, `clipsearch index FOLDER -
 google/siglip2-base-patch16-224`, then `clipsearch eval -c photos-clip -c photos-siglip2`.
 """
 
+import secrets
 import statistics
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from server.errors import ClipSearchError, InvalidArgument
 from server.evaluate import Evaluation
 from server.images import load_image
 from server.models import ComparedCollection
+from server.paths import PathGuard
 from server.search import Searcher
 
 SPEED_IMAGES = 16  # images embedded to measure a model's indexing speed
@@ -53,10 +55,13 @@ def check_comparable(collections: Sequence[Collection]) -> None:
         )
 
 
-def compared(collection: Collection, encoder: Encoder, evaluation: Evaluation) -> ComparedCollection:
-    """One collection's figures, with its model's speed measured now on a few of its images and queries."""
+def compared(
+    collection: Collection, encoder: Encoder, evaluation: Evaluation, guard: PathGuard | None = None
+) -> ComparedCollection:
+    """One collection's figures, with its model's speed measured now on a few of its images (those the guard
+    allows) and queries."""
     report = evaluation.report
-    images_per_second, query_ms = _speed(collection, encoder, evaluation)
+    images_per_second, query_ms = _speed(collection, encoder, evaluation, guard)
     return ComparedCollection(
         collection=collection.name,
         model=collection.manifest.model,
@@ -68,14 +73,19 @@ def compared(collection: Collection, encoder: Encoder, evaluation: Evaluation) -
     )
 
 
-def _speed(collection: Collection, encoder: Encoder, evaluation: Evaluation) -> tuple[float, float]:
-    paths = sorted(collection.image_paths())[: SPEED_IMAGES + 1]
+def _speed(
+    collection: Collection, encoder: Encoder, evaluation: Evaluation, guard: PathGuard | None
+) -> tuple[float, float]:
+    allowed = sorted(p for p in collection.image_paths() if guard is None or guard.allows(p))
+    paths = allowed[: SPEED_IMAGES + 1]
     warm, timed = paths[:1], paths[1:] or paths
     _embed(encoder, warm)  # the first call pays for loading the model
     started = time.perf_counter()
     _embed(encoder, timed)
     images_per_second = len(timed) / max(time.perf_counter() - started, 1e-9)
-    queries = [q.text for q in evaluation.truth.text_queries][:SPEED_QUERIES] or ["a photo"]
+    # Texts the model has not seen (the evaluation just embedded the ground truth's, and the encoder caches them).
+    nonce = secrets.token_hex(3)
+    queries = [f"{q.text} {nonce}" for q in evaluation.truth.text_queries[:SPEED_QUERIES]] or [f"a photo {nonce}"]
     searcher = Searcher(encoder)
     durations = []
     for query in queries:

@@ -15,7 +15,7 @@ from server.errors import InvalidArgument
 
 MAX_TERMS = 16
 MIN_WEIGHT, MAX_WEIGHT = 0.1, 10.0
-_WEIGHTED = re.compile(r"^(\d+(?:\.\d+)?):(.*)$", re.DOTALL)
+_WEIGHTED = re.compile(r"^(\d+(?:\.\d+)?):(?!\d)(.*)$", re.DOTALL)  # "10:30 clock" is a time, not a weight
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,10 @@ def split_infix(query: str) -> tuple[str, Extras]:
     becomes an image term."""
     if not re.search(r"(^|\s)[+-](\s|$)", query):
         return query, Extras()
+    lexer = shlex.shlex(query, posix=True)
+    lexer.quotes, lexer.whitespace_split, lexer.commenters = '"', True, ""  # "kid's party" keeps its apostrophe
     try:
-        tokens = shlex.split(query, posix=True)
+        tokens = list(lexer)
     except ValueError as exc:
         raise InvalidArgument(f"Cannot read the query {query!r}: {exc} (close the quote).") from exc
     parts: list[tuple[str, list[str]]] = [("+", [])]

@@ -131,7 +131,7 @@ class Preprocessing:
             crop_width=int(crop.width) if crop else 0,
             mean=tuple(float(v) for v in processor.image_mean),  # type: ignore[arg-type]
             std=tuple(float(v) for v in processor.image_std),  # type: ignore[arg-type]
-            resample=int(getattr(processor, "resample", None) or Image.Resampling.BICUBIC),
+            resample=int(Image.Resampling.BICUBIC if processor.resample is None else processor.resample),
             rescale=float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0,
         )
 
@@ -301,17 +301,17 @@ def _load_model(files: ModelFiles, device: str | None) -> _Loaded:
         if len(tokenizer) <= 3:
             raise ValueError("it has no tokenizer files (vocab.json/merges.txt, tokenizer.json or spiece.model)")
         preprocessing = Preprocessing.of(_image_processor(folder))
-    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        model = model.to(chosen).eval()
+        context = int(model.config.text_config.max_position_embeddings)
+        with torch.inference_mode():  # the embedding size, as the model itself gives it
+            probe = tokenizer(["a"], padding="max_length", truncation=True, max_length=context, return_tensors="pt")
+            dim = int(_features(model.get_text_features(**probe.to(chosen))).shape[-1])
+    except (OSError, ValueError, RuntimeError, ImportError, AttributeError, TypeError) as exc:
         raise ModelUnavailable(
             f"Cannot load the {family.label} model '{files.name}': {_first_line(exc)}. Point --model or "
             "CLIPSEARCH_MODEL at a checkpoint in Hugging Face format (config.json, weights, tokenizer and "
             "preprocessor_config.json)."
         ) from exc
-    model = model.to(chosen).eval()
-    context = int(model.config.text_config.max_position_embeddings)
-    with torch.inference_mode():  # the embedding size, as the model itself gives it
-        probe = tokenizer(["a"], padding="max_length", truncation=True, max_length=context, return_tensors="pt")
-        dim = int(_features(model.get_text_features(**probe.to(chosen))).shape[-1])
     return _Loaded(
         family=family,
         model=model,

@@ -184,7 +184,13 @@ class JobManager:
             ]
             queued = [record for record in same if record.state == "queued"]
             if queued or (same and not again):
-                return (queued or same)[0].status()
+                existing = (queued or same)[0]
+                if model is not None and existing.model not in (None, model):
+                    raise InvalidArgument(
+                        f"Job {existing.job_id} is already indexing this folder into '{collection}' with the model "
+                        f"'{existing.model}'; wait for it (index_status), or index into another collection name."
+                    )
+                return existing.status()
             for record in self._records(collection):
                 if record.state in ACTIVE and record.folder == str(path) and self._run_elsewhere(record):
                     return record.status()

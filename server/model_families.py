@@ -58,7 +58,10 @@ def detect(folder: Path, name: str) -> Family:
 def model_class(family: Family) -> Any:
     import transformers
 
-    return getattr(transformers, family.model_class)
+    try:
+        return getattr(transformers, family.model_class)
+    except (AttributeError, ImportError) as exc:
+        raise ModelUnavailable(f"transformers cannot load {family.model_class} here: {exc}") from exc
 
 
 def _other_dual_encoder(model_type: str, name: str) -> Family:

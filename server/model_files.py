@@ -230,9 +230,11 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def locate(name: str, downloads: DownloadTracker | None = None) -> ModelFiles:
-    """The local files of model `name` (a folder, or a hub id: from the cache, else downloaded once)."""
+    """The local files of model `name` (a folder, or a hub id: from the cache, else downloaded once). A folder is
+    an absolute path (the CLI makes a relative one absolute first): a relative name is a hub id, never a folder
+    relative to wherever the server happens to run."""
     folder = Path(name).expanduser()
-    if folder.is_dir():
+    if folder.is_absolute() and folder.is_dir():
         return _checked_folder(name, folder, "folder")
     if not _is_repo_id(name):
         raise ModelUnavailable(
@@ -266,7 +268,7 @@ def find_local(name: str) -> ModelFiles | None:
     """The local files of model `name` without any network access: its folder, or its complete copy in the hub
     cache; None when it would have to be downloaded."""
     folder = Path(name).expanduser()
-    if folder.is_dir():
+    if folder.is_absolute() and folder.is_dir():
         return _checked_folder(name, folder, "folder")
     if not _is_repo_id(name):
         return None

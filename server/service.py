@@ -64,7 +64,7 @@ class ClipSearch:
 
     def encoder_for(self, collection: Collection) -> Encoder:
         """The encoder of the model a collection was built with."""
-        return self.encoders.get(collection.manifest.model)
+        return self._encoder_of(collection.manifest)
 
     def warm_up(self) -> None:
         """Load the default model now (e.g. in a background thread) so the first query does not wait; failures are
@@ -76,22 +76,31 @@ class ClipSearch:
 
     def collection(self, name: str, create: bool = False, model: str | None = None) -> Collection:
         """An open collection, cached for the life of the service; `create` makes it if missing, with `model` (else
-        the default model). An existing collection keeps its own model: asking it for another is refused."""
+        the default model). An existing collection keeps its own model: asking it for another is refused.
+
+        Finding, downloading or loading a model happens outside the service's lock, so a model loading for one
+        collection never holds up the searches of the others."""
         validate_name(name)
         with self._lock:
-            if name not in self._open:
-                if not create or self.store.exists(name):
-                    manifest = self.store.read_manifest(name)  # a missing collection is said before any model work
-                    self.check_model(name, model)
-                    encoder = self._encoder_of(manifest)
-                    self._open[name] = self.store.open(name, manifest.model, identity=encoder.model_identity)
-                else:
-                    encoder = self.encoders.get(model or self.settings.model)
-                    identity = encoder.model_identity
-                    self._open[name] = self.store.create(name, encoder.model_name, encoder.dim, identity=identity)
-            elif model is not None:
+            opened = self._open.get(name)
+        if opened is not None:
+            if model is not None:
                 self.check_model(name, model)
-            return self._open[name]
+            return opened
+        if not create or self.store.exists(name):
+            manifest = self.store.read_manifest(name)  # a missing collection is said before any model work
+            self.check_model(name, model)
+            encoder = self._encoder_of(manifest)
+            made = self.store.open(name, manifest.model, identity=encoder.model_identity)
+        else:
+            chosen = model or self.settings.model  # recorded as asked, even when the pool shares another name's copy
+            encoder = self.encoders.get(chosen)
+            made = self.store.create(name, chosen, encoder.dim, identity=encoder.model_identity)
+        with self._lock:
+            opened = self._open.setdefault(name, made)
+        if opened is not made:  # another thread opened it meanwhile
+            made.close()
+        return opened
 
     def _encoder_of(self, manifest: Manifest) -> Encoder:
         """The collection's model, by its recorded name; when that name no longer leads to its files (a folder
@@ -255,7 +264,7 @@ class ClipSearch:
             encoder = self.encoder_for(target)
             evaluation = evaluate_collection(target, encoder, ground_truth, ks, template, guard)
             evaluations.append(evaluation)
-            rows.append(compared(target, encoder, evaluation))
+            rows.append(compared(target, encoder, evaluation, guard))
         update: dict[str, object] = {"comparison": rows, "report_dir": None, "plots": []}
         if report_dir is not None:
             from server.report import write_comparison

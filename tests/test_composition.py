@@ -37,6 +37,12 @@ def test_bad_terms_are_refused_saying_why(item: str, message: str) -> None:
         weighted(item)
 
 
+def test_a_time_of_day_is_text_not_a_weight() -> None:
+    assert weighted("10:30 clock") == (1.0, "10:30 clock")
+    assert weighted("2: 10:30 clock") == (2.0, "10:30 clock")  # a weight before a time takes a space
+    assert split_infix("a clock + 12:00 noon") == ("a clock", Extras(("12:00 noon",)))
+
+
 def test_infix_form_splits_into_wanted_and_unwanted_terms(tmp_path: Path) -> None:
     photo = tmp_path / "ref.jpg"
     Image.new("RGB", (8, 8)).save(photo)
@@ -44,6 +50,7 @@ def test_infix_form_splits_into_wanted_and_unwanted_terms(tmp_path: Path) -> Non
     assert split_infix("horse + stripes - grass") == ("horse", Extras(("stripes",), ("grass",)))
     assert split_infix('"rock + roll" + 2:guitar') == ("rock + roll", Extras(("2:guitar",)))
     assert split_infix("a t-shirt, black-and-white") == ("a t-shirt, black-and-white", Extras())
+    assert split_infix("the kid's party + cake") == ("the kid's party", Extras(("cake",)))
     assert split_infix(f"beach - people - {photo}") == ("beach", Extras((), ("people",), (), (str(photo),)))
     for broken in ("beach +", "- people", "beach + - people", '"beach + sunset'):
         with pytest.raises(InvalidArgument):
@@ -139,3 +146,18 @@ def test_cli_composes_with_flags_and_with_the_infix_form(
 
     assert infix == flags and infix["query"] == "a cat + coffee - space"
     assert "rank" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_image_terms_are_read_under_the_roots_the_client_declares(tiny_service: ClipSearch) -> None:
+    import mcp.types as types
+
+    async def list_roots(context: object) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri=SAMPLES.resolve().as_uri(), name="samples")])
+
+    term = str(SAMPLES / "space" / "rocket.jpg")
+    async with Client(build_server(tiny_service), list_roots_callback=list_roots) as client:
+        result = await client.call_tool("search_images_by_text", {"query": "a cat", "and_images": [term], "k": 2})
+
+    assert not result.is_error, result.content
+    assert result.structured_content["query"] == f"a cat + {Path(term).resolve()}"  # type: ignore[index]

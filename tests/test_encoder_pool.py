@@ -1,6 +1,7 @@
 """server/encoder_pool.py and choosing a model per collection: each model made once, copies of one checkpoint
 shared, at most `capacity` kept (least recently used dropped); bad model requests refused with what to do."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,20 @@ async def test_an_unknown_model_offline_fails_the_job_naming_the_model(
     assert failed.is_error
     assert "Cannot load the model 'nobody/no-such-model'" in failed.content[0].text  # type: ignore[union-attr]
     assert not fake_service.store.exists("new")
+
+
+def test_a_relative_name_is_never_a_folder_where_the_server_runs(
+    tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_home: Path
+) -> None:
+    from server.errors import ModelUnavailable
+    from server.model_files import find_local, locate, requested_model
+    from server.paths import PathGuard
+
+    shutil.copytree(tiny_clip, tmp_path / "ckpt")  # a complete checkpoint in the working folder, outside the roots
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    assert requested_model("ckpt", PathGuard([tmp_path / "photos"])) == "ckpt"  # taken as a hub id
+    assert find_local("ckpt") is None
+    with pytest.raises(ModelUnavailable, match="HF_HUB_OFFLINE"):
+        locate("ckpt")

@@ -89,8 +89,8 @@ async def test_bad_paths_and_sizes_are_refused_and_nothing_outside_the_roots_is_
             "folder": {"path": str(inside)},
             "text": {"path": str(inside / "notes.txt")},
             "missing": {"path": str(inside / "gone.jpg")},
-            "tiny": {"path": str(secret), "max_side": 32},
-            "huge": {"path": str(secret), "max_side": 4096},
+            "tiny": {"path": str(allowed), "max_side": 32},
+            "huge": {"path": str(allowed), "max_side": 4096},
         }
         results = {name: await client.call_tool("view_image", args) for name, args in calls.items()}
         control = await client.call_tool("view_image", {"path": str(allowed)})
@@ -100,5 +100,6 @@ async def test_bad_paths_and_sizes_are_refused_and_nothing_outside_the_roots_is_
     assert "not an image file" in results["folder"].content[0].text  # type: ignore[union-attr]
     assert "not an image file" in results["text"].content[0].text  # type: ignore[union-attr]
     assert "does not exist" in results["missing"].content[0].text  # type: ignore[union-attr]
+    assert all("max_side" in results[n].content[0].text for n in ("tiny", "huge"))  # type: ignore[union-attr]
     assert not control.is_error and str(allowed) in opened  # the spy sees what is read
     assert str(secret) not in opened
