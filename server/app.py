@@ -14,6 +14,7 @@ from mcp.types import CallToolResult, ContentBlock, ListRootsResult, ToolAnnotat
 from pydantic import Field
 
 from server.app_indexing import register_indexing_tools
+from server.app_library import register_library_tools
 from server.app_params import (
     AndImages,
     AndTexts,
@@ -39,7 +40,7 @@ from server.filters import ResultOrder, SearchFilter
 from server.jobs import JobManager
 from server.model_catalog import list_models as list_models_in_cache
 from server.model_files import DownloadTracker
-from server.models import CollectionList, EvaluationReport, ImageView, ModelList, SearchHit, SearchResponse
+from server.models import CollectionList, EvaluationReport, ModelList, SearchHit, SearchResponse
 from server.paths import PathGuard
 from server.watch import FolderWatcher
 
@@ -254,28 +255,7 @@ def build_server(
         names = ", ".join(f"{c.name} ({c.images} images)" for c in listing.collections) or "none yet"
         return tool_result(listing, f"Collections in {listing.index_dir}: {names}")
 
-    @server.tool(annotations=ToolAnnotations(title="View an image", **READ_ONLY))
-    async def view_image(
-        path: Annotated[str, Field(description="Absolute path of the image (e.g. a search result)")],
-        client_roots: ClientRoots,
-        max_side: Annotated[
-            int, Field(ge=64, le=2048, description="Longest side of the returned JPEG, in pixels")
-        ] = 1024,
-    ) -> Annotated[CallToolResult, ImageView]:
-        """Look closely at one image: it comes back upright as a JPEG (at most max_side px, under 1 MB) with its
-        size, capture time, place, camera and the collections that hold it. Use it to read a sign or check a
-        detail in a search result before answering."""
-        guard = access.guard(client_roots)
-        data, view = await run_core(lambda: get().view_image(path, max_side, guard))
-        about = [f"{view.width}×{view.height}"]
-        if view.taken:
-            about.append(f"taken {view.taken}")
-        if view.camera:
-            about.append(view.camera)
-        if view.latitude is not None and view.longitude is not None:
-            about.append(f"at {view.latitude:.5f}, {view.longitude:.5f}")
-        text = f"{view.path} ({'; '.join(about)}), shown at {view.shown_width}×{view.shown_height}"
-        return tool_result(view, text, [Image(data=data, format="jpeg").to_image_content()])
+    register_library_tools(server, get, access)
 
     @server.tool(annotations=ToolAnnotations(title="List recommended models", **READ_ONLY))
     async def list_models() -> Annotated[CallToolResult, ModelList]:

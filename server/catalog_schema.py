@@ -2,7 +2,9 @@
 
 Version 1 held each image's path, size, mtime, hash, size in pixels and vector. Version 2 adds photo metadata
 (metadata.py) in columns of their own, indexed for filters; `meta_read` stays NULL until an indexing run has read a
-file's metadata, so the next run fills in older rows from their headers without re-embedding anything.
+file's metadata, so the next run fills in older rows from their headers without re-embedding anything. Version 3
+adds each image's perceptual fingerprint (perceptual.py: `dhash`, `contrast`), NULL until an indexing run has
+decoded the file; the next run computes it for older rows, again without re-embedding.
 """
 
 import logging
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CATALOG_VERSION = 2
+CATALOG_VERSION = 3
 METADATA_COLUMNS = ("taken", "taken_source", "taken_local", "taken_utc", "latitude", "longitude", "camera")
 METADATA_SET_COLUMNS = ", ".join((*METADATA_COLUMNS, "meta_read"))
 
@@ -51,6 +53,12 @@ CREATE INDEX IF NOT EXISTS images_latitude ON images(latitude);
 CREATE INDEX IF NOT EXISTS images_camera ON images(camera);
 INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '2');
 """
+_TO_VERSION_3 = """
+ALTER TABLE images ADD COLUMN dhash INTEGER;
+ALTER TABLE images ADD COLUMN contrast INTEGER;
+INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '3');
+"""
+_UPGRADES = {1: _TO_VERSION_2, 2: _TO_VERSION_3}  # from each version to the next
 
 
 def prepare_catalog(conn: sqlite3.Connection, name: str) -> None:
@@ -71,9 +79,10 @@ def prepare_catalog(conn: sqlite3.Connection, name: str) -> None:
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # Another process may have upgraded it between our look and the lock.
-            if not conn.execute("SELECT 1 FROM meta WHERE key = 'catalog_version'").fetchone():
-                for statement in filter(str.strip, _TO_VERSION_2.split(";")):
+            # Another process may have upgraded it between our look and the lock: read the version again.
+            row = conn.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()
+            for step in range(int(row[0]) if row else 1, CATALOG_VERSION):
+                for statement in filter(str.strip, _UPGRADES[step].split(";")):
                     conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -16,7 +17,15 @@ if TYPE_CHECKING:
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE
 from server.errors import ClipSearchError, IndexingCancelled
 from server.model_files import DownloadPlan, DownloadState, megabytes
-from server.models import CollectionList, EvaluationReport, IndexReport, JobList, ModelList, SearchResponse
+from server.models import (
+    CollectionList,
+    DuplicateReport,
+    EvaluationReport,
+    IndexReport,
+    JobList,
+    ModelList,
+    SearchResponse,
+)
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -91,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--template", default=DEFAULT_TEMPLATE, help="Text query per label (default: %(default)r)")
     evaluate.add_argument(
         "--plots", metavar="DIR", type=Path, help="Write report.json, report.md, score histogram and t-SNE map to DIR"
+    )
+    duplicates = commands.add_parser(
+        "duplicates", parents=[common, output, named], help="Find exact and near-duplicate images (changes nothing)"
+    )
+    duplicates.add_argument("--folder", help="Only images under this folder")
+    duplicates.add_argument("--threshold", type=float, default=0.95, help="Cosine from which images may be near twins")
+    duplicates.add_argument(
+        "--max-bits", type=int, default=20, help="Perceptual hash bits (of 64) a near pair may differ by"
+    )
+    duplicates.add_argument("--exact-only", action="store_true", help="Only byte-identical copies")
+    duplicates.add_argument("--max-groups", type=int, default=100, help="Groups to list (1-1000)")
+    duplicates.add_argument("--offset", type=int, default=0, help="Skip this many groups")
+    duplicates.add_argument(
+        "--print0", action="store_true", help="Print only the non-keepers' paths, NUL-separated (for xargs -0)"
     )
     commands.add_parser("collections", parents=[common, output], help="List collections")
     commands.add_parser(
@@ -267,6 +290,16 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
             result = service.evaluate(
                 names[0], ground_truth, args.ks, args.template, None, plots_dir, plots_dir is not None
             )
+    elif args.command == "duplicates":
+        from server.duplicates import DuplicateQuery, non_keepers
+
+        folder = Path(args.folder) if args.folder else None
+        query = DuplicateQuery(folder, args.threshold, args.max_bits, args.exact_only, args.max_groups, args.offset)
+        report = service.find_duplicates(args.collection, query)
+        if args.print0:
+            sys.stdout.buffer.write(b"".join(os.fsencode(path) + b"\0" for path in non_keepers(report)))
+            return 0
+        result = report
     else:
         result = service.list_collections()
     print(result.model_dump_json(indent=2) if args.json else render(result))
@@ -329,6 +362,19 @@ def render(result: BaseModel) -> str:
         return "\n".join(lines)
     if isinstance(result, EvaluationReport):
         return render_evaluation(result)
+    if isinstance(result, DuplicateReport):
+        lines = [
+            f"{result.groups_total} groups of duplicates ({result.images_in_groups} images) among {result.images} "
+            f"in '{result.collection}' (nothing was changed)"
+        ]
+        for number, group in enumerate(result.groups, start=result.offset + 1):
+            lines.append(f"{number}. {group.kind}: keep {group.keeper}  ({group.keeper_reason})")
+            lines += [
+                f"     {m.path}  {m.width}×{m.height}  {m.taken or '-'}"
+                for m in group.members
+                if m.path != group.keeper
+            ]
+        return "\n".join(lines + result.notes)
     if isinstance(result, ModelList):
         lines = [f"{'model':<46}{'family':<12}{'languages':<15}{'size':>9}  {'dim':>4}  quality (published)"]
         for m in result.models:

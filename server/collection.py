@@ -44,6 +44,7 @@ from server.model_identity import short
 
 if TYPE_CHECKING:
     from server.metadata import PhotoMetadata
+    from server.perceptual import Perceptual
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class CatalogEntry:
     mtime_ns: int
     hash: str
     has_metadata: bool = True
+    has_perceptual: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class NewImage:
     width: int
     height: int
     metadata: "PhotoMetadata | None" = None
+    perceptual: "Perceptual | None" = None  # None: taken from a row of the same content, if one has it
 
 
 def _path_key(path: Path) -> bytes:
@@ -134,13 +137,12 @@ def _path_key(path: Path) -> bytes:
     return os.fsencode(str(path))
 
 
-_ENTRY_COLUMNS = "id, path, size, mtime_ns, hash, meta_read"
+_ENTRY_COLUMNS = "id, path, size, mtime_ns, hash, meta_read, dhash IS NOT NULL"
 
 
 def _entry(row: tuple[Any, ...]) -> CatalogEntry:
-    return CatalogEntry(
-        id=row[0], path=Path(os.fsdecode(row[1])), size=row[2], mtime_ns=row[3], hash=row[4], has_metadata=bool(row[5])
-    )
+    path = Path(os.fsdecode(row[1]))
+    return CatalogEntry(row[0], path, row[2], row[3], row[4], has_metadata=bool(row[5]), has_perceptual=bool(row[6]))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -394,6 +396,52 @@ class Collection:
         )
         return [hit for hit in hits if keep is None or keep(hit.latitude, hit.longitude)]
 
+    # --- duplicates (duplicates.py) --------------------------------------------------------------------------------
+
+    def fingerprints(
+        self, folder: Path | None = None
+    ) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Every image's id (ascending), content hash, difference hash and contrast (the int64 minimum and -1 where
+        not taken yet), optionally only under `folder`."""
+        where, params = "", ()
+        if folder is not None:
+            prefix = _path_key(folder).rstrip(b"/") + b"/"
+            where, params = " WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + b"0")
+        with self._lock:
+            rows = self._conn.execute(f"SELECT id, hash, dhash, contrast FROM images{where} ORDER BY id", params)
+            rows = rows.fetchall()
+        missing = np.iinfo(np.int64).min
+        return (
+            np.array([r[0] for r in rows], dtype=np.int64),
+            [r[1] for r in rows],
+            np.array([missing if r[2] is None else r[2] for r in rows], dtype=np.int64),
+            np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64),
+        )
+
+    def vectors_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The stored vectors of `ids`, in that order."""
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = dict(self._conn.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", ids.tolist()))
+        return np.stack([np.frombuffer(rows[int(i)], dtype=np.float32) for i in ids])
+
+    def neighbours(
+        self, vectors: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Scores and ids of each vector's k nearest images (-1 where there are fewer)."""
+        with self._lock:
+            self.refresh_if_stale()
+            scores, found = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        return scores, found
+
+    def hits_of(self, ids: list[int]) -> list[tuple["Hit", int]]:
+        """What the catalog knows of `ids` (as search hits, score 0) and each file's size in bytes."""
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            details = self._details(ids)
+            sizes = dict(self._conn.execute(f"SELECT id, size FROM images WHERE id IN ({marks})", ids))
+        return [(Hit(0.0, *details[i]), sizes[i]) for i in ids if i in details]
+
     def _details(
         self, ids: list[int], where: str | None = None, params: Sequence[Any] = ()
     ) -> dict[int, tuple[Any, ...]]:
@@ -640,6 +688,7 @@ class CollectionWriter:
             self._row(image, vector),
         )
         image_id = int(cursor.lastrowid or 0)
+        self._set_perceptual(image_id, image)
         self._added[image_id] = vector
         return image_id
 
@@ -651,6 +700,7 @@ class CollectionWriter:
             f"{', '.join(f'{c} = ?' for c in (*METADATA_COLUMNS, 'meta_read'))} WHERE id = ?",
             (*self._row(image, vector), image_id),
         )
+        self._set_perceptual(image_id, image)
         self._added[image_id] = vector
         self._stale.add(image_id)
 
@@ -674,6 +724,24 @@ class CollectionWriter:
         self._conn.execute(
             f"UPDATE images SET width = ?, height = ?, {assignments} WHERE id = ?",
             (width, height, *metadata_values(metadata), image_id),
+        )
+
+    def _set_perceptual(self, image_id: int, image: NewImage) -> None:
+        if image.perceptual is not None:
+            self.set_perceptual(image_id, image.perceptual)
+            return
+        # Content already catalogued under another path (a copy) has the same fingerprint.
+        self._conn.execute(
+            "UPDATE images SET (dhash, contrast) = (SELECT dhash, contrast FROM images WHERE hash = ? AND id != ? "
+            "AND dhash IS NOT NULL LIMIT 1) WHERE id = ?",
+            (image.hash, image_id, image_id),
+        )
+
+    def set_perceptual(self, image_id: int, perceptual: "Perceptual") -> None:
+        """Record a catalogued image's perceptual fingerprint (perceptual.py) without touching its vector."""
+        self._begin()
+        self._conn.execute(
+            "UPDATE images SET dhash = ?, contrast = ? WHERE id = ?", (perceptual.dhash, perceptual.contrast, image_id)
         )
 
     def touch(self, image_id: int, size: int, mtime_ns: int) -> None:

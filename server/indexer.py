@@ -26,6 +26,7 @@ from server.images import RAW_SIBLING_EXTENSIONS, content_hash, decode, is_image
 from server.metadata import PhotoMetadata, read_metadata
 from server.models import Failure, IndexReport
 from server.paths import PathGuard
+from server.perceptual import Perceptual, perceptual
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class _Prepared:
     width: int = 0
     height: int = 0
     metadata: PhotoMetadata | None = None
+    perceptual: Perceptual | None = None
     pixels: npt.NDArray[np.float32] | None = None
     error: str | None = None
 
@@ -141,6 +143,7 @@ def scan_folder(
 
 
 HEADER_BYTES = 512 * 1024  # where JPEG/TIFF/PNG keep EXIF and XMP; other formats are read whole if needed
+FINGERPRINT_SIDE = 64  # decoding for a 9×8 hash alone needs few pixels (JPEG draft mode makes it cheap)
 
 
 def read_header_metadata(file: FileStat) -> PhotoMetadata:
@@ -153,6 +156,21 @@ def read_header_metadata(file: FileStat) -> PhotoMetadata:
     except ClipSearchError:  # unreadable now: its mtime is all that is known
         metadata = read_metadata(b"", file.mtime_ns)
     return metadata
+
+
+def read_fingerprints(file: FileStat, need_metadata: bool) -> tuple[PhotoMetadata | None, Perceptual | None]:
+    """A catalogued file's perceptual fingerprint (decoding its pixels, small) and, if needed, its metadata, from
+    one read; (metadata or None, None) when it cannot be read or decoded now."""
+    try:
+        data = read_file(file.path)
+    except ClipSearchError:
+        return (read_metadata(b"", file.mtime_ns) if need_metadata else None), None
+    metadata = read_metadata(data, file.mtime_ns) if need_metadata else None
+    try:
+        decoded = decode(data, min_side=FINGERPRINT_SIDE, raw=is_raw_name(file.path))
+    except ClipSearchError:
+        return metadata, None
+    return metadata, perceptual(decoded.image)
 
 
 def _raw_with_sibling(found: dict[Path, FileStat]) -> set[Path]:
@@ -207,12 +225,13 @@ class Indexer:
         catalog = collection.entries_under(folder, recursive)
         scanned = {f.path for f in files}
         todo: list[tuple[FileStat, CatalogEntry | None]] = []
-        backfill: list[tuple[FileStat, CatalogEntry]] = []  # unchanged, but catalogued before metadata was read
+        # Unchanged, but catalogued before metadata was read or fingerprints were taken (an earlier release).
+        backfill: list[tuple[FileStat, CatalogEntry]] = []
         for file in files:
             previous = catalog.get(file.path)
             if previous and previous.size == file.size and previous.mtime_ns == file.mtime_ns:
                 counts.unchanged += 1
-                if not previous.has_metadata:
+                if not previous.has_metadata or not previous.has_perceptual:
                     backfill.append((file, previous))
             else:
                 todo.append((file, previous))
@@ -232,8 +251,14 @@ class Indexer:
             for file, entry in backfill:
                 if cancel is not None and cancel.is_set():
                     break
-                metadata = read_header_metadata(file)
-                writer.set_metadata(entry.id, metadata.width, metadata.height, metadata)
+                if entry.has_perceptual:
+                    metadata, fingerprint = read_header_metadata(file), None
+                else:
+                    metadata, fingerprint = read_fingerprints(file, not entry.has_metadata)
+                if metadata is not None:
+                    writer.set_metadata(entry.id, metadata.width, metadata.height, metadata)
+                if fingerprint is not None:
+                    writer.set_perceptual(entry.id, fingerprint)
             for prepared in self._prepare_all(todo, known):
                 if cancel is not None and cancel.is_set():
                     stopped = True
@@ -293,6 +318,7 @@ class Indexer:
                 return result
             decoded = decode(data, min_side=self.encoder.input_size, raw=is_raw_name(file.path))
             result.width, result.height = decoded.width, decoded.height
+            result.perceptual = perceptual(decoded.image)
             result.pixels = self.encoder.preprocess(decoded.image)
         except ClipSearchError as exc:
             result.error = str(exc)
@@ -391,7 +417,9 @@ class _Run:
 
     def _store(self, item: _Prepared, vector: npt.NDArray[np.float32]) -> None:
         width, height = item.width, item.height
-        image = NewImage(item.file.path, item.file.size, item.file.mtime_ns, item.hash, width, height, item.metadata)
+        image = NewImage(
+            item.file.path, item.file.size, item.file.mtime_ns, item.hash, width, height, item.metadata, item.perceptual
+        )
         if item.previous is not None:
             self.writer.replace(item.previous.id, image, vector)
             self.counts.updated += 1

@@ -147,6 +147,36 @@ class ImageView(BaseModel):
     collections: list[str] = Field(description="Collections that hold this image")
 
 
+class DuplicateMember(BaseModel):
+    path: PathText
+    size: int = Field(description="File size in bytes")
+    width: int
+    height: int
+    taken: str | None
+    taken_utc: float | None = Field(description="Capture time as seconds since 1970 (UTC), for ordering")
+
+
+class DuplicateGroup(BaseModel):
+    kind: Literal["exact", "near"] = Field(description="'exact': byte-identical copies; 'near': look-alikes")
+    members: list[DuplicateMember]
+    keeper: PathText = Field(description="The suggested one to keep")
+    keeper_reason: str
+
+
+class DuplicateReport(BaseModel):
+    collection: str
+    threshold: float
+    max_bits: int = Field(description="Most differing bits of the 64-bit perceptual hash allowed in a near pair")
+    exact_only: bool
+    images: int = Field(description="Images examined")
+    groups_total: int
+    images_in_groups: int
+    offset: int
+    groups: list[DuplicateGroup] = Field(description="Largest groups first; this page of them")
+    notes: list[str]
+    seconds: float
+
+
 class Figure(BaseModel):
     metric: str
     value: float

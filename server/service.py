@@ -4,8 +4,10 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.collection import Collection, CollectionStore, Manifest, read_catalog, validate_name
 from server.composition import Extras
@@ -20,9 +22,20 @@ from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
 from server.model_files import DownloadTracker, find_local
 from server.model_identity import model_identity
-from server.models import CollectionInfo, CollectionList, EvaluationReport, ImageView, IndexReport, SearchResponse
+from server.models import (
+    CollectionInfo,
+    CollectionList,
+    DuplicateReport,
+    EvaluationReport,
+    ImageView,
+    IndexReport,
+    SearchResponse,
+)
 from server.paths import PathGuard
 from server.search import Searcher
+
+if TYPE_CHECKING:
+    from server.duplicates import DuplicateQuery
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +309,22 @@ class ClipSearch:
                 )
             )
         return CollectionList(index_dir=str(self.store.index_dir), collections=infos)
+
+    def find_duplicates(
+        self,
+        collection: str = DEFAULT_COLLECTION,
+        query: "DuplicateQuery | None" = None,
+        guard: PathGuard | None = None,
+    ) -> DuplicateReport:
+        """Groups of exact and near-duplicate images in a collection (or under one of its folders), with a suggested
+        keeper each; reads only the catalog and the index, changes nothing."""
+        from server.duplicates import DuplicateQuery, find_duplicates
+
+        query = query or DuplicateQuery()
+        if query.folder is not None:
+            folder = guard.check(query.folder) if guard else Path(os.path.realpath(query.folder.expanduser()))
+            query = replace(query, folder=folder)
+        return find_duplicates(self.collection(collection), query)
 
     def view_image(
         self, path: str | Path, max_side: int = 1024, guard: PathGuard | None = None

@@ -1,0 +1,127 @@
+"""find_duplicates and `clipsearch duplicates`: planted exact copies, re-encoded and resized copies and a burst are
+found exactly; look-alike uniform frames are not grouped; keepers are the largest; nothing is ever touched."""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from PIL import Image
+
+from server.app import build_server
+from server.cli import main
+from server.duplicates import DuplicateQuery, non_keepers
+from server.errors import InvalidArgument
+from server.service import ClipSearch
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    """The sample photos plus planted duplicates. The fake encoder embeds an image as its mean colour, so many
+    unrelated photos are near each other in its space: only the perceptual check keeps them apart."""
+    root = tmp_path / "library"
+    shutil.copytree(SAMPLES, root, ignore=shutil.ignore_patterns("*.md"))
+    planted = root / "planted"
+    planted.mkdir()
+    shutil.copy(root / "cat" / "chelsea.jpg", planted / "chelsea copy.jpg")  # byte-identical
+    coffee = Image.open(root / "coffee" / "coffee.jpg")
+    coffee.resize((coffee.width // 2, coffee.height // 2)).save(planted / "coffee small.jpg", quality=70)
+    rocket = Image.open(root / "space" / "rocket.jpg")
+    w, h = rocket.size
+    for i, shift in enumerate((0.01, 0.02)):  # a burst: the frame moves a little each time
+        left = int(w * shift)
+        rocket.crop((left, 0, left + int(w * 0.97), h)).save(planted / f"rocket burst {i}.jpg", quality=92)
+        os.utime(planted / f"rocket burst {i}.jpg", (1_700_000_000 + i, 1_700_000_000 + i))
+    Image.new("RGB", (320, 240)).save(planted / "black 1.png")
+    shutil.copy(planted / "black 1.png", planted / "black 2.png")
+    Image.new("RGB", (640, 480)).save(planted / "black large.png")  # black, but not the same file
+    Image.new("RGB", (320, 240), (40, 40, 40)).save(planted / "fade 1.png")  # uniform frames of a fade: alike in
+    Image.new("RGB", (320, 240), (90, 90, 90)).save(planted / "fade 2.png")  # CLIP space, not duplicates
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def names(report: object) -> list[tuple[str, list[str], str]]:
+    return [
+        (g.kind, sorted(Path(m.path).name for m in g.members), Path(g.keeper).name)
+        for g in report.groups  # type: ignore[attr-defined]
+    ]
+
+
+def test_planted_groups_are_found_exactly_with_the_largest_kept(fake_service: ClipSearch, library: Path) -> None:
+    fake_service.index_folder(library)
+    before = snapshot(library)
+
+    report = fake_service.find_duplicates()
+
+    assert sorted(names(report)) == sorted(
+        [
+            ("exact", ["black 1.png", "black 2.png"], "black 1.png"),
+            ("exact", ["chelsea copy.jpg", "chelsea.jpg"], "chelsea.jpg"),
+            ("near", ["coffee small.jpg", "coffee.jpg"], "coffee.jpg"),
+            ("near", ["rocket burst 0.jpg", "rocket burst 1.jpg", "rocket.jpg"], "rocket.jpg"),
+        ]
+    )
+    rocket = next(g for g in report.groups if len(g.members) == 3)
+    assert rocket.keeper_reason.startswith("the largest (")
+    assert report.groups[0].members[0].path.endswith(".jpg")  # the largest group comes first
+    assert snapshot(library) == before  # nothing read-write, nothing moved
+
+
+def test_exact_only_folder_and_paging_narrow_the_report(fake_service: ClipSearch, library: Path) -> None:
+    fake_service.index_folder(library)
+
+    exact = fake_service.find_duplicates(query=DuplicateQuery(exact_only=True))
+    space = fake_service.find_duplicates(query=DuplicateQuery(folder=library / "space"))
+    paged = fake_service.find_duplicates(query=DuplicateQuery(max_groups=1, offset=1))
+
+    assert {g.kind for g in exact.groups} == {"exact"} and exact.groups_total == 2
+    assert space.groups_total == 0 and space.images == 3  # the burst's copies are outside that folder
+    assert paged.groups_total == 4 and len(paged.groups) == 1 and paged.offset == 1
+
+
+def test_bad_arguments_are_refused(fake_service: ClipSearch, library: Path) -> None:
+    fake_service.index_folder(library)
+    for query, message in (
+        (DuplicateQuery(threshold=0), "threshold"),
+        (DuplicateQuery(threshold=1.5), "threshold"),
+        (DuplicateQuery(max_bits=65), "max_bits"),
+        (DuplicateQuery(max_groups=0), "max_groups"),
+    ):
+        with pytest.raises(InvalidArgument, match=message):
+            fake_service.find_duplicates(query=query)
+
+
+@pytest.mark.anyio
+async def test_tool_reports_groups_and_cli_prints_the_non_keepers_nul_separated(
+    fake_service: ClipSearch, library: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Client(build_server(fake_service, roots=[library])) as client:
+        await client.call_tool("index_folder", {"folder": str(library)})
+        result = await client.call_tool("find_duplicates", {})
+        outside = await client.call_tool("find_duplicates", {"folder": "/etc"})
+
+    assert not result.is_error, result.content
+    assert result.structured_content["groups_total"] == 4  # type: ignore[index]
+    assert "keep " in result.content[0].text  # type: ignore[union-attr]
+    assert outside.is_error and "outside the folders" in outside.content[0].text  # type: ignore[union-attr]
+
+    import server.service
+
+    monkeypatch.setattr(server.service, "ClipSearch", lambda *args, **kwargs: fake_service)
+    assert main(["duplicates", "--print0"]) == 0
+    printed = capsysbinary.readouterr().out.split(b"\0")
+    report = fake_service.find_duplicates()
+    assert [p.decode() for p in printed[:-1]] == non_keepers(report) and printed[-1] == b""
+    assert len(non_keepers(report)) == 5
