@@ -64,6 +64,7 @@ class ClipSearch:
         self.indexer = indexer
         self.store = CollectionStore(settings.index_dir, speaker)
         self._open: dict[str, Collection] = {}
+        self._opening: dict[str, threading.Lock] = {}  # per collection: models load outside the service's lock
         self._lock = threading.Lock()
 
     def _make_encoder(self, model: str) -> Encoder:
@@ -95,25 +96,26 @@ class ClipSearch:
         collection never holds up the searches of the others."""
         validate_name(name)
         with self._lock:
-            opened = self._open.get(name)
-        if opened is not None:
-            if model is not None:
+            opening = self._opening.setdefault(name, threading.Lock())
+        with opening:  # one opener per collection: a catalog is created or upgraded once
+            with self._lock:
+                opened = self._open.get(name)
+            if opened is not None:
+                if model is not None:
+                    self.check_model(name, model)
+                return opened
+            if not create or self.store.exists(name):
+                manifest = self.store.read_manifest(name)  # a missing collection is said before any model work
                 self.check_model(name, model)
-            return opened
-        if not create or self.store.exists(name):
-            manifest = self.store.read_manifest(name)  # a missing collection is said before any model work
-            self.check_model(name, model)
-            encoder = self._encoder_of(manifest)
-            made = self.store.open(name, manifest.model, identity=encoder.model_identity)
-        else:
-            chosen = model or self.settings.model  # recorded as asked, even when the pool shares another name's copy
-            encoder = self.encoders.get(chosen)
-            made = self.store.create(name, chosen, encoder.dim, identity=encoder.model_identity)
-        with self._lock:
-            opened = self._open.setdefault(name, made)
-        if opened is not made:  # another thread opened it meanwhile
-            made.close()
-        return opened
+                encoder = self._encoder_of(manifest)
+                made = self.store.open(name, manifest.model, identity=encoder.model_identity)
+            else:
+                chosen = model or self.settings.model  # recorded as asked, even if the pool shares another name's copy
+                encoder = self.encoders.get(chosen)
+                made = self.store.create(name, chosen, encoder.dim, identity=encoder.model_identity)
+            with self._lock:
+                self._open[name] = made
+            return made
 
     def _encoder_of(self, manifest: Manifest) -> Encoder:
         """The collection's model, by its recorded name; when that name no longer leads to its files (a folder

@@ -125,3 +125,51 @@ async def test_tool_reports_groups_and_cli_prints_the_non_keepers_nul_separated(
     report = fake_service.find_duplicates()
     assert [p.decode() for p in printed[:-1]] == non_keepers(report) and printed[-1] == b""
     assert len(non_keepers(report)) == 5
+
+
+def test_a_collection_from_the_previous_release_is_upgraded_and_gains_fingerprints_without_embedding(
+    tiny_clip: Path, tmp_path: Path
+) -> None:
+    import json
+    import sqlite3
+
+    from server.catalog_schema import CATALOG_VERSION
+    from server.collection import CollectionStore
+    from server.config import Settings
+    from server.encoder import TransformersEncoder
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "v2_collection"
+    index, photos = tmp_path / "index", tmp_path / "photos"
+    shutil.copytree(fixture / "default", index / "default")
+    shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.md"))
+    catalog = index / "default" / "catalog.sqlite"
+    with sqlite3.connect(catalog) as conn:  # the library moved here, untouched: same sizes and times
+        before = conn.execute("SELECT id, vector FROM images ORDER BY id").fetchall()
+        for image_id, path, mtime_ns in conn.execute("SELECT id, path, mtime_ns FROM images").fetchall():
+            moved = str(photos / Path(os.fsdecode(path)).relative_to("/work/main/samples"))
+            conn.execute("UPDATE images SET path = ? WHERE id = ?", (os.fsencode(moved), image_id))
+            os.utime(moved, ns=(mtime_ns, mtime_ns))
+        conn.execute("UPDATE folders SET path = ?", (os.fsencode(str(photos)),))
+    model = json.loads((index / "default" / "manifest.json").read_text(encoding="utf-8"))["model"]
+
+    collection = CollectionStore(index).open("default", model)
+    query = TransformersEncoder(str(tiny_clip)).encode_texts(["a rocket launching"])
+    found = collection.search(query, 9)[0]
+    collection.close()
+    with sqlite3.connect(catalog) as conn:
+        upgraded = conn.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()
+        after = conn.execute("SELECT id, vector FROM images ORDER BY id").fetchall()
+        unhashed = conn.execute("SELECT COUNT(*) FROM images WHERE dhash IS NULL").fetchone()
+    service = ClipSearch(Settings(index_dir=index, model=model))
+    service.encoders.add(TransformersEncoder(str(tiny_clip)), model)  # the checkpoint, where the release had it
+    before_run = service.find_duplicates()
+    report = service.index_folder(photos)
+    after_run = service.find_duplicates()
+
+    assert upgraded == (str(CATALOG_VERSION),) and after == before and unhashed == (9,)
+    recorded = json.loads((fixture / "search_text.json").read_text(encoding="utf-8"))["results"]
+    assert [p.name for p, _ in found] == [Path(r["path"]).name for r in recorded]
+    assert [s for _, s in found] == pytest.approx([r["score"] for r in recorded], abs=1e-5)
+    assert "9 images have no perceptual fingerprint yet" in before_run.notes[0]
+    assert report.embedded == 0 and report.unchanged == 9 and report.added == 0
+    assert after_run.notes == [] and after_run.images == 9

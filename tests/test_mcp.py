@@ -33,6 +33,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 TOOLS = {
     "index_folder",
+    "find_duplicates",
     "view_image",
     "list_models",
     "index_status",

@@ -30,6 +30,7 @@ async def test_stdio_server_lists_tools_indexes_and_searches(tiny_clip: Path, tm
             "cancel_indexing",
             "list_models",
             "view_image",
+            "find_duplicates",
         }
         assert all(t.input_schema and t.output_schema for t in tools.values())
         indexed = await client.call_tool("index_folder", {"folder": str(SAMPLES)})
