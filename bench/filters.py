@@ -90,7 +90,7 @@ def main() -> None:
                 for query in queries:
                     for name, filters in cases.items():
                         started = time.perf_counter()
-                        hits = _hits(collection, query, 10, filters, ResultOrder())
+                        hits, _ = _hits(collection, query, 10, filters, ResultOrder())
                         latencies[name].append((time.perf_counter() - started) * 1000)
                         if rep == 0:
                             got = {collection.find_path(h.path).id for h in hits}  # type: ignore[union-attr]

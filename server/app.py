@@ -19,6 +19,7 @@ from server.app_params import (
     AndImages,
     AndTexts,
     Camera,
+    Diverse,
     FolderFilter,
     MinScore,
     Near,
@@ -110,11 +111,12 @@ def build_server(
         min_score: float | None,
         sort: str,
         offset: int,
+        diverse: bool,
     ) -> tuple[SearchFilter, ResultOrder]:
         """The search tools' filter and order parameters, checked (in a worker thread: it may open the collection)."""
         place = (near.latitude, near.longitude) if near else None
         filters = get().make_filter(collection, folder, taken_after, taken_before, place, radius_km, camera, guard)
-        return filters, ResultOrder(min_score, sort, offset)
+        return filters, ResultOrder(min_score, sort, offset, diverse)
 
     register_indexing_tools(server, jobs, tracker, access, watcher or FolderWatcher(jobs, exclude=(jobs.index_dir,)))
 
@@ -137,6 +139,7 @@ def build_server(
         min_score: MinScore = None,
         sort: Sort = "score",
         offset: Offset = 0,
+        diverse: Diverse = False,
         and_texts: AndTexts = None,
         not_texts: NotTexts = None,
         and_images: AndImages = None,
@@ -148,7 +151,7 @@ def build_server(
         filters (folder, capture date, place, camera) narrow the search exactly; each result carries its capture
         time, size, camera and GPS position when known."""
         guard = access.guard(client_roots)
-        options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset)
+        options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset, diverse)
         extras = _extras(and_texts, not_texts, and_images, not_images)
 
         def search() -> SearchResponse:
@@ -175,6 +178,7 @@ def build_server(
         min_score: MinScore = None,
         sort: Sort = "score",
         offset: Offset = 0,
+        diverse: Diverse = False,
         and_texts: AndTexts = None,
         not_texts: NotTexts = None,
         and_images: AndImages = None,
@@ -184,7 +188,7 @@ def build_server(
         An indexed example comes back first with a score of about 1. Takes the same refinements ("like this photo,
         but at night": and_texts=['night']) and filters as search_images_by_text."""
         guard = access.guard(client_roots)
-        options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset)
+        options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset, diverse)
         extras = _extras(and_texts, not_texts, and_images, not_images)
 
         def search() -> SearchResponse:
@@ -319,7 +323,11 @@ async def _search_result(
     notes: Sequence[str] = (),
 ) -> CallToolResult:
     lines = [f"{len(response.results)} results in '{response.collection}' for {response.query!r}:"]
-    lines += [f"{hit.rank}. {hit.score:.3f}  {hit.path}{_about(hit)}" for hit in response.results]
+    lines += [
+        f"{hit.rank}. {hit.score:.3f}  {hit.path}{_about(hit)}"
+        + (f" (+{hit.also} near-duplicates)" if hit.also else "")
+        for hit in response.results
+    ]
     lines += notes
     images: list[ContentBlock] = []
     if thumbnails:

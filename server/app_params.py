@@ -66,3 +66,10 @@ NotImages = Annotated[
     list[_TermText] | None,
     Field(max_length=MAX_TERMS - 1, description=f"But not like these images (absolute paths) {_TERMS}"),
 ]
+Diverse = Annotated[
+    bool,
+    Field(
+        description="Fold near-duplicates (bursts, copies) into the best of them, each result saying how many it "
+        "stands for in `also`, so one scene does not fill the page"
+    ),
+]

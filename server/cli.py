@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "--sort", choices=["score", "taken", "taken_asc"], default="score", help="Order of the k most relevant"
     )
     topk.add_argument("--offset", type=int, default=0, help="Skip this many results (paging)")
+    topk.add_argument("--diverse", action="store_true", help="Fold near-duplicates into the best of them")
     weight = " (repeatable; a weight prefix like '2:' or '0.5:' scales it)"
     for flag, dest, what in (
         ("--and", "and_texts", "Also like this text"),
@@ -268,7 +269,7 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
         filters = service.make_filter(
             args.collection, args.folder, args.after, args.before, args.near, args.radius_km, args.camera
         )
-        order = ResultOrder(args.min_score, args.sort, args.offset)
+        order = ResultOrder(args.min_score, args.sort, args.offset, args.diverse)
         flags = Extras(*(tuple(getattr(args, n)) for n in ("and_texts", "not_texts", "and_images", "not_images")))
         if args.command == "search":
             text, infix = split_infix(args.text)  # rclip's "horse + stripes - grass"

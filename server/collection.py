@@ -399,14 +399,16 @@ class Collection:
     # --- duplicates (duplicates.py) --------------------------------------------------------------------------------
 
     def fingerprints(
-        self, folder: Path | None = None
+        self, folder: Path | None = None, ids: Sequence[int] | None = None
     ) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Every image's id (ascending), content hash, difference hash and contrast (the int64 minimum and -1 where
-        not taken yet), optionally only under `folder`."""
+        not taken yet), optionally only under `folder` or only of `ids`."""
         where, params = "", ()
         if folder is not None:
             prefix = _path_key(folder).rstrip(b"/") + b"/"
             where, params = " WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + b"0")
+        elif ids is not None:
+            where, params = f" WHERE id IN ({','.join('?' * len(ids))})", tuple(ids)
         with self._lock:
             rows = self._conn.execute(f"SELECT id, hash, dhash, contrast FROM images{where} ORDER BY id", params)
             rows = rows.fetchall()

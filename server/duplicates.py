@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from server.collection import Collection
+from server.collection import Collection, Hit
 from server.errors import InvalidArgument
 from server.models import DuplicateGroup, DuplicateMember, DuplicateReport
-from server.perceptual import BLANK_CONTRAST, NEAR_BITS
+from server.perceptual import BLANK_CONTRAST, NEAR_BITS, distance
 
 DEFAULT_THRESHOLD = 0.95
 NEIGHBOURS = 32
@@ -175,6 +175,45 @@ def _keeper(members: list[DuplicateMember]) -> tuple[DuplicateMember, str]:
         reasons.append("the shortest path")
     said = [r for r in reasons if r]
     return largest[0], "; then ".join(said) if said else "the only candidate"
+
+
+def collapse(collection: Collection, hits: list[Hit], threshold: float = DEFAULT_THRESHOLD) -> dict[int, int]:
+    """Near-duplicates among ranked hits, by the same rule as find_duplicates: each hit that repeats a better one
+    (same content, or cosine ≥ threshold with fingerprints within NEAR_BITS) is folded into it. Returns the hits to
+    keep, by id, each with how many it stands for besides itself."""
+    if not hits:
+        return {}
+    ids, hashes, dhash, contrast = collection.fingerprints(ids=[h.id for h in hits])
+    rows = {int(i): n for n, i in enumerate(ids)}
+    vectors = collection.vectors_of(ids)
+    kept: dict[int, int] = {}
+    for hit in hits:
+        n = rows.get(hit.id)
+        if n is None:
+            continue
+        twin = next((k for k in kept if _same(n, rows[k], hashes, dhash, contrast, vectors, threshold)), None)
+        if twin is None:
+            kept[hit.id] = 0
+        else:
+            kept[twin] += 1
+    return kept
+
+
+def _same(
+    a: int,
+    b: int,
+    hashes: list[str],
+    dhash: npt.NDArray[np.int64],
+    contrast: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    threshold: float,
+) -> bool:
+    if hashes[a] == hashes[b]:
+        return True
+    comparable = dhash[a] != _MISSING and dhash[b] != _MISSING and min(contrast[a], contrast[b]) >= BLANK_CONTRAST
+    if not comparable or float(vectors[a] @ vectors[b]) < threshold:
+        return False
+    return distance(int(dhash[a]), int(dhash[b])) <= NEAR_BITS
 
 
 def non_keepers(report: DuplicateReport) -> list[str]:

@@ -160,6 +160,7 @@ class ResultOrder:
     min_score: float | None = None
     sort: str = "score"
     offset: int = 0
+    diverse: bool = False  # near-duplicates folded into the best of them (duplicates.collapse)
 
     def __post_init__(self) -> None:
         if self.sort not in SORTS:

@@ -51,6 +51,7 @@ class SearchHit(BaseModel):
     camera: str | None = Field(None, description="Camera make and model")
     latitude: float | None = None
     longitude: float | None = None
+    also: int | None = Field(None, description="With diverse=true: how many near-duplicates this result stands for")
 
 
 class SearchResponse(BaseModel):

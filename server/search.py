@@ -10,6 +10,7 @@ import numpy.typing as npt
 from server.collection import Collection, Hit
 from server.composition import Extras, Term, extra_terms
 from server.defaults import MAX_K, MAX_QUERY_CHARS
+from server.duplicates import collapse
 from server.encoder import Encoder
 from server.errors import FileMissing, InvalidArgument
 from server.filters import ResultOrder, SearchFilter
@@ -59,7 +60,7 @@ class Searcher:
             label = text
         else:
             vector, label = self._composed(collection, [Term(text, None, 1.0)], extras, guard)
-        return _response(collection, label, _hits(collection, vector, k, filters, order), order.offset)
+        return _response(collection, label, *_hits(collection, vector, k, filters, order), order.offset)
 
     def by_image(
         self,
@@ -80,7 +81,7 @@ class Searcher:
             label = str(image_path)
         else:
             vector, label = self._composed(collection, [Term(None, image_path, 1.0)], extras, guard)
-        return _response(collection, label, _hits(collection, vector, k, filters, order), order.offset)
+        return _response(collection, label, *_hits(collection, vector, k, filters, order), order.offset)
 
     def image_vector(self, collection: Collection, image_path: Path) -> npt.NDArray[np.float32]:
         """One image's unit vector: its stored vector when the collection holds it unchanged, else embedded now."""
@@ -120,15 +121,24 @@ class Searcher:
         return (total / norm).astype(np.float32), label
 
 
+DIVERSE_DEPTH = 4  # a diverse search ranks this many times more results, to fill the page after folding
+
+
 def _hits(
     collection: Collection, vector: npt.NDArray[np.float32], k: int, filters: SearchFilter | None, order: ResultOrder
-) -> list[Hit]:
-    """Filter, then the top offset+k by score; drop those under min_score; order; cut the page."""
+) -> tuple[list[Hit], dict[int, int]]:
+    """Filter, then the top offset+k by score (with `diverse`, near-duplicates folded into the best of them, and
+    how many each stands for); drop those under min_score; order; cut the page."""
     need = order.offset + k
+    depth = min(MAX_K * DIVERSE_DEPTH, need * DIVERSE_DEPTH) if order.diverse else need
     if filters is None or not filters.active:
-        hits = collection.search_hits(vector, need)
+        hits = collection.search_hits(vector, depth)
     else:
-        hits = _filtered(collection, vector, need, filters)
+        hits = _filtered(collection, vector, depth, filters)
+    also: dict[int, int] = {}
+    if order.diverse:
+        also = collapse(collection, hits)
+        hits = [h for h in hits if h.id in also][:need]
     if order.min_score is not None:
         hits = [h for h in hits if h.score >= order.min_score]
     if order.sort != "score":
@@ -136,7 +146,7 @@ def _hits(
         newest = order.sort == "taken"
         dated = sorted((h for h in hits if h.taken_utc is not None), key=lambda h: h.taken_utc or 0.0, reverse=newest)
         hits = dated + [h for h in hits if h.taken_utc is None]
-    return hits[order.offset : order.offset + k]
+    return hits[order.offset : order.offset + k], also
 
 
 PROBE_FRACTION = 0.1  # filters estimated to pass fewer images than this select the passing ids straight away
@@ -163,7 +173,9 @@ def _filtered(collection: Collection, vector: npt.NDArray[np.float32], need: int
     return collection.search_hits(vector, need, collection.select_ids(where, params, keep))
 
 
-def _response(collection: Collection, query: str, hits: list[Hit], offset: int = 0) -> SearchResponse:
+def _response(
+    collection: Collection, query: str, hits: list[Hit], also: dict[int, int], offset: int = 0
+) -> SearchResponse:
     return SearchResponse(
         collection=collection.name,
         query=query,
@@ -179,6 +191,7 @@ def _response(collection: Collection, query: str, hits: list[Hit], offset: int =
                 camera=hit.camera,
                 latitude=hit.latitude,
                 longitude=hit.longitude,
+                also=also.get(hit.id),
             )
             for rank, hit in enumerate(hits, start=offset + 1)
         ],

@@ -173,3 +173,22 @@ def test_a_collection_from_the_previous_release_is_upgraded_and_gains_fingerprin
     assert "9 images have no perceptual fingerprint yet" in before_run.notes[0]
     assert report.embedded == 0 and report.unchanged == 9 and report.added == 0
     assert after_run.notes == [] and after_run.images == 9
+
+
+@pytest.mark.anyio
+async def test_a_diverse_search_folds_a_burst_into_its_best_shot_and_still_fills_the_page(
+    fake_service: ClipSearch, library: Path
+) -> None:
+    fake_service.index_folder(library)
+    rocket = str(library / "space" / "rocket.jpg")
+    async with Client(build_server(fake_service, roots=[library])) as client:
+        plain = await client.call_tool("search_similar_images", {"image_path": rocket, "k": 5})
+        diverse = await client.call_tool("search_similar_images", {"image_path": rocket, "k": 5, "diverse": True})
+
+    plain_names = [Path(r["path"]).name for r in plain.structured_content["results"]]  # type: ignore[index]
+    results = diverse.structured_content["results"]  # type: ignore[index]
+    assert {"rocket.jpg", "rocket burst 0.jpg", "rocket burst 1.jpg"} <= set(plain_names[:3])
+    assert len(results) == 5 and Path(results[0]["path"]).name == "rocket.jpg" and results[0]["also"] == 2
+    assert not any("burst" in r["path"] for r in results)
+    assert all(r["also"] == 0 for r in results[1:]) and plain.structured_content["results"][0]["also"] is None  # type: ignore[index]
+    assert "(+2 near-duplicates)" in diverse.content[0].text  # type: ignore[union-attr]
