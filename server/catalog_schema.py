@@ -8,7 +8,9 @@ decoded the file; the next run computes it for older rows, again without re-embe
 """
 
 import logging
+import os
 import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.errors import CollectionBusy, CollectionMismatch
@@ -100,3 +102,10 @@ def metadata_values(metadata: "PhotoMetadata | None") -> tuple[Any, ...]:
     if metadata is None:
         return (None,) * (len(METADATA_COLUMNS) + 1)
     return (*(getattr(metadata, c) for c in METADATA_COLUMNS), 1)
+
+
+def under_folder(folder: Path) -> tuple[str, list[bytes]]:
+    """A WHERE condition on `images.path` (file names as bytes) for every image under `folder`, and its parameters:
+    the byte range from "folder/" up to "folder0" ('0' follows '/')."""
+    prefix = os.fsencode(str(folder)).rstrip(b"/") + b"/"
+    return "path >= ? AND path < ?", [prefix, prefix[:-1] + b"0"]

@@ -7,7 +7,8 @@ index type),
 
 A commit is one SQLite transaction. The FAISS file is written afterwards (temp file, fsync, rename) under the
 committed generation's name, so after a crash the newest catalog state either has its index file or the index is
-rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always agree.
+rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always agree. Writes go through
+`collection_writer.py`; other modules read the catalog for their own purposes through `Collection.query`.
 """
 
 import contextlib
@@ -17,7 +18,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from server.catalog_schema import METADATA_COLUMNS, METADATA_SET_COLUMNS, metadata_values, prepare_catalog
+from server.catalog_schema import (
+    METADATA_COLUMNS,
+    prepare_catalog,
+    under_folder,
+)
 from server.defaults import INDEX_TYPES
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
 from server.faiss_index import (
@@ -43,6 +48,7 @@ from server.faiss_index import (
 from server.model_identity import short
 
 if TYPE_CHECKING:
+    from server.collection_writer import CollectionWriter  # it imports this module: at run time, in writer()
     from server.metadata import PhotoMetadata
     from server.perceptual import Perceptual
 
@@ -50,7 +56,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: the manifest records the model's identity (content hash), not only its name
 READABLE_VERSIONS = (1, 2)  # 1 is migrated to 2 by the first write (see Collection.writer)
-ESTIMATE_SAMPLE = 128  # ids sampled to estimate how selective a filter is (±0.045 at 50 %)
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
@@ -132,7 +137,7 @@ class NewImage:
     perceptual: "Perceptual | None" = None  # None: taken from a row of the same content, if one has it
 
 
-def _path_key(path: Path) -> bytes:
+def path_key(path: Path) -> bytes:
     # Bytes, not text: file names need not be valid UTF-8.
     return os.fsencode(str(path))
 
@@ -164,7 +169,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -214,7 +219,7 @@ class Collection:
         self._model_identity = model_identity  # of the model in use; recorded by the first write if missing
         self._lock = threading.RLock()
         self._cameras: tuple[int, list[str]] | None = None  # (generation, distinct camera names)
-        self._conn = _connect(folder / "catalog.sqlite")
+        self._conn = connect(folder / "catalog.sqlite")
         # Only a new or older catalog is written on open; writing every time would wait on a running indexer.
         prepare_catalog(self._conn, name)
         self.generation = -1
@@ -234,19 +239,16 @@ class Collection:
 
     def entries_under(self, folder: Path, recursive: bool = True) -> dict[Path, CatalogEntry]:
         """Catalogued images whose path lies under `folder` (directly, when not recursive)."""
-        prefix = _path_key(folder).rstrip(b"/") + b"/"
+        clause, bounds = under_folder(folder)
         with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE path >= ? AND path < ?",
-                (prefix, prefix[:-1] + b"0"),
-            ).fetchall()
+            rows = self._conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM images WHERE {clause}", bounds).fetchall()
         entries = (_entry(row) for row in rows)
         return {e.path: e for e in entries if recursive or e.path.parent == folder}
 
     def find_path(self, path: Path) -> CatalogEntry | None:
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE path = ?", (_path_key(path),)
+                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE path = ?", (path_key(path),)
             ).fetchone()
         return _entry(row) if row else None
 
@@ -274,11 +276,6 @@ class Collection:
             raise KeyError(image_id)
         return np.frombuffer(row[0], dtype=np.float32).copy()
 
-    def image_paths(self) -> set[Path]:
-        """Every catalogued image's path."""
-        with self._lock:
-            return {Path(os.fsdecode(row[0])) for row in self._conn.execute("SELECT path FROM images")}
-
     def all_vectors(self) -> tuple[npt.NDArray[np.int64], list[Path], npt.NDArray[np.float32]]:
         """Every image's id, path and vector, in id order, from one consistent snapshot."""
         with self._lock:
@@ -303,6 +300,12 @@ class Collection:
                 self._conn.execute("COMMIT")
         return ids, paths, vectors
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the catalog (for the modules that read it for their own purposes: filtered
+        search, duplicates, comparison), under the collection's lock."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
     def search(self, queries: npt.NDArray[np.float32], k: int) -> list[list[tuple[Path, float]]]:
         """Top-k (path, cosine) per query, best first (`search_hits` without the metadata)."""
         return [[(hit.path, hit.score) for hit in self.search_hits(query, k)] for query in queries]
@@ -317,42 +320,6 @@ class Collection:
                 cached = (self.generation, [r[0] for r in rows])
                 self._cameras = cached
             return list(cached[1])
-
-    def passing_fraction(self, where: str, params: Sequence[Any], sample: int = ESTIMATE_SAMPLE) -> float:
-        """About which fraction of the images match a WHERE clause, from `sample` random ids (a primary-key lookup
-        each, so about a millisecond whatever the collection's size); 1.0 for an empty collection."""
-        with self._lock:
-            # Two queries: SQLite answers MIN or MAX alone from the primary key, but scans the table for both at once.
-            low = self._conn.execute("SELECT MIN(id) FROM images").fetchone()[0]
-            high = self._conn.execute("SELECT MAX(id) FROM images").fetchone()[0]
-            if low is None:
-                return 1.0
-            rng = np.random.default_rng(self.generation)
-            seen = matched = 0
-            for _ in range(4):  # ids deleted since leave gaps: draw again until enough existing rows were seen
-                draw = sorted({int(i) for i in rng.integers(low, high + 1, sample)})
-                marks = ",".join("?" * len(draw))
-                row = self._conn.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN ({where}) THEN 1 ELSE 0 END), 0) FROM images "
-                    f"WHERE id IN ({marks})",
-                    [*params, *draw],
-                ).fetchone()
-                seen, matched = seen + int(row[0]), matched + int(row[1])
-                if seen >= sample // 2:
-                    break
-        return matched / seen if seen else 1.0
-
-    def select_ids(
-        self, where: str, params: Sequence[Any], keep: Callable[[float | None, float | None], bool] | None = None
-    ) -> npt.NDArray[np.int64]:
-        """Ids of the images matching a WHERE clause over `images` (filters.py), optionally refined by `keep`
-        (called with each row's latitude and longitude)."""
-        with self._lock:
-            if keep is None:
-                rows = self._conn.execute(f"SELECT id FROM images WHERE {where}", params).fetchall()
-                return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            rows = self._conn.execute(f"SELECT id, latitude, longitude FROM images WHERE {where}", params).fetchall()
-        return np.array([r[0] for r in rows if keep(r[1], r[2])], dtype=np.int64)
 
     def search_hits(
         self,
@@ -396,37 +363,6 @@ class Collection:
         )
         return [hit for hit in hits if keep is None or keep(hit.latitude, hit.longitude)]
 
-    # --- duplicates (duplicates.py) --------------------------------------------------------------------------------
-
-    def fingerprints(
-        self, folder: Path | None = None, ids: Sequence[int] | None = None
-    ) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """Every image's id (ascending), content hash, difference hash and contrast (the int64 minimum and -1 where
-        not taken yet), optionally only under `folder` or only of `ids`."""
-        where, params = "", ()
-        if folder is not None:
-            prefix = _path_key(folder).rstrip(b"/") + b"/"
-            where, params = " WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + b"0")
-        elif ids is not None:
-            where, params = f" WHERE id IN ({','.join('?' * len(ids))})", tuple(ids)
-        with self._lock:
-            rows = self._conn.execute(f"SELECT id, hash, dhash, contrast FROM images{where} ORDER BY id", params)
-            rows = rows.fetchall()
-        missing = np.iinfo(np.int64).min
-        return (
-            np.array([r[0] for r in rows], dtype=np.int64),
-            [r[1] for r in rows],
-            np.array([missing if r[2] is None else r[2] for r in rows], dtype=np.int64),
-            np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64),
-        )
-
-    def vectors_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """The stored vectors of `ids`, in that order."""
-        marks = ",".join("?" * len(ids))
-        with self._lock:
-            rows = dict(self._conn.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", ids.tolist()))
-        return np.stack([np.frombuffer(rows[int(i)], dtype=np.float32) for i in ids])
-
     def neighbours(
         self, vectors: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
@@ -435,14 +371,6 @@ class Collection:
             self.refresh_if_stale()
             scores, found = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
         return scores, found
-
-    def hits_of(self, ids: list[int]) -> list[tuple["Hit", int]]:
-        """What the catalog knows of `ids` (as search hits, score 0) and each file's size in bytes."""
-        marks = ",".join("?" * len(ids))
-        with self._lock:
-            details = self._details(ids)
-            sizes = dict(self._conn.execute(f"SELECT id, size FROM images WHERE id IN ({marks})", ids))
-        return [(Hit(0.0, *details[i]), sizes[i]) for i in ids if i in details]
 
     def _details(
         self, ids: list[int], where: str | None = None, params: Sequence[Any] = ()
@@ -481,6 +409,8 @@ class Collection:
         try:
             self.refresh_if_stale()
             self._record_model_identity()
+            from server.collection_writer import CollectionWriter
+
             writer = CollectionWriter(self)
             try:
                 yield writer
@@ -652,138 +582,6 @@ class Collection:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-class CollectionWriter:
-    """Changes to one collection, batched into atomic commits. Obtain through `Collection.writer()`."""
-
-    def __init__(self, collection: Collection) -> None:
-        self._collection = collection
-        self._conn = _connect(collection.folder / "catalog.sqlite")
-        self._added: dict[int, npt.NDArray[np.float32]] = {}
-        self._stale: set[int] = set()  # ids whose current vector must leave the index (replaced or removed)
-        self._open = False
-
-    def _begin(self) -> None:
-        if not self._open:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._open = True
-
-    def _row(self, image: NewImage, vector: npt.NDArray[np.float32]) -> tuple[Any, ...]:
-        blob = _vector_blob(vector, self._collection.manifest.dim)
-        return (
-            _path_key(image.path),
-            image.size,
-            image.mtime_ns,
-            image.hash,
-            image.width,
-            image.height,
-            blob,
-            *metadata_values(image.metadata),
-        )
-
-    def add(self, image: NewImage, vector: npt.NDArray[np.float32]) -> int:
-        self._begin()
-        cursor = self._conn.execute(
-            f"INSERT INTO images (path, size, mtime_ns, hash, width, height, vector, {METADATA_SET_COLUMNS}) "
-            f"VALUES ({', '.join('?' * (7 + len(METADATA_COLUMNS) + 1))})",
-            self._row(image, vector),
-        )
-        image_id = int(cursor.lastrowid or 0)
-        self._set_perceptual(image_id, image)
-        self._added[image_id] = vector
-        return image_id
-
-    def replace(self, image_id: int, image: NewImage, vector: npt.NDArray[np.float32]) -> None:
-        """New content at a known path: same id, new vector."""
-        self._begin()
-        self._conn.execute(
-            "UPDATE images SET path = ?, size = ?, mtime_ns = ?, hash = ?, width = ?, height = ?, vector = ?, "
-            f"{', '.join(f'{c} = ?' for c in (*METADATA_COLUMNS, 'meta_read'))} WHERE id = ?",
-            (*self._row(image, vector), image_id),
-        )
-        self._set_perceptual(image_id, image)
-        self._added[image_id] = vector
-        self._stale.add(image_id)
-
-    def move(self, image_id: int, path: Path, size: int, mtime_ns: int) -> None:
-        """Same content under a new path: the id and vector stay, so nothing is re-embedded."""
-        self._begin()
-        self._conn.execute(
-            "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
-            (_path_key(path), size, mtime_ns, image_id),
-        )
-
-    def record_folder(self, folder: Path) -> None:
-        """Remember a folder an indexing run covered (labels for evaluation are relative to it)."""
-        self._begin()
-        self._conn.execute("INSERT OR IGNORE INTO folders (path) VALUES (?)", (_path_key(folder),))
-
-    def set_metadata(self, image_id: int, width: int, height: int, metadata: "PhotoMetadata") -> None:
-        """Fill in a catalogued image's metadata (read from its header) without touching its vector."""
-        self._begin()
-        assignments = ", ".join(f"{c} = ?" for c in (*METADATA_COLUMNS, "meta_read"))
-        self._conn.execute(
-            f"UPDATE images SET width = ?, height = ?, {assignments} WHERE id = ?",
-            (width, height, *metadata_values(metadata), image_id),
-        )
-
-    def _set_perceptual(self, image_id: int, image: NewImage) -> None:
-        if image.perceptual is not None:
-            self.set_perceptual(image_id, image.perceptual)
-            return
-        # Content already catalogued under another path (a copy) has the same fingerprint.
-        self._conn.execute(
-            "UPDATE images SET (dhash, contrast) = (SELECT dhash, contrast FROM images WHERE hash = ? AND id != ? "
-            "AND dhash IS NOT NULL LIMIT 1) WHERE id = ?",
-            (image.hash, image_id, image_id),
-        )
-
-    def set_perceptual(self, image_id: int, perceptual: "Perceptual") -> None:
-        """Record a catalogued image's perceptual fingerprint (perceptual.py) without touching its vector."""
-        self._begin()
-        self._conn.execute(
-            "UPDATE images SET dhash = ?, contrast = ? WHERE id = ?", (perceptual.dhash, perceptual.contrast, image_id)
-        )
-
-    def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
-        """Same content, new size or modification time recorded so the next run skips it on stat alone."""
-        self._begin()
-        self._conn.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, image_id))
-
-    def remove(self, image_ids: Iterable[int]) -> None:
-        ids = list(image_ids)
-        if not ids:
-            return
-        self._begin()
-        self._conn.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
-        for image_id in ids:
-            self._added.pop(image_id, None)
-            self._stale.add(image_id)
-
-    def commit(self) -> None:
-        if self._open:
-            self._collection._apply_commit(self._conn, self._added, self._stale)
-            self._open = False
-        self._added = {}
-        self._stale = set()
-
-    def rollback(self) -> None:
-        if self._open:
-            self._conn.execute("ROLLBACK")
-            self._open = False
-        self._added = {}
-        self._stale = set()
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-def _vector_blob(vector: npt.NDArray[np.float32], dim: int) -> bytes:
-    array = np.ascontiguousarray(vector, dtype=np.float32)
-    if array.shape != (dim,):
-        raise ValueError(f"vector of shape {array.shape}, expected ({dim},)")
-    return array.tobytes()
 
 
 def load_manifest(folder: Path, name: str) -> Manifest:

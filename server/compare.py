@@ -5,6 +5,7 @@ The recipe: `clipsearch index FOLDER -c photos-clip`, `clipsearch index FOLDER -
 google/siglip2-base-patch16-224`, then `clipsearch eval -c photos-clip -c photos-siglip2`.
 """
 
+import os
 import secrets
 import statistics
 import time
@@ -36,9 +37,9 @@ def check_comparable(collections: Sequence[Collection]) -> None:
     if len(set(names)) != len(names):
         raise InvalidArgument(f"Each collection can be compared once; got {', '.join(names)}.")
     first = collections[0]
-    expected = first.image_paths()
+    expected = _image_paths(first)
     for other in collections[1:]:
-        paths = other.image_paths()
+        paths = _image_paths(other)
         if paths == expected:
             continue
         missing, extra = sorted(expected - paths), sorted(paths - expected)
@@ -76,7 +77,7 @@ def compared(
 def _speed(
     collection: Collection, encoder: Encoder, evaluation: Evaluation, guard: PathGuard | None
 ) -> tuple[float, float]:
-    allowed = sorted(p for p in collection.image_paths() if guard is None or guard.allows(p))
+    allowed = sorted(p for p in _image_paths(collection) if guard is None or guard.allows(p))
     paths = allowed[: SPEED_IMAGES + 1]
     warm, timed = paths[:1], paths[1:] or paths
     _embed(encoder, warm)  # the first call pays for loading the model
@@ -104,3 +105,7 @@ def _embed(encoder: Encoder, paths: Sequence[Path]) -> None:
             continue
     if pixels:
         encoder.encode_pixels(np.stack(pixels))
+
+
+def _image_paths(collection: Collection) -> set[Path]:
+    return {Path(os.fsdecode(row[0])) for row in collection.query("SELECT path FROM images")}

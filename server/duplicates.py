@@ -12,13 +12,17 @@ LAION); the fingerprint check then removes the look-alikes CLIP alone confuses (
 a fade from black).
 """
 
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from server.catalog_schema import under_folder
 from server.collection import Collection, Hit
 from server.errors import InvalidArgument
 from server.models import DuplicateGroup, DuplicateMember, DuplicateReport
@@ -54,7 +58,8 @@ class DuplicateQuery:
 def find_duplicates(collection: Collection, query: DuplicateQuery) -> DuplicateReport:
     started = time.perf_counter()
     query.check()
-    ids, hashes, dhash, contrast = collection.fingerprints(query.folder)
+    where, params = under_folder(query.folder) if query.folder is not None else ("1", [])
+    ids, hashes, dhash, contrast = _fingerprints(collection, where, params)
     parent = np.arange(len(ids))
     _join_exact(parent, hashes)
     unhashed = int(np.count_nonzero(dhash == _MISSING))
@@ -62,7 +67,7 @@ def find_duplicates(collection: Collection, query: DuplicateQuery) -> DuplicateR
         comparable = (dhash != _MISSING) & (contrast >= BLANK_CONTRAST)
         for start in range(0, len(ids), BATCH):
             batch_ids = ids[start : start + BATCH]
-            _join_near(parent, ids, batch_ids, collection.vectors_of(batch_ids), collection, query, dhash, comparable)
+            _join_near(parent, ids, batch_ids, _vectors(collection, batch_ids), collection, query, dhash, comparable)
     roots = np.array([_root(parent, i) for i in range(len(ids))], dtype=np.int64)
     members: dict[int, list[int]] = {}
     for position, root in enumerate(roots.tolist()):
@@ -141,13 +146,41 @@ def _join_near(
         _union(parent, a, b)
 
 
+def _fingerprints(
+    collection: Collection, where: str, params: Sequence[Any]
+) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The matching images' ids (ascending), content hashes, difference hashes and contrasts (`_MISSING` and -1 where
+    not taken yet)."""
+    rows = collection.query(f"SELECT id, hash, dhash, contrast FROM images WHERE {where} ORDER BY id", params)
+    return (
+        np.array([r[0] for r in rows], dtype=np.int64),
+        [r[1] for r in rows],
+        np.array([_MISSING if r[2] is None else r[2] for r in rows], dtype=np.int64),
+        np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64),
+    )
+
+
+def _vectors(collection: Collection, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """The stored vectors of `ids`, in that order."""
+    marks = ",".join("?" * len(ids))
+    rows = dict(collection.query(f"SELECT id, vector FROM images WHERE id IN ({marks})", ids.tolist()))
+    return np.stack([np.frombuffer(rows[int(i)], dtype=np.float32) for i in ids])
+
+
 def _details(collection: Collection, image_ids: list[int]) -> dict[int, DuplicateMember]:
-    return {
-        hit.id: DuplicateMember(
-            path=str(hit.path), size=size, width=hit.width, height=hit.height, taken=hit.taken, taken_utc=hit.taken_utc
+    details: dict[int, DuplicateMember] = {}
+    for start in range(0, len(image_ids), BATCH):
+        chunk = image_ids[start : start + BATCH]
+        rows = collection.query(
+            "SELECT id, path, size, width, height, taken, taken_utc FROM images "
+            f"WHERE id IN ({','.join('?' * len(chunk))})",
+            chunk,
         )
-        for hit, size in collection.hits_of(image_ids)
-    }
+        for image_id, path, size, width, height, taken, taken_utc in rows:
+            details[image_id] = DuplicateMember(
+                path=os.fsdecode(path), size=size, width=width, height=height, taken=taken, taken_utc=taken_utc
+            )
+    return details
 
 
 def _group(
@@ -183,9 +216,10 @@ def collapse(collection: Collection, hits: list[Hit], threshold: float = DEFAULT
     keep, by id, each with how many it stands for besides itself."""
     if not hits:
         return {}
-    ids, hashes, dhash, contrast = collection.fingerprints(ids=[h.id for h in hits])
+    wanted = [h.id for h in hits]
+    ids, hashes, dhash, contrast = _fingerprints(collection, f"id IN ({','.join('?' * len(wanted))})", wanted)
     rows = {int(i): n for n, i in enumerate(ids)}
-    vectors = collection.vectors_of(ids)
+    vectors = _vectors(collection, ids)
     kept: dict[int, int] = {}
     for hit in hits:
         n = rows.get(hit.id)

@@ -7,13 +7,13 @@ local time as written; a bound with an offset compares instants (a photo without
 """
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from server.catalog_schema import under_folder
 from server.errors import InvalidArgument
 
 EARTH_RADIUS_KM = 6371.0088
@@ -107,9 +107,9 @@ class SearchFilter:
         clauses: list[str] = []
         params: list[Any] = []
         if self.folder is not None:
-            prefix = os.fsencode(str(self.folder)).rstrip(b"/") + b"/"
-            clauses.append("path >= ? AND path < ?")
-            params += [prefix, prefix[:-1] + b"0"]
+            clause, bounds = under_folder(self.folder)
+            clauses.append(clause)
+            params += bounds
         for bound, op in ((self.taken_after, ">="), (self.taken_before, "<")):
             if bound is not None:
                 column, value = ("taken_local", bound.local) if bound.local is not None else ("taken_utc", bound.utc)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from server.collection import CatalogEntry, Collection, CollectionWriter, NewImage
+from server.collection import CatalogEntry, Collection, NewImage
+from server.collection_writer import CollectionWriter
 from server.encoder import Encoder
 from server.errors import ClipSearchError, FileMissing, IndexingCancelled
 from server.images import RAW_SIBLING_EXTENSIONS, content_hash, decode, is_image_name, is_raw_name, read_file

@@ -1,6 +1,5 @@
 """Text-to-image and image-to-image search over one collection."""
 
-import math
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from server.defaults import MAX_K, MAX_QUERY_CHARS
 from server.duplicates import collapse
 from server.encoder import Encoder
 from server.errors import FileMissing, InvalidArgument
+from server.filtered_search import filtered_hits
 from server.filters import ResultOrder, SearchFilter
 from server.images import load_image
 from server.models import SearchHit, SearchResponse
@@ -52,15 +52,8 @@ class Searcher:
     ) -> SearchResponse:
         """The k images closest to the text (composed with `extras`, if any), best first; text beyond the model's
         context is truncated. `guard` checks the paths of image terms."""
-        text = clean_query(query)
         check_k(k)
-        order = order or ResultOrder()
-        if extras is None or extras.empty:
-            vector = self.encoder.encode_texts([text])[0]
-            label = text
-        else:
-            vector, label = self._composed(collection, [Term(text, None, 1.0)], extras, guard)
-        return _response(collection, label, *_hits(collection, vector, k, filters, order), order.offset)
+        return self._search(collection, Term(clean_query(query), None, 1.0), k, filters, order, extras, guard)
 
     def by_image(
         self,
@@ -75,12 +68,20 @@ class Searcher:
         """The k images closest to the given image (composed with `extras`, if any); an indexed image's stored
         vector is reused."""
         check_k(k)
+        return self._search(collection, Term(None, image_path, 1.0), k, filters, order, extras, guard)
+
+    def _search(
+        self,
+        collection: Collection,
+        main: Term,
+        k: int,
+        filters: SearchFilter | None,
+        order: ResultOrder | None,
+        extras: Extras | None,
+        guard: PathGuard | None,
+    ) -> SearchResponse:
         order = order or ResultOrder()
-        if extras is None or extras.empty:
-            vector = self.image_vector(collection, image_path)
-            label = str(image_path)
-        else:
-            vector, label = self._composed(collection, [Term(None, image_path, 1.0)], extras, guard)
+        vector, label = self._composed(collection, main, extras or Extras(), guard)
         return _response(collection, label, *_hits(collection, vector, k, filters, order), order.offset)
 
     def image_vector(self, collection: Collection, image_path: Path) -> npt.NDArray[np.float32]:
@@ -98,11 +99,12 @@ class Searcher:
         return self.encoder.encode_pixels(self.encoder.preprocess(decoded.image)[np.newaxis])[0]
 
     def _composed(
-        self, collection: Collection, main: list[Term], extras: Extras, guard: PathGuard | None
+        self, collection: Collection, main: Term, extras: Extras, guard: PathGuard | None
     ) -> tuple[npt.NDArray[np.float32], str]:
-        """rclip's formula: Σ weight·unit(term), normalised; and the query written out with its terms."""
+        """The query's vector, by rclip's formula: Σ weight·unit(term), normalised (a plain query is its own term's
+        vector); and the query written out with its terms."""
         texts, images = extra_terms(extras)
-        terms = main + texts
+        terms = [main, *texts]
         for weight, given in images:
             path = guard.check(given) if guard else Path(os.path.realpath(Path(given).expanduser()))
             terms.append(Term(None, path, weight))
@@ -112,12 +114,14 @@ class Searcher:
             encoded = self.encoder.encode_texts([clean_query(t.text or "") for t in text_terms])
             weighted += [(t.weight, v) for t, v in zip(text_terms, encoded, strict=True)]
         weighted += [(t.weight, self.image_vector(collection, t.image)) for t in terms if t.image is not None]
+        first = main.text if main.text is not None else str(main.image)
+        label = " ".join([first, *(t.describe() for t in terms[1:])])
+        if len(weighted) == 1:
+            return weighted[0][1], label
         total = np.sum([w * v.astype(np.float64) for w, v in weighted], axis=0)
         norm = float(np.linalg.norm(total))
         if norm < 1e-6:
             raise InvalidArgument("The query's terms cancel each other out exactly; change a weight or drop a term.")
-        first = main[0].text if main[0].text is not None else str(main[0].image)
-        label = " ".join([first, *(t.describe() for t in terms[1:])])
         return (total / norm).astype(np.float32), label
 
 
@@ -134,7 +138,7 @@ def _hits(
     if filters is None or not filters.active:
         hits = collection.search_hits(vector, depth)
     else:
-        hits = _filtered(collection, vector, depth, filters)
+        hits = filtered_hits(collection, vector, depth, filters)
     also: dict[int, int] = {}
     if order.diverse:
         also = collapse(collection, hits)
@@ -147,30 +151,6 @@ def _hits(
         dated = sorted((h for h in hits if h.taken_utc is not None), key=lambda h: h.taken_utc or 0.0, reverse=newest)
         hits = dated + [h for h in hits if h.taken_utc is None]
     return hits[order.offset : order.offset + k], also
-
-
-PROBE_FRACTION = 0.1  # filters estimated to pass fewer images than this select the passing ids straight away
-PROBE_SURPLUS = 2  # a probe looks deep enough to expect this many times the passing images it needs
-
-
-def _filtered(collection: Collection, vector: npt.NDArray[np.float32], need: int, filters: SearchFilter) -> list[Hit]:
-    """The top `need` images that pass the filter.
-
-    A random sample of the catalog first estimates the fraction f of images that pass. When many pass, the
-    unfiltered top need·PROBE_SURPLUS/f usually holds `need` passing ones: on an exact index they are then exactly the
-    filtered top (anything passing further down scores lower), and only those few ids are checked against the
-    catalog. Otherwise (a selective filter, or a probe that came up short) the catalog selects every passing id and
-    the search runs among them (FAISS IDSelector, or exact scoring of a small subset)."""
-    where, params = filters.sql(collection.cameras() if filters.camera else None)
-    keep = filters.keeps_place if filters.near else None
-    fraction = collection.passing_fraction(where, params)
-    if fraction >= PROBE_FRACTION:
-        depth = math.ceil(need * PROBE_SURPLUS / fraction)
-        # On IVF, probe as many times more clusters as the filter is selective (the deeper top holds more of them).
-        kept = collection.search_hits(vector, depth, where=where, params=params, keep=keep, widen=1 / fraction)
-        if len(kept) >= need or depth >= collection.ntotal:  # enough, or the probe saw every image
-            return kept[:need]
-    return collection.search_hits(vector, need, collection.select_ids(where, params, keep))
 
 
 def _response(

@@ -102,11 +102,12 @@ class ClipSearch:
                 opened = self._open.get(name)
             if opened is not None:
                 if model is not None:
-                    self.check_model(name, model)
+                    self._check_model(name, opened.manifest, model)
                 return opened
             if not create or self.store.exists(name):
                 manifest = self.store.read_manifest(name)  # a missing collection is said before any model work
-                self.check_model(name, model)
+                if model is not None:
+                    self._check_model(name, manifest, model)
                 encoder = self._encoder_of(manifest)
                 made = self.store.open(name, manifest.model, identity=encoder.model_identity)
             else:
@@ -131,9 +132,10 @@ class ClipSearch:
 
     def check_model(self, collection: str, model: str | None) -> None:
         """Refuse `model` for an existing collection built with another; downloads nothing to tell."""
-        if model is None or not self.store.exists(collection):
-            return
-        manifest = self.store.read_manifest(collection)
+        if model is not None and self.store.exists(collection):
+            self._check_model(collection, self.store.read_manifest(collection), model)
+
+    def _check_model(self, collection: str, manifest: Manifest, model: str) -> None:
         if model == manifest.model:
             return
         local = find_local(model)

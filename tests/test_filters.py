@@ -15,6 +15,7 @@ from conftest import FakeEncoder
 from server.app import build_server
 from server.collection import Collection, CollectionStore, NewImage
 from server.encoder import normalize
+from server.filtered_search import select_ids
 from server.filters import ResultOrder, SearchFilter, distance_km
 from server.metadata import PhotoMetadata
 from server.search import Searcher
@@ -94,7 +95,7 @@ def test_filtered_flat_search_equals_brute_force_over_the_passing_images(
     flat: Collection, filters: SearchFilter
 ) -> None:
     where, params = filters.sql()
-    passing = flat.select_ids(where, params, filters.keeps_place if filters.near else None)
+    passing = select_ids(flat, where, params, filters.keeps_place if filters.near else None)
     searcher = Searcher(VectorEncoder())
 
     for seed in range(5):
@@ -115,7 +116,7 @@ def test_filtered_ivf_search_keeps_recall_at_every_selectivity(tmp_path: Path) -
     }
     for name, filters in cases.items():
         where, params = filters.sql()
-        passing = collection.select_ids(where, params, filters.keeps_place if filters.near else None)
+        passing = select_ids(collection, where, params, filters.keeps_place if filters.near else None)
         recalls = []
         for seed in range(20):
             got = {h.path for h in searcher.by_text(collection, f"q:{seed}", k=10, filters=filters).results}
