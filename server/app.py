@@ -13,6 +13,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ListRootsResult, ToolAnnotations
 from pydantic import Field
 
+from server.app_gallery import GALLERY_META, HideAppOnlyTools, gallery_apps, gallery_note
 from server.app_indexing import register_indexing_tools
 from server.app_library import register_library_tools
 from server.app_params import (
@@ -72,7 +73,6 @@ def build_server(
     A tool call waiting for the model's first download reports its progress from `downloads` (default: the
     service's own tracker). Indexing runs as `jobs` (default: a manager over the service's index directory;
     required with a factory); `watcher` keeps watched folders in sync (default: one over `jobs`)."""
-    server = MCPServer("clipsearch", instructions=INSTRUCTIONS)
     if callable(service):
         if jobs is None:
             raise ValueError("build_server needs a JobManager when the service is made lazily")
@@ -83,6 +83,12 @@ def build_server(
         jobs = jobs or JobManager(instance.store.index_dir, get)
     tracker = downloads or (service.downloads if not callable(service) else DownloadTracker())
     access = RootAccess(roots)
+    server = MCPServer(
+        "clipsearch",
+        instructions=INSTRUCTIONS,
+        extensions=[gallery_apps(get, access)],
+        middleware=[HideAppOnlyTools()],
+    )
     ClientRoots = Annotated[ListRootsResult, Resolve(access.ask)]
     ThumbnailRoots = Annotated[ListRootsResult, Resolve(access.ask_for_thumbnails)]
 
@@ -120,7 +126,7 @@ def build_server(
 
     register_indexing_tools(server, jobs, tracker, access, watcher or FolderWatcher(jobs, exclude=(jobs.index_dir,)))
 
-    @server.tool(annotations=ToolAnnotations(title="Find images by description", **READ_ONLY))
+    @server.tool(meta=GALLERY_META, annotations=ToolAnnotations(title="Find images by description", **READ_ONLY))
     async def search_images_by_text(
         query: Annotated[
             str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What the image shows, in words")
@@ -159,9 +165,10 @@ def build_server(
             return get().search_text(query, k, collection, filters, order, extras, guard)
 
         response = await run(search, ctx)
-        return await _search_result(get, response, thumbnails, guard, indexing_note(collection))
+        notes = indexing_note(collection) + gallery_note(ctx)
+        return await _search_result(get, response, thumbnails, guard, notes)
 
-    @server.tool(annotations=ToolAnnotations(title="Find similar images", **READ_ONLY))
+    @server.tool(meta=GALLERY_META, annotations=ToolAnnotations(title="Find similar images", **READ_ONLY))
     async def search_similar_images(
         image_path: Annotated[str, Field(description="Absolute path of the example image (need not be indexed)")],
         ctx: Context,
@@ -196,9 +203,10 @@ def build_server(
             return get().search_image(image_path, k, collection, guard, filters, order, extras)
 
         response = await run(search, ctx)
-        return await _search_result(get, response, thumbnails, guard, indexing_note(collection))
+        notes = indexing_note(collection) + gallery_note(ctx)
+        return await _search_result(get, response, thumbnails, guard, notes)
 
-    @server.tool(annotations=ToolAnnotations(title="Measure retrieval quality", **READ_ONLY))
+    @server.tool(meta=GALLERY_META, annotations=ToolAnnotations(title="Measure retrieval quality", **READ_ONLY))
     async def evaluate_retrieval(
         ctx: Context,
         client_roots: ClientRoots,
@@ -249,6 +257,7 @@ def build_server(
         lines = _comparison_lines(report) if report.comparison else _evaluation_lines(report)
         if report.report_dir:
             lines.append(f"Report written to {report.report_dir}")
+        lines += gallery_note(ctx)
         images = [Image(data=Path(p).read_bytes(), format="png").to_image_content() for p in report.plots]
         return tool_result(report, "\n".join(lines), images)
 

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from mcp.server import MCPServer
-from mcp.server.mcpserver import Image, Resolve
+from mcp.server.mcpserver import Context, Image, Resolve
 from mcp.types import CallToolResult, ListRootsResult, ToolAnnotations
 from pydantic import Field
 
+from server.app_gallery import GALLERY_META, gallery_note
 from server.app_support import CollectionName, RootAccess, run_core, tool_result
 from server.defaults import DEFAULT_COLLECTION
 from server.models import DuplicateReport, ImageView
@@ -48,8 +49,9 @@ def register_library_tools(server: MCPServer, get: "Callable[[], ClipSearch]", a
         text = f"{view.path} ({'; '.join(about)}), shown at {view.shown_width}×{view.shown_height}"
         return tool_result(view, text, [Image(data=data, format="jpeg").to_image_content()])
 
-    @server.tool(annotations=ToolAnnotations(title="Find duplicate images", **READ_ONLY))
+    @server.tool(meta=GALLERY_META, annotations=ToolAnnotations(title="Find duplicate images", **READ_ONLY))
     async def find_duplicates(
+        ctx: Context,
         client_roots: ClientRoots,
         collection: CollectionName = DEFAULT_COLLECTION,
         folder: Annotated[
@@ -87,5 +89,5 @@ def register_library_tools(server: MCPServer, get: "Callable[[], ClipSearch]", a
         for number, group in enumerate(report.groups, start=offset + 1):
             others = ", ".join(m.path for m in group.members if m.path != group.keeper)
             lines.append(f"{number}. {group.kind}, keep {group.keeper} ({group.keeper_reason}); also {others}")
-        lines += report.notes
+        lines += report.notes + gallery_note(ctx)
         return tool_result(report, "\n".join(lines))

@@ -10,3 +10,5 @@ MAX_K = 1000
 MAX_QUERY_CHARS = 2000
 INDEX_TYPES = ("auto", "flat", "ivf")
 MAX_COMPARED = 5  # collections compared side by side in one evaluation
+GALLERY_SIDES = (64, 512)  # a gallery thumbnail's longest side, least and most, in pixels
+GALLERY_MAX_PATHS = 48  # thumbnails per get_thumbnails call

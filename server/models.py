@@ -133,6 +133,17 @@ class CollectionList(BaseModel):
     collections: list[CollectionInfo]
 
 
+class Thumbnail(BaseModel):
+    path: PathText
+    jpeg_base64: str | None = Field(None, description="A small upright JPEG, base64")
+    error: str | None = Field(None, description="Why there is no thumbnail (refused, missing or unreadable)")
+
+
+class ThumbnailPage(BaseModel):
+    side: int = Field(description="Longest side of each JPEG, in pixels")
+    thumbnails: list[Thumbnail] = Field(description="In the order asked")
+
+
 class ImageView(BaseModel):
     path: PathText
     width: int = Field(description="Upright size of the original, in pixels")

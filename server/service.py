@@ -18,7 +18,6 @@ from server.encoder_pool import EncoderPool
 from server.errors import ClipSearchError, CollectionMismatch, FileMissing, InvalidArgument, ModelUnavailable
 from server.evaluate import evaluate as evaluate_collection
 from server.filters import ResultOrder, SearchFilter
-from server.images import thumbnail_jpeg
 from server.indexer import Indexer, ProgressFn
 from server.model_files import DownloadTracker, find_local
 from server.model_identity import model_identity
@@ -30,9 +29,11 @@ from server.models import (
     ImageView,
     IndexReport,
     SearchResponse,
+    ThumbnailPage,
 )
 from server.paths import PathGuard
 from server.search import Searcher
+from server.thumbnails import ThumbnailCache
 
 if TYPE_CHECKING:
     from server.duplicates import DuplicateQuery
@@ -55,6 +56,7 @@ class ClipSearch:
         downloads: DownloadTracker | None = None,
         speaker: str = "this command",
         encoders: EncoderPool | None = None,
+        thumbnails: ThumbnailCache | None = None,
     ) -> None:
         self.settings = settings
         self.downloads = downloads or DownloadTracker()
@@ -62,6 +64,7 @@ class ClipSearch:
         if encoder is not None:
             self.encoders.add(encoder)
         self.indexer = indexer
+        self.thumbnails = thumbnails or ThumbnailCache()
         self.store = CollectionStore(settings.index_dir, speaker)
         self._open: dict[str, Collection] = {}
         self._opening: dict[str, threading.Lock] = {}  # per collection: models load outside the service's lock
@@ -343,7 +346,11 @@ class ClipSearch:
     def thumbnail(self, path: str | Path, guard: PathGuard | None = None) -> bytes:
         """A ≤256 px JPEG of an image, read only if the guard allows its path."""
         checked = guard.check(path) if guard else Path(path)
-        return thumbnail_jpeg(checked)
+        return self.thumbnails.get(checked)
+
+    def thumbnail_page(self, paths: Sequence[str], side: int, guard: PathGuard | None = None) -> ThumbnailPage:
+        """Thumbnails of several images for a gallery, each read only if the guard allows its path."""
+        return self.thumbnails.page(paths, side, guard.check if guard else Path)
 
 
 def _short_model(model: str) -> str:

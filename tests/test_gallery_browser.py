@@ -1,0 +1,303 @@
+"""The gallery in a real browser (headless Chromium) hosted by the official MCP Apps host library: what a person
+sees and clicks. Skips with the reason when Chromium, Playwright or the npm package is missing; CI requires them."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gallery_host import OUT_DIR, GalleryHost, gallery_host, require_browser, wait_until
+from PIL import Image
+
+from conftest import COLORS, save_color
+from server.app import build_server
+from server.service import ClipSearch
+
+pytestmark = pytest.mark.anyio
+
+SAMPLES = Path(__file__).parent.parent / "samples"
+
+
+@pytest.fixture(autouse=True)
+def browser_available() -> None:
+    require_browser()
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Three images of each colour, plainly named."""
+    folder = tmp_path / "photos"
+    for name, rgb in COLORS.items():
+        for i in range(3):
+            save_color(folder / f"{name}_{i}.jpg", rgb)
+    return folder
+
+
+async def tiles(frame: Any) -> list[dict[str, Any]]:
+    """The gallery's tiles in page order: path, visible name, badge, and whether the thumbnail decoded."""
+    return await frame.evaluate(
+        """() => [...document.querySelectorAll('.tile')].map((t) => ({
+            path: t.dataset.path,
+            name: t.querySelector('.name').textContent,
+            badge: (t.querySelector('.badge') || {}).textContent || null,
+            loaded: t.querySelector('img').complete && t.querySelector('img').naturalWidth > 0,
+            keeper: t.classList.contains('keeper'),
+        }))"""
+    )
+
+
+async def index(host: GalleryHost, folder: Path) -> None:
+    done = await host.client.call_tool("index_folder", {"folder": str(folder)})
+    assert not done.is_error
+
+
+async def test_a_search_shows_its_results_as_thumbnails_in_rank_order(
+    fake_service: ClipSearch, photos: Path, tmp_path: Path
+):
+    async with gallery_host(build_server(fake_service, roots=[photos]), tmp_path) as host:
+        await index(host, photos)
+        result = await host.show("search_images_by_text", query="red", k=5)
+        frame = await host.ready()
+        shown = await tiles(frame)
+        title = await frame.text_content("h1")
+        errors = host.errors
+    expected = [hit["path"] for hit in result.structured_content["results"]]
+    assert [t["path"] for t in shown] == expected and len(expected) == 5
+    assert [t["badge"] for t in shown] == ["#1", "#2", "#3", "#4", "#5"]
+    assert all(t["loaded"] for t in shown)
+    assert [t["name"] for t in shown] == [Path(p).name for p in expected]
+    assert all(t["name"].startswith("red_") for t in shown[:3])
+    assert title == "“red”"
+    assert errors == []  # nothing broke, and nothing the default CSP forbids was attempted
+
+
+async def test_opening_a_result_then_more_like_this_searches_by_that_image_and_back_returns(
+    fake_service: ClipSearch, photos: Path, tmp_path: Path
+):
+    async with gallery_host(build_server(fake_service, roots=[photos]), tmp_path) as host:
+        await index(host, photos)
+        await host.show("search_images_by_text", query="green", k=4, collection="default")
+        frame = await host.ready()
+        before = [t["path"] for t in await tiles(frame)]
+        picked = before[1]
+        await frame.focus(".tile >> nth=1")
+        await host.page.keyboard.press("Enter")  # keyboard opens it, as a click would
+        await frame.wait_for_selector("#viewer:not([hidden])")
+        # the larger image (view_image) replaces the thumbnail it opened with
+        await wait_until(
+            frame, "document.getElementById('viewer-img').src !== document.querySelectorAll('.tile img')[1].src"
+        )
+        viewer_path = await frame.text_content("#viewer-path")
+        await frame.click("#like")
+        await wait_until(frame, "!document.getElementById('back').hidden")
+        frame = await host.ready()
+        after = await tiles(frame)
+        calls = await host.calls()
+        await frame.click("#back")
+        back = [t["path"] for t in await tiles(frame)]
+    assert viewer_path == picked
+    names = [c["name"] for c in calls]
+    assert "view_image" in names
+    similar = [c for c in calls if c["name"] == "search_similar_images"]
+    assert similar == [
+        {"name": "search_similar_images", "arguments": {"collection": "default", "k": 4, "image_path": picked}}
+    ]
+    assert after[0]["path"] == picked and all(t["loaded"] for t in after)  # the image itself first
+    assert back == before
+
+
+async def test_escape_closes_the_larger_view_and_gives_focus_back_to_the_tile(
+    fake_service: ClipSearch, photos: Path, tmp_path: Path
+):
+    async with gallery_host(build_server(fake_service, roots=[photos]), tmp_path) as host:
+        await index(host, photos)
+        await host.show("search_images_by_text", query="blue", k=3)
+        frame = await host.ready()
+        await frame.click(".tile >> nth=2")
+        await frame.wait_for_selector("#viewer:not([hidden])")
+        await host.page.keyboard.press("Escape")
+        hidden = await frame.evaluate("document.getElementById('viewer').hidden")
+        focused = await frame.evaluate("document.activeElement.dataset.path")
+        third = (await tiles(frame))[2]["path"]
+    assert hidden and focused == third
+
+
+async def test_less_like_this_reruns_the_query_without_that_image(
+    fake_service: ClipSearch, photos: Path, tmp_path: Path
+):
+    async with gallery_host(build_server(fake_service, roots=[photos]), tmp_path) as host:
+        await index(host, photos)
+        await host.show("search_images_by_text", query="yellow", k=3)
+        frame = await host.ready()
+        first = (await tiles(frame))[0]["path"]
+        await frame.click(".tile >> nth=0")
+        await frame.click("#unlike")
+        await wait_until(frame, "!document.getElementById('back').hidden")
+        frame = await host.ready()
+        calls = [c for c in await host.calls() if c["name"] == "search_images_by_text"]
+    assert calls == [
+        {"name": "search_images_by_text", "arguments": {"query": "yellow", "k": 3, "not_images": [first], "offset": 0}}
+    ]
+
+
+async def test_load_more_pages_through_the_results(fake_service: ClipSearch, photos: Path, tmp_path: Path):
+    async with gallery_host(build_server(fake_service, roots=[photos]), tmp_path) as host:
+        await index(host, photos)
+        whole = await host.client.call_tool("search_images_by_text", {"query": "white", "k": 8})
+        await host.show("search_images_by_text", query="white", k=4)
+        frame = await host.ready()
+        await frame.click("#more")
+        await wait_until(frame, "document.querySelectorAll('.tile').length === 8")
+        frame = await host.ready()
+        shown = await tiles(frame)
+        calls = [c for c in await host.calls() if c["name"] == "search_images_by_text"]
+    assert calls == [{"name": "search_images_by_text", "arguments": {"query": "white", "k": 4, "offset": 4}}]
+    assert [t["path"] for t in shown] == [hit["path"] for hit in whole.structured_content["results"]]
+    assert [t["badge"] for t in shown] == [f"#{i}" for i in range(1, 9)]
+    assert all(t["loaded"] for t in shown)
+
+
+HOSTILE = [
+    "<img src=x onerror=window.__pwned=1>.jpg",
+    "<svg onload=window.__pwned=2>.jpg",
+    '"><img src=x onerror=window.__pwned=3>.jpg',
+    "' onmouseover='window.__pwned=4.jpg",
+]
+
+
+async def test_hostile_file_names_show_as_plain_text_and_run_nothing(fake_service: ClipSearch, tmp_path: Path):
+    folder = tmp_path / "hostile"
+    for name in HOSTILE:
+        save_color(folder / name, COLORS["red"])
+    async with gallery_host(build_server(fake_service, roots=[folder]), tmp_path) as host:
+        await index(host, folder)
+        await host.show("search_images_by_text", query="red", k=10)
+        frame = await host.ready()
+        shown = await tiles(frame)
+        await frame.hover(".tile >> nth=0")  # hovering shows the full path
+        await frame.click(".tile >> nth=0")
+        await frame.wait_for_selector("#viewer:not([hidden])")
+        pwned = await frame.evaluate("window.__pwned === undefined ? null : window.__pwned")
+        injected = await frame.evaluate("document.querySelectorAll('svg, .cap img, .info img, script').length")
+        heading = await frame.text_content("#viewer-name")
+    assert pwned is None
+    assert injected == 1  # only the gallery's own script element
+    assert sorted(t["name"] for t in shown) == sorted(HOSTILE)
+    assert heading == shown[0]["name"]
+
+
+async def test_duplicates_view_shows_each_group_with_its_keeper_marked(fake_service: ClipSearch, tmp_path: Path):
+    folder = tmp_path / "dups"
+    original = save_color(folder / "beach.jpg", COLORS["blue"], size=(640, 480))
+    shutil.copyfile(original, folder / "beach copy.jpg")
+    save_color(folder / "other.jpg", COLORS["green"])
+    async with gallery_host(build_server(fake_service, roots=[folder]), tmp_path) as host:
+        await index(host, folder)
+        report = await host.show("find_duplicates")
+        frame = await host.ready()
+        shown = await tiles(frame)
+        why = await frame.text_content(".why")
+    (group,) = report.structured_content["groups"]
+    assert sorted(t["path"] for t in shown) == sorted(m["path"] for m in group["members"])
+    keepers = [t for t in shown if t["keeper"]]
+    assert [t["path"] for t in keepers] == [group["keeper"]] and keepers[0]["badge"] == "Keep"
+    assert group["keeper_reason"] in why
+
+
+async def test_evaluation_view_shows_the_metrics_table_and_both_plots(
+    fake_service: ClipSearch, color_folder: Path, tmp_path: Path
+):
+    async with gallery_host(build_server(fake_service, roots=[color_folder]), tmp_path) as host:
+        await index(host, color_folder)
+        report = await host.show("evaluate_retrieval", ks=[1, 3], plots=True)
+        frame = await host.ready()
+        await wait_until(
+            frame, "[...document.querySelectorAll('.plots img')].every((i) => i.complete && i.naturalWidth > 0)"
+        )
+        rows = await frame.evaluate(
+            "[...document.querySelectorAll('table tr')].map((r) => [...r.children].map((c) => c.textContent))"
+        )
+        plots = await frame.evaluate("document.querySelectorAll('.plots img').length")
+    metrics = report.structured_content
+    assert rows[0] == ["metric", "text→image", "image→image"]
+    assert ["mAP", f"{metrics['text_to_image']['map']:.3f}", f"{metrics['image_to_image']['map']:.3f}"] in rows
+    assert ["Recall@3", "1.000", f"{metrics['image_to_image']['recall_at']['3']:.3f}"] in rows
+    assert plots == len(metrics["plots"]) == 2
+
+
+async def test_the_host_theme_reaches_the_view(fake_service: ClipSearch, photos: Path, tmp_path: Path):
+    async with gallery_host(build_server(fake_service, roots=[photos]), tmp_path) as host:
+        await index(host, photos)
+        backgrounds = []
+        for context in (
+            {"theme": "light"},
+            {"theme": "dark", "styles": {"variables": {"--color-text-primary": "rgb(1, 2, 3)"}}},
+        ):
+            result = await host.client.call_tool("search_images_by_text", {"query": "red", "k": 2})
+            await host.page.evaluate(
+                "([html, input, result, ctx]) => showTool(html, input, result, ctx)",
+                [
+                    host.html,
+                    {"query": "red", "k": 2},
+                    result.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    context,
+                ],
+            )
+            frame = await host.ready()
+            backgrounds.append(
+                await frame.evaluate(
+                    "[getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color]"
+                )
+            )
+    (light_bg, _), (dark_bg, dark_text) = backgrounds
+    assert light_bg != dark_bg and dark_text == "rgb(1, 2, 3)"
+
+
+def write_timing(name: str, value: Any) -> None:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[name] = value
+    path.write_text(json.dumps(timings, indent=2) + "\n")
+
+
+async def test_the_sample_photos_gallery_renders_and_is_saved_as_a_screenshot(fake_service: ClipSearch, tmp_path: Path):
+    folder = tmp_path / "samples"
+    shutil.copytree(SAMPLES, folder)
+    async with gallery_host(build_server(fake_service, roots=[folder]), tmp_path) as host:
+        await index(host, folder)
+        result = await host.show("search_images_by_text", query="a photo", k=9)
+        frame = await host.ready()
+        shown = await tiles(frame)
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        await host.page.locator("iframe").screenshot(path=str(OUT_DIR / "gallery.png"))
+    assert len(shown) == len(result.structured_content["results"]) == 9 and all(t["loaded"] for t in shown)
+    with Image.open(OUT_DIR / "gallery.png") as shot:
+        assert shot.width >= 900 and shot.height > 300
+
+
+async def test_a_page_of_24_large_photos_is_ready_and_paging_back_reuses_the_thumbnails(
+    fake_service: ClipSearch, tmp_path: Path
+):
+    """Reports (does not assert) how long a page of 24 photos of 12 MP takes to show, first and again."""
+    folder = tmp_path / "large"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        base = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+        Image.fromarray(base).resize((4000, 3000), Image.Resampling.BILINEAR).save(folder / f"p{i:02d}.jpg", quality=90)
+    async with gallery_host(build_server(fake_service, roots=[folder]), tmp_path) as host:
+        await index(host, folder)
+        made = fake_service.thumbnails.made
+        timings = []
+        for _ in range(2):
+            await host.show("search_images_by_text", query="red", k=24)
+            frame = await host.ready(timeout_ms=60_000)
+            timings.append(int(await frame.evaluate("document.documentElement.dataset.readyMs")))
+            assert all(t["loaded"] for t in await tiles(frame))
+        decoded = fake_service.thumbnails.made - made
+    write_timing("page_of_24_12mp_ms", {"first": timings[0], "again": timings[1]})
+    print(f"page of 24 photos of 12 MP ready after the tool result: first {timings[0]} ms, again {timings[1]} ms")
+    assert decoded == 24  # the second showing decoded nothing
