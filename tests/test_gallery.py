@@ -66,6 +66,7 @@ async def test_the_view_is_served_as_an_mcp_app_and_is_small_and_self_contained(
         read = await client.read_resource(GALLERY_URI)
         capabilities = client.server_capabilities
     assert listed[GALLERY_URI].mime_type == APP_MIME_TYPE
+    assert not (read.contents[0].meta or {}).get("ui")  # no extra domains, permissions or CSP asked for
     (content,) = read.contents
     assert content.mime_type == APP_MIME_TYPE and content.text == gallery_html()
     assert EXTENSION_ID in (capabilities.extensions or {})
