@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         "a collection always searches with the model it was built with",
     )
     common.add_argument("--index-dir", help="Where collections live (env CLIPSEARCH_INDEX_DIR)")
+    common.add_argument(
+        "--engine",
+        choices=("auto", "onnx", "torch"),
+        help="What runs the model: auto (ONNX Runtime on CPU, torch on CUDA), onnx or torch (env CLIPSEARCH_ENGINE)",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="Log progress details to stderr")
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="Print the structured result as JSON")
@@ -146,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from server.config import Settings
 
-    settings = Settings.load(args.model, args.index_dir, getattr(args, "root", None))
+    settings = Settings.load(args.model, args.index_dir, getattr(args, "root", None), args.engine)
     try:
         if args.command == "serve":
             return _serve(settings, args.resume, args.watch)

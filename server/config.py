@@ -9,6 +9,8 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 ENV_MODEL = "CLIPSEARCH_MODEL"
 ENV_INDEX_DIR = "CLIPSEARCH_INDEX_DIR"
 ENV_ROOTS = "CLIPSEARCH_ROOTS"
+ENV_ENGINE = "CLIPSEARCH_ENGINE"
+ENGINES = ("auto", "onnx", "torch")
 
 
 def default_index_dir() -> Path:
@@ -37,6 +39,7 @@ class Settings:
     index_dir: Path
     model: str
     roots: tuple[Path, ...] = ()
+    engine: str = "auto"  # auto: ONNX Runtime on CPU, torch on CUDA (see onnx_engine.resolve_engine)
 
     @classmethod
     def load(
@@ -44,6 +47,7 @@ class Settings:
         model: str | None = None,
         index_dir: str | os.PathLike[str] | None = None,
         roots: Sequence[str | os.PathLike[str]] | None = None,
+        engine: str | None = None,
     ) -> "Settings":
         """Explicit arguments win over the environment, which wins over defaults."""
         chosen_model = model or os.environ.get(ENV_MODEL) or DEFAULT_MODEL
@@ -54,4 +58,7 @@ class Settings:
         else:
             root_list = [r for r in os.environ.get(ENV_ROOTS, "").split(os.pathsep) if r.strip()]
         resolved_roots = tuple(Path(r).expanduser().resolve() for r in root_list)
-        return cls(index_dir=directory, model=resolve_model_name(chosen_model), roots=resolved_roots)
+        chosen_engine = engine or os.environ.get(ENV_ENGINE) or "auto"
+        return cls(
+            index_dir=directory, model=resolve_model_name(chosen_model), roots=resolved_roots, engine=chosen_engine
+        )

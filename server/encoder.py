@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -136,6 +136,34 @@ class Preprocessing:
         )
 
 
+class TextCache:
+    """Text vectors seen lately (an assistant paging through results or refining a query repeats its texts); the
+    rest go through the model in one pass."""
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size  # None: TEXT_CACHE_SIZE
+        self._vectors: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], embed: "Callable[[Sequence[str]], Vectors]") -> Vectors:
+        """Unit vectors of `texts`, those not cached from `embed` (called once, with each new text once)."""
+        with self._lock:
+            known = {t: self._vectors[t] for t in texts if t in self._vectors}
+            for text in known:
+                self._vectors.move_to_end(text)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        fresh = embed(missing) if missing or not texts else np.zeros((0, 0), np.float32)
+        if missing:
+            with self._lock:
+                for text, vector in zip(missing, fresh, strict=True):
+                    known[text] = self._vectors[text] = vector
+                while len(self._vectors) > (self.size or TEXT_CACHE_SIZE):
+                    self._vectors.popitem(last=False)
+        if not texts:
+            return fresh
+        return np.ascontiguousarray(np.stack([known[t] for t in texts]), dtype=np.float32)
+
+
 class TransformersEncoder:
     """A transformers image-text model with its tokenizer; weights load on first use, once, whatever thread asks.
 
@@ -159,8 +187,7 @@ class TransformersEncoder:
         self._files: ModelFiles | None = None
         self._identity: str | None = None
         self._loaded: _Loaded | None = None
-        self._text_cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._texts = TextCache()
 
     @property
     def files(self) -> ModelFiles:
@@ -215,23 +242,7 @@ class TransformersEncoder:
         return normalize(np.concatenate(outputs) if outputs else np.zeros((0, loaded.dim), np.float32))
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
-        """Texts to unit vectors; texts seen lately come from a small cache (an assistant paging through results or
-        refining a query repeats them), the rest go through the model in one pass."""
-        with self._cache_lock:
-            known = {t: self._text_cache[t] for t in texts if t in self._text_cache}
-            for text in known:
-                self._text_cache.move_to_end(text)
-        missing = list(dict.fromkeys(t for t in texts if t not in known))
-        if missing:
-            fresh = self._embed_texts(missing)
-            with self._cache_lock:
-                for text, vector in zip(missing, fresh, strict=True):
-                    known[text] = self._text_cache[text] = vector
-                while len(self._text_cache) > TEXT_CACHE_SIZE:
-                    self._text_cache.popitem(last=False)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        return np.ascontiguousarray(np.stack([known[t] for t in texts]), dtype=np.float32)
+        return self._texts.encode(texts, self._embed_texts)
 
     def _embed_texts(self, texts: Sequence[str]) -> Vectors:
         import torch
@@ -252,6 +263,10 @@ class TransformersEncoder:
                 outputs.append(features.float().cpu().numpy())
         return normalize(np.concatenate(outputs) if outputs else np.zeros((0, loaded.dim), np.float32))
 
+    def torch_parts(self) -> "_Loaded":
+        """The loaded torch model, its tokenizer, family and preprocessing (what the ONNX export starts from)."""
+        return self._load()
+
     def _load(self) -> "_Loaded":
         if self._loaded is None:
             files = self.files
@@ -264,6 +279,8 @@ class TransformersEncoder:
 
 @dataclass(frozen=True)
 class _Loaded:
+    """A model loaded in torch, with what its text and images need."""
+
     family: Family
     model: Any
     tokenizer: Any

@@ -31,6 +31,7 @@ from server.models import (
     SearchResponse,
     ThumbnailPage,
 )
+from server.onnx_engine import OnnxEncoder, resolve_engine
 from server.paths import PathGuard
 from server.search import Searcher
 from server.thumbnails import ThumbnailCache
@@ -72,7 +73,10 @@ class ClipSearch:
 
     def _make_encoder(self, model: str) -> Encoder:
         hashes = self.settings.index_dir / MODEL_HASHES_FILE
-        return TransformersEncoder(model, downloads=self.downloads, hash_cache=hashes)
+        reference = TransformersEncoder(model, downloads=self.downloads, hash_cache=hashes)
+        if resolve_engine(self.settings.engine) == "torch":
+            return reference
+        return OnnxEncoder(reference, strict=self.settings.engine == "onnx")
 
     @property
     def encoder(self) -> Encoder:
@@ -87,7 +91,10 @@ class ClipSearch:
         """Load the default model now (e.g. in a background thread) so the first query does not wait; failures are
         left for the first call that needs the model to report."""
         try:
-            _ = self.encoder.dim
+            encoder = self.encoder
+            _ = encoder.dim
+            if isinstance(encoder, OnnxEncoder):
+                encoder.load_text_tower()
         except ClipSearchError as exc:
             log.warning("model not loaded in the background: %s", exc)
 

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny real CLIP checkpoint on disk, a deterministic fake encoder, and image folders."""
 
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from server.encoder import normalize
 from server.service import ClipSearch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# ONNX exports of the test checkpoints go to one folder per test run, never the user's cache.
+os.environ["CLIPSEARCH_CACHE"] = tempfile.mkdtemp(prefix="clipsearch-test-cache-")
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 COLORS: dict[str, tuple[int, int, int]] = {

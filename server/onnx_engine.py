@@ -1,0 +1,437 @@
+"""The ONNX Runtime engine: a model's text and vision towers, exported once from the torch reference, checked
+against it (cosine ≥ 0.99999 on probe texts and images, identical token ids), and cached per model identity.
+Afterwards a process that searches needs onnxruntime, `tokenizers` and numpy only: torch and transformers are
+imported only to export, or when the export is refused and torch stays the engine.
+
+Cache layout: `<cache>/onnx/<identity>-f<format>/` holding `text.onnx`, `vision.onnx`, `tokenizer.json` and,
+written last, `export.json` (sizes, SHA-256 and mtimes of the files; the tokenizer's rules; the preprocessing).
+An export is built in a hidden temporary folder and renamed into place, so an export killed half-way or racing
+another process never leaves a folder that a later run trusts."""
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from server.config import ENGINES
+from server.encoder import Preprocessing, TextCache, TransformersEncoder, Vectors, normalize
+from server.errors import InvalidArgument, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = 1  # bump when what an export holds changes: older exports are then made again
+ENV_CACHE = "CLIPSEARCH_CACHE"
+MIN_COSINE = 0.99999
+META = "export.json"
+TOWERS = ("text", "vision")
+OPSET = 17
+PROBE_TEXTS = (
+    "a photo of a cat",
+    "",
+    "A Bicycle by the BEACH at sunset, 2019!",
+    "東京の夜景 and a 🚲 emoji",
+    "naïve café crème brûlée",
+    "one two three " * 40,  # longer than the context: truncated
+)
+
+
+class ExportRefused(Exception):
+    """The towers cannot be exported or do not match the torch reference."""
+
+
+def cache_root() -> Path:
+    """Where exports live: $CLIPSEARCH_CACHE/onnx, else the user's cache folder."""
+    configured = os.environ.get(ENV_CACHE)
+    if configured:
+        return Path(configured).expanduser() / "onnx"
+    from platformdirs import user_cache_path
+
+    return user_cache_path("clipsearch", appauthor=False) / "onnx"
+
+
+def resolve_engine(requested: str) -> str:
+    """'onnx' or 'torch' for a requested engine: auto is ONNX Runtime on CPU, torch where CUDA is (checked without
+    importing torch) or onnxruntime is not installed."""
+    if requested not in ENGINES:
+        raise InvalidArgument(f"Unknown engine {requested!r}; choose one of {', '.join(ENGINES)}.")
+    has_runtime = importlib.util.find_spec("onnxruntime") is not None
+    if requested == "onnx" and not has_runtime:
+        raise ModelUnavailable("The onnx engine needs onnxruntime: pip install onnxruntime (or use --engine torch).")
+    if requested == "torch" or not has_runtime:
+        return "torch"
+    if requested == "auto" and _has_cuda():
+        return "torch"
+    return "onnx"
+
+
+def _has_cuda() -> bool:
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+@dataclass(frozen=True)
+class Export:
+    """What `export.json` records of one export."""
+
+    model_identity: str
+    dim: int
+    context_length: int
+    lowercase: bool
+    text_inputs: tuple[str, ...]
+    preprocessing: dict[str, Any]
+    files: dict[str, dict[str, Any]]  # name -> {size, sha256, mtime_ns}
+    min_cosine: float
+
+
+class OnnxEncoder:
+    """The `Encoder` on ONNX Runtime, over a torch `reference` that exports (once) and stands in if it must.
+
+    With `strict` (the engine was asked for by name), an export that fails is an error naming the fix; otherwise
+    it is one warning, and torch does the work."""
+
+    def __init__(self, reference: TransformersEncoder, cache: Path | None = None, strict: bool = False) -> None:
+        self.reference = reference
+        self.model_name = reference.model_name
+        self.batch_size = reference.batch_size
+        self.cache = cache or cache_root()
+        self.strict = strict
+        self._lock = threading.Lock()
+        self._export: Export | None = None
+        self._decided = False
+        self._sessions: dict[str, Any] = {}
+        self._tokenizer: Any = None
+        self._preprocessing: Preprocessing | None = None
+        self._texts = TextCache()
+
+    @property
+    def model_identity(self) -> str:
+        return self.reference.model_identity
+
+    @property
+    def engine(self) -> str:
+        """'onnx', or 'torch' where the export was refused."""
+        return "onnx" if self._ready() else "torch"
+
+    @property
+    def dim(self) -> int:
+        ready = self._ready()
+        return ready.dim if ready else self.reference.dim
+
+    @property
+    def input_size(self) -> int:
+        return self._image_preprocessing().input_size if self._ready() else self.reference.input_size
+
+    def preprocess(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        if not self._ready():
+            return self.reference.preprocess(image)
+        return self._image_preprocessing()(image)
+
+    def encode_pixels(self, batch: npt.NDArray[np.float32]) -> Vectors:
+        ready = self._ready()
+        if not ready:
+            return self.reference.encode_pixels(batch)
+        session = self._session("vision")
+        outputs = [
+            session.run(None, {"pixel_values": np.ascontiguousarray(batch[i : i + self.batch_size], np.float32)})[0]
+            for i in range(0, len(batch), self.batch_size)
+        ]
+        return normalize(np.concatenate(outputs) if outputs else np.zeros((0, ready.dim), np.float32))
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        if not self._ready():
+            return self.reference.encode_texts(texts)
+        return self._texts.encode(texts, self._embed_texts)
+
+    def load_text_tower(self) -> None:
+        """Load the text tower now (the server's warm-up: searches come first)."""
+        if self._ready():
+            self._session("text")
+            self._text_tokenizer()
+
+    def _embed_texts(self, texts: Sequence[str]) -> Vectors:
+        ready = self._ready()
+        assert ready is not None
+        session, tokenizer = self._session("text"), self._text_tokenizer()
+        outputs = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            feeds = _token_arrays(tokenizer, [t.lower() for t in batch] if ready.lowercase else batch)
+            outputs.append(session.run(None, {name: feeds[name] for name in ready.text_inputs})[0])
+        return normalize(np.concatenate(outputs) if outputs else np.zeros((0, ready.dim), np.float32))
+
+    # --- the export, found or made --------------------------------------------------------------------------
+
+    def _ready(self) -> Export | None:
+        if not self._decided:
+            with self._lock:
+                if not self._decided:
+                    self._export = self._find_or_make()
+                    self._decided = True
+        return self._export
+
+    @property
+    def folder(self) -> Path:
+        return self.cache / f"{self.model_identity.split(':')[-1][:40]}-f{EXPORT_FORMAT}"
+
+    def _find_or_make(self) -> Export | None:
+        folder = self.folder
+        found = read_export(folder)
+        if found is not None and found.model_identity == self.model_identity:
+            return found
+        try:
+            if folder.exists():  # damaged or stale: set aside, then made again
+                _remove(folder)
+            return make_export(self.reference, folder)
+        except (ExportRefused, OSError) as exc:
+            reason = f"the ONNX export of '{self.model_name}' failed ({exc})"
+            if self.strict:
+                raise ModelUnavailable(
+                    f"{reason[0].upper()}{reason[1:]}. Use --engine torch (or CLIPSEARCH_ENGINE=torch)."
+                ) from exc
+            log.warning("%s; using torch for this model", reason)
+            return None
+
+    def _session(self, tower: str) -> Any:
+        with self._lock:
+            if tower not in self._sessions:
+                import onnxruntime
+
+                options = onnxruntime.SessionOptions()
+                options.log_severity_level = 3
+                path = str(self.folder / f"{tower}.onnx")
+                self._sessions[tower] = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            return self._sessions[tower]
+
+    def _text_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        return self._tokenizer
+
+    def _image_preprocessing(self) -> Preprocessing:
+        if self._preprocessing is None:
+            ready = self._ready()
+            assert ready is not None
+            fields = dict(ready.preprocessing)
+            fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+            self._preprocessing = Preprocessing(**fields)
+        return self._preprocessing
+
+
+def _token_arrays(tokenizer: Any, texts: Sequence[str]) -> dict[str, npt.NDArray[np.int64]]:
+    encoded = tokenizer.encode_batch(list(texts))
+    return {
+        "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
+        "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
+    }
+
+
+def read_export(folder: Path) -> Export | None:
+    """The export in `folder` if it is complete and intact: every file the size recorded, and where a file's mtime
+    changed since, its SHA-256 too. Anything else (absent, half-written, truncated, edited) is None."""
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        export = Export(**{**meta, "text_inputs": tuple(meta["text_inputs"])})
+        for name, recorded in export.files.items():
+            stat = (folder / name).stat()
+            if stat.st_size != recorded["size"]:
+                log.warning("the ONNX export %s is damaged (%s has the wrong size); exporting again", folder, name)
+                return None
+            if stat.st_mtime_ns != recorded["mtime_ns"] and _sha256(folder / name) != recorded["sha256"]:
+                log.warning("the ONNX export %s is damaged (%s changed); exporting again", folder, name)
+                return None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return export
+
+
+def make_export(reference: TransformersEncoder, folder: Path) -> Export:
+    """Export the reference's towers into `folder` (atomically), after checking them against it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
+    try:
+        export = _export_into(reference, work)
+        try:
+            os.rename(work, folder)
+        except OSError:
+            found = read_export(folder)  # another process finished first: theirs is as good
+            if found is None:
+                raise
+            _remove(work)
+            return found
+        return export
+    except BaseException:
+        _remove(work)
+        raise
+
+
+def _export_into(reference: TransformersEncoder, work: Path) -> Export:
+    import torch
+
+    log.warning(
+        "exporting '%s' to ONNX once (about a minute for ViT-B/32); later runs start from it", reference.model_name
+    )
+    parts = reference.torch_parts()
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(_fast_tokenizer(parts.tokenizer).to_str())
+    tokenizer.enable_truncation(max_length=parts.context_length)
+    pad_id = parts.tokenizer.pad_token_id
+    if pad_id is None:
+        raise ExportRefused("its tokenizer has no padding token")
+    length = parts.context_length if parts.family.pad_to_context else None
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=parts.tokenizer.pad_token, length=length)
+    tokenizer.save(str(work / "tokenizer.json"))
+    text_inputs = tuple(n for n in ("input_ids", "attention_mask") if n in parts.tokenizer.model_input_names)
+    _check_tokens(parts, tokenizer)
+
+    model = parts.model.float().cpu() if parts.device != "cpu" else parts.model
+    probe = _token_arrays(tokenizer, ["a photo", "two words here"])
+    text_args = tuple(torch.from_numpy(probe[name]) for name in text_inputs)
+    size = parts.preprocessing.crop_height or parts.preprocessing.height or parts.preprocessing.shortest_edge
+    width = parts.preprocessing.crop_width or parts.preprocessing.width or parts.preprocessing.shortest_edge
+    pixels = torch.zeros((2, 3, size, width), dtype=torch.float32)
+    towers = {
+        "text": (_tower(model, "get_text_features", text_inputs), text_args, text_inputs),
+        "vision": (_tower(model, "get_image_features", ("pixel_values",)), (pixels,), ("pixel_values",)),
+    }
+    for name, (tower, args, inputs) in towers.items():
+        axes = {i: {0: "batch", 1: "tokens"} if i != "pixel_values" else {0: "batch"} for i in inputs}
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    tower,
+                    args,
+                    str(work / f"{name}.onnx"),
+                    input_names=list(inputs),
+                    output_names=["embeds"],
+                    dynamic_axes={**axes, "embeds": {0: "batch"}},
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
+        except Exception as exc:  # the exporter raises many kinds; all mean the same here
+            raise ExportRefused(f"the {name} tower did not export: {str(exc).splitlines()[0][:200]}") from exc
+    cosine = _check_outputs(reference, work, text_inputs, tokenizer, parts)
+    files = {}
+    for name in ("text.onnx", "vision.onnx", "tokenizer.json"):
+        stat = (work / name).stat()
+        files[name] = {"size": stat.st_size, "sha256": _sha256(work / name), "mtime_ns": stat.st_mtime_ns}
+    export = Export(
+        model_identity=reference.model_identity,
+        dim=parts.dim,
+        context_length=parts.context_length,
+        lowercase=parts.family.lowercase,
+        text_inputs=text_inputs,
+        preprocessing=asdict(parts.preprocessing),
+        files=files,
+        min_cosine=cosine,
+    )
+    _write_json(work / META, asdict(export))
+    return export
+
+
+def _tower(model: Any, method: str, names: Sequence[str]) -> Any:
+    """One tower as a module with positional inputs, for the exporter's tracer (the model a submodule, so its
+    weights are the graph's weights)."""
+    import torch
+
+    class Tower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: Any) -> Any:
+            output = getattr(self.model, method)(**dict(zip(names, inputs, strict=True)))
+            return getattr(output, "pooler_output", output)
+
+    return Tower().eval()
+
+
+def _fast_tokenizer(tokenizer: Any) -> Any:
+    """The `tokenizers` version of a transformers tokenizer: its own, or converted from a slow (SentencePiece) one
+    (the ids are compared with the original's afterwards)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend
+    try:
+        from transformers.convert_slow_tokenizer import convert_slow_tokenizer
+
+        return convert_slow_tokenizer(tokenizer)
+    except Exception as exc:  # the converter raises what its dependencies raise
+        raise ExportRefused(f"its tokenizer has no `tokenizers` version ({str(exc).splitlines()[0][:120]})") from exc
+
+
+def _check_tokens(parts: Any, tokenizer: Any) -> None:
+    texts = [t.lower() for t in PROBE_TEXTS] if parts.family.lowercase else list(PROBE_TEXTS)
+    theirs = parts.tokenizer(
+        texts,
+        padding="max_length" if parts.family.pad_to_context else True,
+        truncation=True,
+        max_length=parts.context_length,
+    )["input_ids"]
+    ours = [e.ids for e in tokenizer.encode_batch(texts)]
+    if [list(ids) for ids in theirs] != ours:
+        raise ExportRefused("its `tokenizers` version gives other token ids than transformers")
+
+
+def _check_outputs(
+    reference: TransformersEncoder, work: Path, text_inputs: Sequence[str], tokenizer: Any, parts: Any
+) -> float:
+    import onnxruntime
+
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, size=(48 + 16 * i, 64, 3), dtype=np.uint8)).resize((300, 240 + 20 * i))
+        for i in range(4)
+    ]
+    pixels = np.stack([parts.preprocessing(image) for image in images])
+    texts = list(PROBE_TEXTS)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    text = onnxruntime.InferenceSession(str(work / "text.onnx"), options, providers=["CPUExecutionProvider"])
+    vision = onnxruntime.InferenceSession(str(work / "vision.onnx"), options, providers=["CPUExecutionProvider"])
+    feeds = _token_arrays(tokenizer, [t.lower() for t in texts] if parts.family.lowercase else texts)
+    ours_text = normalize(text.run(None, {n: feeds[n] for n in text_inputs})[0])
+    ours_image = normalize(vision.run(None, {"pixel_values": pixels})[0])
+    theirs_text = reference.encode_texts(texts)
+    theirs_image = reference.encode_pixels(pixels)
+    cosine = float(min((ours_text * theirs_text).sum(axis=1).min(), (ours_image * theirs_image).sum(axis=1).min()))
+    if not cosine >= MIN_COSINE:
+        raise ExportRefused(f"its ONNX towers differ from torch (cosine {cosine:.6f} < {MIN_COSINE})")
+    return cosine
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _remove(folder: Path) -> None:
+    """Rename a folder aside first (so no reader sees it half-deleted), then delete it."""
+    aside = folder.with_name(f".removed-{folder.name}-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        aside = folder
+    shutil.rmtree(aside, ignore_errors=True)
