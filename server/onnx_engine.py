@@ -207,8 +207,7 @@ class OnnxEncoder:
             if tower not in self._sessions:
                 import onnxruntime
 
-                options = onnxruntime.SessionOptions()
-                options.log_severity_level = 3
+                options = _session_options()
                 path = str(self.folder / f"{tower}.onnx")
                 self._sessions[tower] = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             return self._sessions[tower]
@@ -228,6 +227,16 @@ class OnnxEncoder:
             fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
             self._preprocessing = Preprocessing(**fields)
         return self._preprocessing
+
+
+def _session_options() -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    # Idle ORT threads would otherwise spin for a while after each run, taking the cores FAISS searches with next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def _token_arrays(tokenizer: Any, texts: Sequence[str]) -> dict[str, npt.NDArray[np.int64]]:
@@ -398,8 +407,7 @@ def _check_outputs(
     ]
     pixels = np.stack([parts.preprocessing(image) for image in images])
     texts = list(PROBE_TEXTS)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
+    options = _session_options()
     text = onnxruntime.InferenceSession(str(work / "text.onnx"), options, providers=["CPUExecutionProvider"])
     vision = onnxruntime.InferenceSession(str(work / "vision.onnx"), options, providers=["CPUExecutionProvider"])
     feeds = _token_arrays(tokenizer, [t.lower() for t in texts] if parts.family.lowercase else texts)
