@@ -16,6 +16,8 @@ import os
 import shutil
 import tempfile
 import threading
+import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -269,6 +271,7 @@ def read_export(folder: Path) -> Export | None:
 def make_export(reference: TransformersEncoder, folder: Path) -> Export:
     """Export the reference's towers into `folder` (atomically), after checking them against it."""
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(folder.parent)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
     try:
         export = _export_into(reference, work)
@@ -290,7 +293,8 @@ def _export_into(reference: TransformersEncoder, work: Path) -> Export:
     import torch
 
     log.warning(
-        "exporting '%s' to ONNX once (about a minute for ViT-B/32); later runs start from it", reference.model_name
+        "exporting '%s' to ONNX, once per model (about 10 s for ViT-B/32 on 2 cores); later runs start from it",
+        reference.model_name,
     )
     parts = reference.torch_parts()
     from tokenizers import Tokenizer
@@ -319,7 +323,8 @@ def _export_into(reference: TransformersEncoder, work: Path) -> Export:
     for name, (tower, args, inputs) in towers.items():
         axes = {i: {0: "batch", 1: "tokens"} if i != "pixel_values" else {0: "batch"} for i in inputs}
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the tracer's advice about the model's Python branches
                 torch.onnx.export(
                     tower,
                     args,
@@ -433,6 +438,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _remove_stale(cache: Path, age_s: float = 3600) -> None:
+    """Delete what killed exports left behind (hidden folders untouched for an hour; a live export writes on)."""
+    now = time.time()
+    for leftover in [*cache.glob(".export-*"), *cache.glob(".removed-*")]:
+        try:
+            if now - leftover.stat().st_mtime > age_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _remove(folder: Path) -> None:

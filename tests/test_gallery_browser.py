@@ -301,3 +301,20 @@ async def test_a_page_of_24_large_photos_is_ready_and_paging_back_reuses_the_thu
     write_timing("page_of_24_12mp_ms", {"first": timings[0], "again": timings[1]})
     print(f"page of 24 photos of 12 MP ready after the tool result: first {timings[0]} ms, again {timings[1]} ms")
     assert decoded == 24  # the second showing decoded nothing
+
+
+async def test_duplicate_groups_page_on_with_their_numbers_running_on(fake_service: ClipSearch, tmp_path: Path):
+    folder = tmp_path / "dups"
+    for name, rgb in list(COLORS.items())[:3]:
+        original = save_color(folder / f"{name}.jpg", rgb, size=(320, 240))
+        shutil.copyfile(original, folder / f"{name} copy.jpg")
+    async with gallery_host(build_server(fake_service, roots=[folder]), tmp_path) as host:
+        await index(host, folder)
+        await host.show("find_duplicates", max_groups=1)
+        frame = await host.ready()
+        await frame.click("#more")
+        await wait_until(frame, "document.querySelectorAll('section.group').length === 2")
+        headings = await frame.evaluate("[...document.querySelectorAll('section.group h2')].map((h) => h.textContent)")
+        calls = [c for c in await host.calls() if c["name"] == "find_duplicates"]
+    assert calls == [{"name": "find_duplicates", "arguments": {"max_groups": 1, "offset": 1}}]
+    assert headings == ["Group 1: 2 exact copies", "Group 2: 2 exact copies"]

@@ -237,5 +237,8 @@ def test_an_export_killed_mid_way_leaves_nothing_the_next_run_uses(tiny: Path, t
         child.wait()
     assert child.returncode == -signal.SIGKILL
     assert not [p for p in cache.iterdir() if not p.name.startswith(".")]  # nothing under a name a reader trusts
+    leftover = next(cache.glob(".export-*"))
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))  # as if killed two hours ago
     encoder = OnnxEncoder(TransformersEncoder(str(tiny)), cache=cache)
     assert encoder.encode_texts(["a"]).shape == (1, encoder.dim) and encoder.engine == "onnx"
+    assert not leftover.exists()  # what the killed export left is cleared by the next export
