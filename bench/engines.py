@@ -89,19 +89,15 @@ def main() -> None:
             query_ms[name] = percentiles(latencies)
 
         images = rng.standard_normal((64, 3, 224, 224)).astype(np.float32)
-        vision = {}
+        vision, vectors = {}, {}
         for name, encoder in (("onnx", onnx_encoder), ("torch", torch_encoder)):
             encoder.encode_pixels(images[:32])
             began = time.perf_counter()
-            ours = encoder.encode_pixels(images)
+            vectors[name] = encoder.encode_pixels(images)
             vision[name] = round(len(images) / (time.perf_counter() - began), 1)
-            if name == "onnx":
-                onnx_images = ours
-            else:
-                torch_images = ours
         texts = [f"{words[i % len(words)]} number {i}" for i in range(256)]
         text_cos = (onnx_encoder.encode_texts(texts) * torch_encoder.encode_texts(texts)).sum(axis=1)
-        image_cos = (onnx_images * torch_images).sum(axis=1)
+        image_cos = (vectors["onnx"] * vectors["torch"]).sum(axis=1)
 
     def summary(engine: str) -> dict[str, float]:
         seconds = [s for s, _ in whole[engine]]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from mcp.server.apps import Apps, client_supports_apps
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, Resolve
-from mcp.types import CallToolResult, ListRootsResult, ListToolsResult, ToolAnnotations
+from mcp.types import CallToolResult, ListRootsResult, ToolAnnotations
 from pydantic import Field
 
 from server.app_support import RootAccess, run_core, tool_result
@@ -79,14 +79,13 @@ def _app_only(tool: dict[str, Any]) -> bool:
 
 class HideAppOnlyTools:
     """Middleware: a client that did not negotiate MCP Apps would hand app-only tools to its model, so they are
-    left out of its tool list (hosts with Apps filter them themselves, by `_meta.ui.visibility`)."""
+    left out of its tool list (hosts with Apps filter them themselves, by `_meta.ui.visibility`). The runner hands
+    middleware the serialized result, a dict."""
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         result = await call_next(ctx)
         if ctx.method != "tools/list" or client_supports_apps(ctx):
             return result
-        if isinstance(result, ListToolsResult):
-            result = result.model_dump(by_alias=True, exclude_none=True, mode="json")
         if isinstance(result, dict) and isinstance(result.get("tools"), list):
             return {**result, "tools": [t for t in result["tools"] if not _app_only(t)]}
         return result

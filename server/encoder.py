@@ -252,13 +252,7 @@ class TransformersEncoder:
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 batch = list(texts[start : start + self.batch_size])
-                tokens = loaded.tokenizer(
-                    [t.lower() for t in batch] if loaded.family.lowercase else batch,
-                    padding="max_length" if loaded.family.pad_to_context else True,
-                    truncation=True,
-                    max_length=loaded.context_length,
-                    return_tensors="pt",
-                ).to(loaded.device)
+                tokens = loaded.tokens(batch, return_tensors="pt").to(loaded.device)
                 features = _features(loaded.model.get_text_features(**tokens))
                 outputs.append(features.float().cpu().numpy())
         return normalize(np.concatenate(outputs) if outputs else np.zeros((0, loaded.dim), np.float32))
@@ -289,6 +283,17 @@ class _Loaded:
     dtype: Any
     dim: int
     context_length: int
+
+    def tokens(self, texts: Sequence[str], **options: Any) -> Any:
+        """The tokenizer's output for `texts` by the family's rules: lower-cased where it was trained so, padded to
+        the context or to the longest text, truncated to the context."""
+        return self.tokenizer(
+            [t.lower() for t in texts] if self.family.lowercase else list(texts),
+            padding="max_length" if self.family.pad_to_context else True,
+            truncation=True,
+            max_length=self.context_length,
+            **options,
+        )
 
 
 def _features(output: Any) -> Any:

@@ -168,7 +168,7 @@ class OnnxEncoder:
         outputs = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            feeds = _token_arrays(tokenizer, [t.lower() for t in batch] if ready.lowercase else batch)
+            feeds = _token_arrays(tokenizer, batch, ready.lowercase)
             outputs.append(session.run(None, {name: feeds[name] for name in ready.text_inputs})[0])
         return normalize(np.concatenate(outputs) if outputs else np.zeros((0, ready.dim), np.float32))
 
@@ -241,8 +241,9 @@ def _session_options() -> Any:
     return options
 
 
-def _token_arrays(tokenizer: Any, texts: Sequence[str]) -> dict[str, npt.NDArray[np.int64]]:
-    encoded = tokenizer.encode_batch(list(texts))
+def _token_arrays(tokenizer: Any, texts: Sequence[str], lowercase: bool = False) -> dict[str, npt.NDArray[np.int64]]:
+    """The text tower's inputs (ids and mask, int64) for `texts`, lower-cased first for families trained so."""
+    encoded = tokenizer.encode_batch([t.lower() for t in texts] if lowercase else list(texts))
     return {
         "input_ids": np.asarray([e.ids for e in encoded], dtype=np.int64),
         "attention_mask": np.asarray([e.attention_mask for e in encoded], dtype=np.int64),
@@ -388,14 +389,8 @@ def _fast_tokenizer(tokenizer: Any) -> Any:
 
 
 def _check_tokens(parts: Any, tokenizer: Any) -> None:
-    texts = [t.lower() for t in PROBE_TEXTS] if parts.family.lowercase else list(PROBE_TEXTS)
-    theirs = parts.tokenizer(
-        texts,
-        padding="max_length" if parts.family.pad_to_context else True,
-        truncation=True,
-        max_length=parts.context_length,
-    )["input_ids"]
-    ours = [e.ids for e in tokenizer.encode_batch(texts)]
+    theirs = parts.tokens(PROBE_TEXTS)["input_ids"]
+    ours = _token_arrays(tokenizer, PROBE_TEXTS, parts.family.lowercase)["input_ids"].tolist()
     if [list(ids) for ids in theirs] != ours:
         raise ExportRefused("its `tokenizers` version gives other token ids than transformers")
 
@@ -415,7 +410,7 @@ def _check_outputs(
     options = _session_options()
     text = onnxruntime.InferenceSession(str(work / "text.onnx"), options, providers=["CPUExecutionProvider"])
     vision = onnxruntime.InferenceSession(str(work / "vision.onnx"), options, providers=["CPUExecutionProvider"])
-    feeds = _token_arrays(tokenizer, [t.lower() for t in texts] if parts.family.lowercase else texts)
+    feeds = _token_arrays(tokenizer, texts, parts.family.lowercase)
     ours_text = normalize(text.run(None, {n: feeds[n] for n in text_inputs})[0])
     ours_image = normalize(vision.run(None, {"pixel_values": pixels})[0])
     theirs_text = reference.encode_texts(texts)

@@ -96,11 +96,15 @@ class GalleryHost:
         self.html = html
         self.errors = errors  # page errors and console errors (a CSP violation is one)
 
-    async def show(self, tool: str, **arguments: Any) -> types.CallToolResult:
-        """Call `tool` as the model would, then hand its input and result to a fresh view, as a host does."""
+    async def show(
+        self, tool: str, host_context: dict[str, Any] | None = None, **arguments: Any
+    ) -> types.CallToolResult:
+        """Call `tool` as the model would, then hand its input and result to a fresh view, as a host does (with
+        `host_context`: theme, style variables)."""
         result = await self.client.call_tool(tool, arguments)
         await self.page.evaluate(
-            "([html, input, result]) => showTool(html, input, result)", [self.html, arguments, wire(result)]
+            "([html, input, result, context]) => showTool(html, input, result, context)",
+            [self.html, arguments, wire(result), host_context],
         )
         return result
 

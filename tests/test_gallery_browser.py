@@ -235,16 +235,7 @@ async def test_the_host_theme_reaches_the_view(fake_service: ClipSearch, photos:
             {"theme": "light"},
             {"theme": "dark", "styles": {"variables": {"--color-text-primary": "rgb(1, 2, 3)"}}},
         ):
-            result = await host.client.call_tool("search_images_by_text", {"query": "red", "k": 2})
-            await host.page.evaluate(
-                "([html, input, result, ctx]) => showTool(html, input, result, ctx)",
-                [
-                    host.html,
-                    {"query": "red", "k": 2},
-                    result.model_dump(mode="json", by_alias=True, exclude_none=True),
-                    context,
-                ],
-            )
+            await host.show("search_images_by_text", host_context=context, query="red", k=2)
             frame = await host.ready()
             backgrounds.append(
                 await frame.evaluate(
