@@ -36,6 +36,8 @@ def main() -> None:
         "startup": run("startup", "--model", args.model),
         "evaluation": run("evaluation", "--images", args.eval_images),
         "offline": run("offline", "--model", args.model),
+        "engines": run("engines", "--model", args.model, "--vectors", args.text_vectors),
+        "index_process": run("index_process", "--model", args.model, "--images", "48"),
     }
     print(json.dumps(results, indent=2))
 

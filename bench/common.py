@@ -4,6 +4,9 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,24 @@ def emit(result: dict[str, object], as_json: bool) -> None:
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# Runs a command and prints its peak RSS: measured from a small launcher, since a child forked from a big process
+# would start from that process's peak.
+_LAUNCHER = (
+    "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)"
+)
+
+
+def whole_process(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one whole process running `command`; its failure stops the benchmark."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *command], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command[-6:])} failed: {done.stderr[-2000:]}")
+    return seconds, int(done.stdout.split()[-1]) / 1024
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:

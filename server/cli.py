@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.indexer import IndexProgress
 
 from server.cli_render import render
+from server.config import PRECISIONS
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE
 from server.errors import ClipSearchError, IndexingCancelled
 from server.model_files import DownloadPlan, DownloadState, megabytes
@@ -76,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "--index-type",
         choices=["auto", "flat", "ivf"],
         help="Search index: flat (exact), ivf (approximate), auto (ivf from 150,000 images); default: keep",
+    )
+    index.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="Vectors of a new collection: fp32 (default) or int8 (quantised, about 2x faster on a CPU); "
+        "a collection keeps its own",
     )
     index.add_argument(
         "--watch", action="store_true", help="After indexing, keep the collection in sync with the folder until Ctrl-C"
@@ -248,6 +255,7 @@ def _run_command(args: argparse.Namespace, settings: Any) -> int:
                     args.index_type,
                     stop,
                     model,
+                    args.precision,
                 )
             except IndexingCancelled as exc:
                 bar.close()

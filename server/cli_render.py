@@ -73,8 +73,11 @@ def render(result: BaseModel) -> str:
     if isinstance(result, CollectionList):
         if not result.collections:
             return f"No collections in {result.index_dir}."
-        rows = [f"{'name':<20}{'images':>8}  {'dim':>4}  {'index':<6} model"]
-        rows += [f"{c.name:<20}{c.images:>8}  {c.dim:>4}  {c.index_type:<6} {c.model}" for c in result.collections]
+        rows = [f"{'name':<20}{'images':>8}  {'dim':>4}  {'index':<6} {'vectors':<8}model"]
+        rows += [
+            f"{c.name:<20}{c.images:>8}  {c.dim:>4}  {c.index_type:<6} {c.precision:<8}{c.model}"
+            for c in result.collections
+        ]
         return "\n".join(rows)
     return result.model_dump_json(indent=2)
 
@@ -117,7 +120,7 @@ def _render_comparison(report: EvaluationReport) -> str:
             rows.append(f"{direction + ' ' + name:<22}" + "".join(f"{t[row][column]:>{width}.3f}" for t in tables))
     rows.append(f"{'images/s':<22}" + "".join(f"{c.images_per_second:>{width}.1f}" for c in compared))
     rows.append(f"{'text query ms':<22}" + "".join(f"{c.text_query_ms:>{width}.1f}" for c in compared))
-    rows += [f"{c.collection}: {c.model} ({c.dim}-d)" for c in compared]
+    rows += [f"{c.collection}: {c.model} ({c.dim}-d, {c.precision})" for c in compared]
     if report.report_dir:
         rows.append(f"report written to {report.report_dir}")
     return "\n".join(rows)

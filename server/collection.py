@@ -1,7 +1,7 @@
 """Named collections on disk: manifest, SQLite catalog (the truth, vectors included) and a FAISS index built from it.
 
-Layout of `<index_dir>/<name>/`: `manifest.json` (format version, model name and identity, dimension, metric,
-index type),
+Layout of `<index_dir>/<name>/`: `manifest.json` (format version, model name and identity, precision, dimension,
+metric, index type),
 `catalog.sqlite` (WAL; one row per image with its vector; a generation counter bumped by every commit),
 `index.<generation>.faiss` (the FAISS index matching that generation) and `write.lock`.
 
@@ -32,6 +32,7 @@ from server.catalog_schema import (
     prepare_catalog,
     under_folder,
 )
+from server.config import PRECISIONS
 from server.defaults import INDEX_TYPES
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
 from server.faiss_index import (
@@ -54,8 +55,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: the manifest records the model's identity (content hash), not only its name
-READABLE_VERSIONS = (1, 2)  # 1 is migrated to 2 by the first write (see Collection.writer)
+# 2: the manifest records the model's identity (content hash), not only its name; 3: and its vectors' precision
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # older ones are migrated to 3 by the first write (see Collection._upgrade_manifest)
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
@@ -82,13 +84,29 @@ class Manifest:
     index_policy: str = "auto"  # what the user asked for: "auto", "flat" or "ivf"
     index_params: dict[str, Any] = field(default_factory=dict)
     model_identity: str | None = None  # model_identity.py; None only in version-1 manifests
+    precision: str = "fp32"  # of every vector in the collection (config.PRECISIONS); versions 1-2 made fp32 only
 
     @classmethod
-    def new(cls, model: str, dim: int, index_policy: str = "auto", model_identity: str | None = None) -> "Manifest":
+    def new(
+        cls,
+        model: str,
+        dim: int,
+        index_policy: str = "auto",
+        model_identity: str | None = None,
+        precision: str = "fp32",
+    ) -> "Manifest":
         # Every collection starts Flat; IVF needs vectors to train on, so it is built at the end of a write.
         created = datetime.now(UTC).isoformat()
         return cls(
-            SCHEMA_VERSION, model, dim, "inner_product", "flat", created, index_policy, model_identity=model_identity
+            SCHEMA_VERSION,
+            model,
+            dim,
+            "inner_product",
+            "flat",
+            created,
+            index_policy,
+            model_identity=model_identity,
+            precision=precision,
         )
 
     @property
@@ -408,7 +426,7 @@ class Collection:
             ) from exc
         try:
             self.refresh_if_stale()
-            self._record_model_identity()
+            self._upgrade_manifest()
             from server.collection_writer import CollectionWriter
 
             writer = CollectionWriter(self)
@@ -440,14 +458,16 @@ class Collection:
                 self._index.add_with_ids(np.stack(list(added.values())).astype(np.float32), ids)
             self.generation = generation
 
-    def _record_model_identity(self) -> None:
-        """Migrate a version-1 manifest (model name only): the model now writing, opened under that same name,
-        is recorded by identity, so copies of it under other names open the collection from now on."""
-        if self.manifest.model_identity is None and self._model_identity is not None:
-            log.info("collection %s: recording its model's identity %s", self.name, self._model_identity)
-            self._write_manifest(
-                replace(self.manifest, schema_version=SCHEMA_VERSION, model_identity=self._model_identity)
-            )
+    def _upgrade_manifest(self) -> None:
+        """Migrate an older manifest at the first write, to version 3. Version 1 named its model only: the model now
+        writing, opened under that same name, is recorded by identity, so copies of it under other names open the
+        collection from now on (without an identity to record, a version-1 manifest stays as it is). Version 2 made
+        fp32 vectors only, which is the precision recorded."""
+        identity = self.manifest.model_identity or self._model_identity
+        if self.manifest.schema_version == SCHEMA_VERSION or identity is None:
+            return
+        log.info("collection %s: manifest version %d -> %d", self.name, self.manifest.schema_version, SCHEMA_VERSION)
+        self._write_manifest(replace(self.manifest, schema_version=SCHEMA_VERSION, model_identity=identity))
 
     def set_index_policy(self, policy: str) -> None:
         """Record which index the user wants ('auto', 'flat', 'ivf'); applied at the end of the next write."""
@@ -597,7 +617,14 @@ def load_manifest(folder: Path, name: str) -> Manifest:
             f"{', '.join(map(str, READABLE_VERSIONS))}. Re-index into a new collection name, or update clipsearch."
         )
     required = ("schema_version", "model", "dim", "metric", "index_type", "created")
-    optional = {key: data[key] for key in ("index_policy", "index_params", "model_identity") if key in data}
+    optional = {
+        key: data[key] for key in ("index_policy", "index_params", "model_identity", "precision") if key in data
+    }
+    if optional.get("precision", "fp32") not in PRECISIONS:
+        raise CollectionMismatch(
+            f"Collection '{name}' holds vectors of precision {optional['precision']!r}; this clipsearch knows "
+            f"{', '.join(PRECISIONS)}. Update clipsearch, or re-index into a new collection name."
+        )
     return Manifest(**{key: data[key] for key in required}, **optional)
 
 
@@ -652,7 +679,13 @@ class CollectionStore:
         return Collection(name, self.index_dir / name, manifest, identity)
 
     def create(
-        self, name: str, model: str, dim: int, index_policy: str = "auto", identity: str | None = None
+        self,
+        name: str,
+        model: str,
+        dim: int,
+        index_policy: str = "auto",
+        identity: str | None = None,
+        precision: str = "fp32",
     ) -> Collection:
         """Open the collection if it exists (checking its model), else create it."""
         folder = self.index_dir / validate_name(name)
@@ -661,7 +694,7 @@ class CollectionStore:
         folder.mkdir(parents=True, exist_ok=True)
         if index_policy not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_policy!r}.")
-        manifest = Manifest.new(model, dim, index_policy, identity)
+        manifest = Manifest.new(model, dim, index_policy, identity, precision)
         _write_atomically(folder / "manifest.json", json.dumps(asdict(manifest), indent=2).encode("utf-8"))
         return Collection(name, folder, manifest, identity)
 

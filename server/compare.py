@@ -66,6 +66,7 @@ def compared(
     return ComparedCollection(
         collection=collection.name,
         model=collection.manifest.model,
+        precision=collection.manifest.precision,
         dim=collection.manifest.dim,
         text_to_image=report.text_to_image,
         image_to_image=report.image_to_image,

@@ -32,6 +32,7 @@ class Encoder(Protocol):
     """What indexing and search need from a model; tests hand in a fake."""
 
     model_name: str
+    precision: str  # of the vectors it makes: "fp32" (fp16 on CUDA counts as it), or "int8" (config.PRECISIONS)
 
     @property
     def model_identity(self) -> str:
@@ -169,6 +170,8 @@ class TransformersEncoder:
 
     The files are found (or downloaded once, reported to `downloads`) before loading; `hash_cache` remembers the
     weight hashes behind `model_identity`."""
+
+    precision = "fp32"
 
     def __init__(
         self,

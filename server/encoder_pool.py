@@ -15,46 +15,51 @@ MAX_LOADED_MODELS = 2  # a ViT-B/32 takes ~0.6 GB, a SigLIP 2 base ~1.5 GB of me
 
 
 class EncoderPool:
-    def __init__(self, make: Callable[[str], Encoder], capacity: int = MAX_LOADED_MODELS) -> None:
+    """Encoders by (model name, precision); `make(model, precision)` makes a missing one."""
+
+    def __init__(self, make: Callable[[str, str], Encoder], capacity: int = MAX_LOADED_MODELS) -> None:
         self._make = make
         self._capacity = max(1, capacity)
-        self._names: dict[str, Encoder] = {}
+        self._names: dict[tuple[str, str], Encoder] = {}
         self._recent: OrderedDict[int, Encoder] = OrderedDict()  # distinct encoders, least recently used first
         self._lock = threading.Lock()
 
     def add(self, encoder: Encoder, name: str | None = None) -> None:
-        """Use `encoder` for its model, or for `name` (another name of the same checkpoint)."""
+        """Use `encoder` for its model, or for `name` (another name of the same checkpoint), at its precision."""
         with self._lock:
-            self._remember(name or encoder.model_name, encoder)
+            self._remember((name or encoder.model_name, encoder.precision), encoder)
 
-    def get(self, model: str) -> Encoder:
-        """The encoder of `model` (a hub id or a folder), made on first use; its weights load when first needed."""
+    def get(self, model: str, precision: str = "fp32") -> Encoder:
+        """The encoder of `model` (a hub id or a folder) at `precision`, made on first use; its weights load when
+        first needed."""
+        key = (model, precision)
         with self._lock:
-            known = self._names.get(model)
+            known = self._names.get(key)
             if known is not None:
                 self._recent.move_to_end(id(known))
                 return known
-        made = self._make(model)
+        made = self._make(model, precision)
         identity = made.model_identity  # finds (or downloads) the files, outside the lock: it may take a while
         with self._lock:
-            known = self._names.get(model)
+            known = self._names.get(key)
             if known is None:
-                same = [e for e in self._recent.values() if e.model_identity == identity]
+                same = [e for e in self._recent.values() if (e.model_identity, e.precision) == (identity, precision)]
                 known = same[0] if same else made
-                self._remember(model, known)
+                self._remember(key, known)
             return known
 
     def loaded(self) -> list[str]:
         """The model names served now, most recently used last."""
         with self._lock:
             order = list(self._recent)
-            return sorted(self._names, key=lambda name: order.index(id(self._names[name])))
+            names = [name for name, _ in sorted(self._names, key=lambda key: order.index(id(self._names[key])))]
+            return [name for i, name in enumerate(names) if name not in names[i + 1 :]]
 
-    def _remember(self, model: str, encoder: Encoder) -> None:
-        self._names[model] = encoder
+    def _remember(self, key: tuple[str, str], encoder: Encoder) -> None:
+        self._names[key] = encoder
         self._recent[id(encoder)] = encoder
         self._recent.move_to_end(id(encoder))
         while len(self._recent) > self._capacity:
             _, dropped = self._recent.popitem(last=False)
-            for name in [n for n, e in self._names.items() if e is dropped]:
-                del self._names[name]
+            for stale in [k for k, e in self._names.items() if e is dropped]:
+                del self._names[stale]

@@ -89,6 +89,7 @@ class JobRecord:
     index_type: str | None
     state: str = "queued"
     model: str | None = None  # the model a new collection is built with (None: the default)
+    precision: str | None = None  # of a new collection's vectors (None: fp32)
     created: str = field(default_factory=_now)
     started: str | None = None
     finished: str | None = None
@@ -110,6 +111,7 @@ class JobRecord:
             remove_missing=self.remove_missing,
             index_type=self.index_type,
             model=self.model,
+            precision=self.precision,
             created=self.created,
             started=self.started,
             finished=self.finished,
@@ -161,11 +163,13 @@ class JobManager:
         guard: PathGuard | None = None,
         again: bool = False,
         model: str | None = None,
+        precision: str | None = None,
     ) -> JobStatus:
         """Queue the indexing of `folder` into `collection`, or return the job already queued or running for it
         (in this process or, read from its record, in another server). With `again` (changes seen after a run
         began), a running job gets one follow-up queued behind it. `model` builds a new collection with that model
-        (checked at once against an existing collection's; loaded, or downloaded, by the job)."""
+        (checked at once against an existing collection's; loaded, or downloaded, by the job), `precision` with
+        vectors of that precision (checked at once too)."""
         from server.collection import validate_name  # here, not above: the MCP handshake must not wait for numpy
 
         validate_name(collection)
@@ -174,8 +178,8 @@ class JobManager:
         path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
-        if model is not None:
-            self._service().check_model(collection, model)
+        if model is not None or precision is not None:
+            self._service().check_model(collection, model, precision)
         with self._lock:
             same = [
                 job.record
@@ -190,6 +194,12 @@ class JobManager:
                         f"Job {existing.job_id} is already indexing this folder into '{collection}' with the model "
                         f"'{existing.model}'; wait for it (index_status), or index into another collection name."
                     )
+                if precision is not None and (existing.precision or "fp32") != precision:
+                    raise InvalidArgument(
+                        f"Job {existing.job_id} is already indexing this folder into '{collection}' at "
+                        f"{existing.precision or 'fp32'}; wait for it (index_status), or index into another "
+                        "collection name."
+                    )
                 return existing.status()
             for record in self._records(collection):
                 if record.state in ACTIVE and record.folder == str(path) and self._run_elsewhere(record):
@@ -203,6 +213,7 @@ class JobManager:
                 remove_missing=remove_missing,
                 index_type=index_type,
                 model=model,
+                precision=precision,
                 owner=_OWNER,
             )
             job = _Job(record, guard)
@@ -294,6 +305,7 @@ class JobManager:
                 record.index_type,
                 job.cancel,
                 record.model,
+                record.precision,
             )
         except IndexingCancelled as exc:
             self._finish(job, "cancelled", report=exc.report, note="stopped on request; what it committed stays")

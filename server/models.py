@@ -88,6 +88,7 @@ class DirectionMetrics(BaseModel):
 class ComparedCollection(BaseModel):
     collection: str
     model: str
+    precision: str = Field("fp32", description="Of the collection's vectors: fp32 or int8")
     dim: int
     text_to_image: DirectionMetrics
     image_to_image: DirectionMetrics
@@ -124,6 +125,7 @@ class CollectionInfo(BaseModel):
     model_identity: str | None = Field(
         None, description="sha256 of the model's weights and config; None until a collection made before 0.2 is written"
     )
+    precision: str = Field("fp32", description="Of its vectors: fp32, or int8 (quantised towers, faster)")
     dim: int
     index_type: str
 
@@ -236,6 +238,7 @@ class JobStatus(BaseModel):
     remove_missing: bool
     index_type: str | None
     model: str | None = None
+    precision: str | None = Field(None, description="Of a new collection's vectors, if asked (else fp32)")
     created: str
     started: str | None = None
     finished: str | None = None

@@ -3,10 +3,13 @@ against it (cosine ≥ 0.99999 on probe texts and images, identical token ids), 
 Afterwards a process that searches needs onnxruntime, `tokenizers` and numpy only: torch and transformers are
 imported only to export, or when the export is refused and torch stays the engine.
 
-Cache layout: `<cache>/onnx/<identity>-f<format>/` holding `text.onnx`, `vision.onnx`, `tokenizer.json` and,
-written last, `export.json` (sizes, SHA-256 and mtimes of the files; the tokenizer's rules; the preprocessing).
-An export is built in a hidden temporary folder and renamed into place, so an export killed half-way or racing
-another process never leaves a folder that a later run trusts."""
+int8 (opt-in per collection) is the fp32 export dynamically quantised (weights int8 per channel, activations
+quantised on the fly), checked against fp32 on the same probes and cached beside it; it needs no torch at all.
+
+Cache layout: `<cache>/onnx/<identity>-f<format>[-int8]/` holding `text.onnx`, `vision.onnx`, `tokenizer.json`
+and, written last, `export.json` (sizes, SHA-256 and mtimes of the files; the tokenizer's rules; the
+preprocessing). An export is built in a hidden temporary folder and renamed into place, so an export killed
+half-way or racing another process never leaves a folder that a later run trusts."""
 
 import hashlib
 import importlib.util
@@ -18,8 +21,8 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from server.config import ENGINES
+from server.config import ENGINES, PRECISIONS
 from server.encoder import Preprocessing, TextCache, TransformersEncoder, Vectors, normalize
 from server.errors import InvalidArgument, ModelUnavailable
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 EXPORT_FORMAT = 1  # bump when what an export holds changes: older exports are then made again
 ENV_CACHE = "CLIPSEARCH_CACHE"
 MIN_COSINE = 0.99999
+INT8_MIN_COSINE = 0.98  # int8 against fp32 on the probes; lower means the quantisation broke the model
 META = "export.json"
 TOWERS = ("text", "vision")
 OPSET = 17
@@ -93,21 +97,28 @@ class Export:
     text_inputs: tuple[str, ...]
     preprocessing: dict[str, Any]
     files: dict[str, dict[str, Any]]  # name -> {size, sha256, mtime_ns}
-    min_cosine: float
+    min_cosine: float  # against the torch reference (fp32), or against the fp32 export (int8)
+    precision: str = "fp32"
 
 
 class OnnxEncoder:
     """The `Encoder` on ONNX Runtime, over a torch `reference` that exports (once) and stands in if it must.
 
     With `strict` (the engine was asked for by name), an export that fails is an error naming the fix; otherwise
-    it is one warning, and torch does the work."""
+    it is one warning, and torch does the work. An int8 encoder is always strict: torch cannot stand in for it
+    (a collection's vectors all come from one precision)."""
 
-    def __init__(self, reference: TransformersEncoder, cache: Path | None = None, strict: bool = False) -> None:
+    def __init__(
+        self, reference: TransformersEncoder, cache: Path | None = None, strict: bool = False, precision: str = "fp32"
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise InvalidArgument(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
         self.reference = reference
         self.model_name = reference.model_name
         self.batch_size = reference.batch_size
         self.cache = cache or cache_root()
-        self.strict = strict
+        self.precision = precision
+        self.strict = strict or precision != "fp32"
         self._lock = threading.Lock()
         self._export: Export | None = None
         self._decided = False
@@ -184,19 +195,29 @@ class OnnxEncoder:
 
     @property
     def folder(self) -> Path:
-        return self.cache / f"{self.model_identity.split(':')[-1][:40]}-f{EXPORT_FORMAT}"
+        return self._folder(self.precision)
+
+    def _folder(self, precision: str) -> Path:
+        suffix = "" if precision == "fp32" else f"-{precision}"
+        return self.cache / f"{self.model_identity.split(':')[-1][:40]}-f{EXPORT_FORMAT}{suffix}"
 
     def _find_or_make(self) -> Export | None:
-        folder = self.folder
-        found = read_export(folder)
-        if found is not None and found.model_identity == self.model_identity:
-            return found
         try:
-            if folder.exists():  # damaged or stale: set aside, then made again
-                _remove(folder)
-            return make_export(self.reference, folder)
+            if self.precision == "fp32":
+                return _find_or_build(self.folder, self.model_identity, lambda work: _export_into(self.reference, work))
+            base = self._folder("fp32")
+            _find_or_build(base, self.model_identity, lambda work: _export_into(self.reference, work))
+            return _find_or_build(
+                self.folder, self.model_identity, lambda work: _quantize_into(base, work, self.model_name)
+            )
         except (ExportRefused, OSError) as exc:
-            reason = f"the ONNX export of '{self.model_name}' failed ({exc})"
+            what = "int8 version" if self.precision == "int8" else "export"
+            reason = f"the ONNX {what} of '{self.model_name}' failed ({exc})"
+            if self.precision == "int8":
+                raise ModelUnavailable(
+                    f"{reason[0].upper()}{reason[1:]}. int8 collections need it; index into a collection without "
+                    "--precision int8 instead."
+                ) from exc
             if self.strict:
                 raise ModelUnavailable(
                     f"{reason[0].upper()}{reason[1:]}. Use --engine torch (or CLIPSEARCH_ENGINE=torch)."
@@ -225,9 +246,7 @@ class OnnxEncoder:
         if self._preprocessing is None:
             ready = self._ready()
             assert ready is not None
-            fields = dict(ready.preprocessing)
-            fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
-            self._preprocessing = Preprocessing(**fields)
+            self._preprocessing = _preprocessing(ready)
         return self._preprocessing
 
 
@@ -269,13 +288,24 @@ def read_export(folder: Path) -> Export | None:
     return export
 
 
-def make_export(reference: TransformersEncoder, folder: Path) -> Export:
-    """Export the reference's towers into `folder` (atomically), after checking them against it."""
+def _find_or_build(folder: Path, identity: str, build: Callable[[Path], Export]) -> Export:
+    """The intact export of `identity` in `folder`, or a new one `build` makes (a damaged one is set aside first)."""
+    found = read_export(folder)
+    if found is not None and found.model_identity == identity:
+        return found
+    if folder.exists():  # damaged or stale: set aside, then made again
+        _remove(folder)
+    return make_export(folder, build)
+
+
+def make_export(folder: Path, build: Callable[[Path], Export]) -> Export:
+    """Build an export into a hidden folder beside `folder` (`build` writes the files and checks them), then rename
+    it into place: readers see a whole export or none."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(folder.parent)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
     try:
-        export = _export_into(reference, work)
+        export = build(work)
         try:
             os.rename(work, folder)
         except OSError:
@@ -338,11 +368,6 @@ def _export_into(reference: TransformersEncoder, work: Path) -> Export:
                 )
         except Exception as exc:  # the exporter raises many kinds; all mean the same here
             raise ExportRefused(f"the {name} tower did not export: {str(exc).splitlines()[0][:200]}") from exc
-    cosine = _check_outputs(reference, work, text_inputs, tokenizer, parts)
-    files = {}
-    for name in ("text.onnx", "vision.onnx", "tokenizer.json"):
-        stat = (work / name).stat()
-        files[name] = {"size": stat.st_size, "sha256": _sha256(work / name), "mtime_ns": stat.st_mtime_ns}
     export = Export(
         model_identity=reference.model_identity,
         dim=parts.dim,
@@ -350,11 +375,56 @@ def _export_into(reference: TransformersEncoder, work: Path) -> Export:
         lowercase=parts.family.lowercase,
         text_inputs=text_inputs,
         preprocessing=asdict(parts.preprocessing),
-        files=files,
-        min_cosine=cosine,
+        files={},
+        min_cosine=0.0,
     )
-    _write_json(work / META, asdict(export))
-    return export
+    theirs = _probe_vectors(export, reference.encode_texts, reference.encode_pixels)
+    ours = _probe_vectors(export, *_onnx_encoders(work, export))
+    cosine = _min_cosine(ours, theirs)
+    if not cosine >= MIN_COSINE:
+        raise ExportRefused(f"its ONNX towers differ from torch (cosine {cosine:.6f} < {MIN_COSINE})")
+    return _seal(work, replace(export, min_cosine=cosine))
+
+
+def _quantize_into(base: Path, work: Path, name: str) -> Export:
+    """The fp32 export in `base`, dynamically quantised to int8 into `work`, checked against it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = read_export(base)
+    if fp32 is None:
+        raise ExportRefused("its fp32 export is missing")
+    log.warning("making the int8 version of '%s', once per model (about 10 s for ViT-B/32 on 2 cores)", name)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs advice about pre-processing on the root logger
+    try:
+        for tower in TOWERS:
+            quantize_dynamic(
+                base / f"{tower}.onnx", work / f"{tower}.onnx", weight_type=QuantType.QInt8, per_channel=True
+            )
+    except Exception as exc:  # the quantiser raises what onnx raises
+        raise ExportRefused(f"quantisation failed: {str(exc).splitlines()[0][:200]}") from exc
+    finally:
+        root.setLevel(level)
+    shutil.copyfile(base / "tokenizer.json", work / "tokenizer.json")
+    export = replace(fp32, precision="int8", files={})
+    cosine = _min_cosine(
+        _probe_vectors(export, *_onnx_encoders(work, export)), _probe_vectors(fp32, *_onnx_encoders(base, fp32))
+    )
+    if not cosine >= INT8_MIN_COSINE:
+        raise ExportRefused(f"its int8 towers differ too much from fp32 (cosine {cosine:.4f} < {INT8_MIN_COSINE})")
+    return _seal(work, replace(export, min_cosine=cosine))
+
+
+def _seal(work: Path, export: Export) -> Export:
+    """Record the files' sizes and hashes and write `export.json`, last."""
+    files = {}
+    for name in ("text.onnx", "vision.onnx", "tokenizer.json"):
+        stat = (work / name).stat()
+        files[name] = {"size": stat.st_size, "sha256": _sha256(work / name), "mtime_ns": stat.st_mtime_ns}
+    sealed = replace(export, files=files)
+    _write_json(work / META, asdict(sealed))
+    return sealed
 
 
 def _tower(model: Any, method: str, names: Sequence[str]) -> Any:
@@ -395,30 +465,49 @@ def _check_tokens(parts: Any, tokenizer: Any) -> None:
         raise ExportRefused("its `tokenizers` version gives other token ids than transformers")
 
 
-def _check_outputs(
-    reference: TransformersEncoder, work: Path, text_inputs: Sequence[str], tokenizer: Any, parts: Any
-) -> float:
-    import onnxruntime
+TextFn = Callable[[Sequence[str]], Vectors]
+PixelFn = Callable[[npt.NDArray[np.float32]], Vectors]
 
+
+def _probe_vectors(export: Export, texts: TextFn, pixels: PixelFn) -> tuple[Vectors, Vectors]:
+    """One encoder's vectors of the probe texts and of four probe images (noise of several shapes)."""
     rng = np.random.default_rng(0)
     images = [
         Image.fromarray(rng.integers(0, 256, size=(48 + 16 * i, 64, 3), dtype=np.uint8)).resize((300, 240 + 20 * i))
         for i in range(4)
     ]
-    pixels = np.stack([parts.preprocessing(image) for image in images])
-    texts = list(PROBE_TEXTS)
+    preprocessing = _preprocessing(export)
+    return texts(list(PROBE_TEXTS)), pixels(np.stack([preprocessing(image) for image in images]))
+
+
+def _onnx_encoders(folder: Path, export: Export) -> tuple[TextFn, PixelFn]:
+    """Text and pixel encoders over the towers in `folder`, in fresh sessions (for checking an export)."""
+    import onnxruntime
+    from tokenizers import Tokenizer
+
     options = _session_options()
-    text = onnxruntime.InferenceSession(str(work / "text.onnx"), options, providers=["CPUExecutionProvider"])
-    vision = onnxruntime.InferenceSession(str(work / "vision.onnx"), options, providers=["CPUExecutionProvider"])
-    feeds = _token_arrays(tokenizer, texts, parts.family.lowercase)
-    ours_text = normalize(text.run(None, {n: feeds[n] for n in text_inputs})[0])
-    ours_image = normalize(vision.run(None, {"pixel_values": pixels})[0])
-    theirs_text = reference.encode_texts(texts)
-    theirs_image = reference.encode_pixels(pixels)
-    cosine = float(min((ours_text * theirs_text).sum(axis=1).min(), (ours_image * theirs_image).sum(axis=1).min()))
-    if not cosine >= MIN_COSINE:
-        raise ExportRefused(f"its ONNX towers differ from torch (cosine {cosine:.6f} < {MIN_COSINE})")
-    return cosine
+    text = onnxruntime.InferenceSession(str(folder / "text.onnx"), options, providers=["CPUExecutionProvider"])
+    vision = onnxruntime.InferenceSession(str(folder / "vision.onnx"), options, providers=["CPUExecutionProvider"])
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+    def encode_texts(texts: Sequence[str]) -> Vectors:
+        feeds = _token_arrays(tokenizer, texts, export.lowercase)
+        return normalize(text.run(None, {n: feeds[n] for n in export.text_inputs})[0])
+
+    def encode_pixels(batch: npt.NDArray[np.float32]) -> Vectors:
+        return normalize(vision.run(None, {"pixel_values": batch})[0])
+
+    return encode_texts, encode_pixels
+
+
+def _min_cosine(ours: tuple[Vectors, Vectors], theirs: tuple[Vectors, Vectors]) -> float:
+    return float(min((a * b).sum(axis=1).min() for a, b in zip(ours, theirs, strict=True)))
+
+
+def _preprocessing(export: Export) -> Preprocessing:
+    fields = dict(export.preprocessing)
+    fields["mean"], fields["std"] = tuple(fields["mean"]), tuple(fields["std"])
+    return Preprocessing(**fields)
 
 
 def _sha256(path: Path) -> str:

@@ -70,6 +70,7 @@ def comparison_markdown(evaluations: Sequence[Evaluation], compared: Sequence[Co
         "| | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
         "| Model | " + " | ".join(c.model for c in compared) + " |",
+        "| Precision | " + " | ".join(c.precision for c in compared) + " |",
         "| Dimension | " + " | ".join(str(c.dim) for c in compared) + " |",
         "| Images/s (embedding) | " + " | ".join(f"{c.images_per_second:.1f}" for c in compared) + " |",
         "| Text query (ms, median) | " + " | ".join(f"{c.text_query_ms:.1f}" for c in compared) + " |",

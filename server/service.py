@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from server.collection import Collection, CollectionStore, Manifest, read_catalog, validate_name
 from server.composition import Extras
-from server.config import Settings
+from server.config import PRECISIONS, Settings
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES, MAX_COMPARED
 from server.encoder import Encoder, TransformersEncoder
 from server.encoder_pool import EncoderPool
@@ -71,9 +71,17 @@ class ClipSearch:
         self._opening: dict[str, threading.Lock] = {}  # per collection: models load outside the service's lock
         self._lock = threading.Lock()
 
-    def _make_encoder(self, model: str) -> Encoder:
+    def _make_encoder(self, model: str, precision: str = "fp32") -> Encoder:
         hashes = self.settings.index_dir / MODEL_HASHES_FILE
         reference = TransformersEncoder(model, downloads=self.downloads, hash_cache=hashes)
+        if precision != "fp32":  # int8 towers are ONNX Runtime's, whatever runs fp32 here
+            if self.settings.engine == "torch":
+                raise ModelUnavailable(
+                    f"{precision} collections are embedded by the ONNX Runtime engine, and torch was asked for; use "
+                    "--engine auto or --engine onnx (or CLIPSEARCH_ENGINE) for them."
+                )
+            resolve_engine("onnx")  # onnxruntime missing: says so
+            return OnnxEncoder(reference, precision=precision)
         if resolve_engine(self.settings.engine) == "torch":
             return reference
         return OnnxEncoder(reference, strict=self.settings.engine == "onnx")
@@ -98,9 +106,12 @@ class ClipSearch:
         except ClipSearchError as exc:
             log.warning("model not loaded in the background: %s", exc)
 
-    def collection(self, name: str, create: bool = False, model: str | None = None) -> Collection:
+    def collection(
+        self, name: str, create: bool = False, model: str | None = None, precision: str | None = None
+    ) -> Collection:
         """An open collection, cached for the life of the service; `create` makes it if missing, with `model` (else
-        the default model). An existing collection keeps its own model: asking it for another is refused.
+        the default model) and `precision` (else fp32). An existing collection keeps its own model and precision:
+        asking it for others is refused.
 
         Finding, downloading or loading a model happens outside the service's lock, so a model loading for one
         collection never holds up the searches of the others."""
@@ -111,39 +122,52 @@ class ClipSearch:
             with self._lock:
                 opened = self._open.get(name)
             if opened is not None:
-                if model is not None:
-                    self._check_model(name, opened.manifest, model)
+                self._check_asked(name, opened.manifest, model, precision)
                 return opened
             if not create or self.store.exists(name):
                 manifest = self.store.read_manifest(name)  # a missing collection is said before any model work
-                if model is not None:
-                    self._check_model(name, manifest, model)
+                self._check_asked(name, manifest, model, precision)
                 encoder = self._encoder_of(manifest)
                 made = self.store.open(name, manifest.model, identity=encoder.model_identity)
             else:
                 chosen = model or self.settings.model  # recorded as asked, even if the pool shares another name's copy
-                encoder = self.encoders.get(chosen)
-                made = self.store.create(name, chosen, encoder.dim, identity=encoder.model_identity)
+                chosen_precision = _valid_precision(precision or "fp32")
+                encoder = self.encoders.get(chosen, chosen_precision)
+                made = self.store.create(
+                    name, chosen, encoder.dim, identity=encoder.model_identity, precision=chosen_precision
+                )
             with self._lock:
                 self._open[name] = made
             return made
 
     def _encoder_of(self, manifest: Manifest) -> Encoder:
-        """The collection's model, by its recorded name; when that name no longer leads to its files (a folder
-        moved), the default model if it is the same checkpoint."""
+        """The collection's model at its precision, by its recorded name; when that name no longer leads to its
+        files (a folder moved), the default model if it is the same checkpoint."""
         try:
-            return self.encoders.get(manifest.model)
+            return self.encoders.get(manifest.model, manifest.precision)
         except ModelUnavailable:
-            default = self.encoder
+            default = self.encoders.get(self.settings.model, manifest.precision)
             if manifest.model_identity is None or default.model_identity != manifest.model_identity:
                 raise
             self.encoders.add(default, manifest.model)
             return default
 
-    def check_model(self, collection: str, model: str | None) -> None:
-        """Refuse `model` for an existing collection built with another; downloads nothing to tell."""
-        if model is not None and self.store.exists(collection):
-            self._check_model(collection, self.store.read_manifest(collection), model)
+    def check_model(self, collection: str, model: str | None, precision: str | None = None) -> None:
+        """Refuse `model` or `precision` for an existing collection built with others; downloads nothing to tell."""
+        if precision is not None:
+            _valid_precision(precision)
+        if self.store.exists(collection):
+            self._check_asked(collection, self.store.read_manifest(collection), model, precision)
+
+    def _check_asked(self, collection: str, manifest: Manifest, model: str | None, precision: str | None) -> None:
+        if model is not None:
+            self._check_model(collection, manifest, model)
+        if precision is not None and precision != manifest.precision:
+            raise CollectionMismatch(
+                f"Collection '{collection}' holds {manifest.precision} vectors; it cannot take {precision} ones (a "
+                "collection's vectors all come from one precision). Index into a new collection name for "
+                f"{precision}, e.g. '{collection}-{precision}'."
+            )
 
     def _check_model(self, collection: str, manifest: Manifest, model: str) -> None:
         if model == manifest.model:
@@ -175,18 +199,20 @@ class ClipSearch:
         index_type: str | None = None,
         cancel: threading.Event | None = None,
         model: str | None = None,
+        precision: str | None = None,
     ) -> IndexReport:
         """Index a folder's images into a collection, embedding only new or changed files.
 
         `index_type` ('auto', 'flat', 'ivf') changes the collection's index choice; None keeps it. Setting `cancel`
         stops the run after its current batch (`IndexingCancelled`, with what was committed). `model` builds a new
-        collection with that model (default: the settings' model); an existing one keeps its own."""
+        collection with that model (default: the settings' model) and `precision` ('fp32', the default, or 'int8');
+        an existing one keeps its own."""
         if index_type is not None and index_type not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
         path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
-        target = self.collection(collection, create=True, model=model)
+        target = self.collection(collection, create=True, model=model, precision=precision)
         return self._indexer(self.encoder_for(target)).run(
             target,
             path,
@@ -318,6 +344,7 @@ class ClipSearch:
                     images=images,
                     model=manifest.model,
                     model_identity=manifest.model_identity,
+                    precision=manifest.precision,
                     dim=manifest.dim,
                     index_type=manifest.index_type,
                 )
@@ -358,6 +385,12 @@ class ClipSearch:
     def thumbnail_page(self, paths: Sequence[str], side: int, guard: PathGuard | None = None) -> ThumbnailPage:
         """Thumbnails of several images for a gallery, each read only if the guard allows its path."""
         return self.thumbnails.page(paths, side, guard.check if guard else Path)
+
+
+def _valid_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise InvalidArgument(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    return precision
 
 
 def _short_model(model: str) -> str:

@@ -40,6 +40,7 @@ class FakeEncoder:
     """Deterministic stand-in for CLIP: an image's vector is its mean colour; colour words map to their colour."""
 
     model_name = "fake-color-encoder"
+    precision = "fp32"
     model_identity = "sha256:" + "fc" * 32
     dim = 3
     input_size = 16
@@ -63,6 +64,30 @@ class FakeEncoder:
             words = [w for w in text.lower().split() if w in COLORS]
             rows.append(COLORS[words[-1]] if words else (1.0, 1.0, 1.0))
         return normalize(np.asarray(rows, dtype=np.float32))
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def install_previous_collection(fixture: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A collection an earlier release wrote (tests/fixtures/<fixture>/default, made from the samples checked out at
+    /work/main) copied to an index folder, with the sample photos copied beside it and the catalog pointed at them,
+    sizes and times untouched, as a library moved as a whole. Returns (index folder, photos folder)."""
+    import shutil
+    import sqlite3
+
+    index, photos = tmp_path / "index", tmp_path / "photos"
+    shutil.copytree(FIXTURES / fixture / "default", index / "default")
+    shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.md"))
+    with sqlite3.connect(index / "default" / "catalog.sqlite") as conn:
+        for image_id, path, mtime_ns in conn.execute("SELECT id, path, mtime_ns FROM images").fetchall():
+            moved = str(photos / Path(os.fsdecode(path)).relative_to("/work/main/samples"))
+            conn.execute("UPDATE images SET path = ? WHERE id = ?", (os.fsencode(moved), image_id))
+            os.utime(moved, ns=(mtime_ns, mtime_ns))
+        conn.execute("UPDATE folders SET path = ?", (os.fsencode(str(photos)),))
+    conn.close()
+    return index, photos
 
 
 def save_color(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "JPEG") -> Path:

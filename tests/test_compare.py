@@ -102,4 +102,4 @@ def test_cli_eval_with_two_collections_prints_them_side_by_side(
     header = next(line for line in out.splitlines() if "sharp" in line and "washed" in line)
     assert header.split() == ["sharp", "washed"]
     assert any(line.startswith("t→i mAP") for line in out.splitlines())
-    assert "washed: fake-washed-out (3-d)" in out
+    assert "washed: fake-washed-out (3-d, fp32)" in out

@@ -10,13 +10,12 @@ import pytest
 from mcp import Client
 from PIL import Image
 
+from conftest import FIXTURES, SAMPLES, install_previous_collection
 from server.app import build_server
 from server.cli import main
 from server.duplicates import DuplicateQuery, non_keepers
 from server.errors import InvalidArgument
 from server.service import ClipSearch
-
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 @pytest.fixture
@@ -138,18 +137,12 @@ def test_a_collection_from_the_previous_release_is_upgraded_and_gains_fingerprin
     from server.config import Settings
     from server.encoder import TransformersEncoder
 
-    fixture = Path(__file__).resolve().parent / "fixtures" / "v2_collection"
-    index, photos = tmp_path / "index", tmp_path / "photos"
-    shutil.copytree(fixture / "default", index / "default")
-    shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.md"))
+    fixture = FIXTURES / "v2_collection"
+    index, photos = install_previous_collection("v2_collection", tmp_path)
     catalog = index / "default" / "catalog.sqlite"
-    with sqlite3.connect(catalog) as conn:  # the library moved here, untouched: same sizes and times
+    with sqlite3.connect(catalog) as conn:
         before = conn.execute("SELECT id, vector FROM images ORDER BY id").fetchall()
-        for image_id, path, mtime_ns in conn.execute("SELECT id, path, mtime_ns FROM images").fetchall():
-            moved = str(photos / Path(os.fsdecode(path)).relative_to("/work/main/samples"))
-            conn.execute("UPDATE images SET path = ? WHERE id = ?", (os.fsencode(moved), image_id))
-            os.utime(moved, ns=(mtime_ns, mtime_ns))
-        conn.execute("UPDATE folders SET path = ?", (os.fsencode(str(photos)),))
+    conn.close()
     model = json.loads((index / "default" / "manifest.json").read_text(encoding="utf-8"))["model"]
 
     collection = CollectionStore(index).open("default", model)

@@ -26,10 +26,12 @@ class Maker:
     def __init__(self) -> None:
         self.made: list[str] = []
 
-    def __call__(self, name: str) -> FakeEncoder:
-        self.made.append(name)
+    def __call__(self, name: str, precision: str = "fp32") -> FakeEncoder:
+        self.made.append(name if precision == "fp32" else f"{name}@{precision}")
         base = name.removesuffix("-copy")
-        return fake(name, {"a": "aa", "b": "bb", "c": "cc"}[base])
+        encoder = fake(name, {"a": "aa", "b": "bb", "c": "cc"}[base])
+        encoder.precision = precision  # type: ignore[misc]
+        return encoder
 
 
 def test_each_model_is_made_once_and_two_names_of_one_checkpoint_share_an_encoder() -> None:
@@ -53,6 +55,17 @@ def test_least_recently_used_model_is_dropped_beyond_capacity() -> None:
     assert pool.loaded() == ["a", "c"]
     pool.get("b")
     assert maker.made == ["a", "b", "c", "b"] and pool.loaded() == ["c", "b"]
+
+
+def test_a_models_int8_and_fp32_encoders_are_kept_apart_and_int8_copies_share_one() -> None:
+    maker = Maker()
+    pool = EncoderPool(maker, capacity=3)
+
+    fp32, int8, int8_copy = pool.get("a"), pool.get("a", "int8"), pool.get("a-copy", "int8")
+
+    assert fp32 is not int8 and int8 is int8_copy
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    assert maker.made == ["a", "a@int8", "a-copy@int8"] and pool.loaded() == ["a", "a-copy"]
 
 
 @pytest.mark.anyio

@@ -29,6 +29,7 @@ class LabelEncoder:
     """Text side of a fake model: a text naming a label maps to that label's cluster centre."""
 
     model_name = "fake-label-encoder"
+    precision = "fp32"
     model_identity = "sha256:" + "1a" * 32
     dim = DIM
     input_size = 16

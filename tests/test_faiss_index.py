@@ -475,6 +475,7 @@ async def test_mcp_index_type_is_validated_and_reported_by_list_collections(
             "images": 15,
             "model": "fake-color-encoder",
             "model_identity": FakeEncoder.model_identity,
+            "precision": "fp32",
             "dim": 3,
             "index_type": "ivf",
         }

@@ -153,6 +153,7 @@ async def test_evaluate_and_list_collections_report_structured_figures(fake_serv
             "images": 15,
             "model": "fake-color-encoder",
             "model_identity": FakeEncoder.model_identity,
+            "precision": "fp32",
             "dim": 3,
             "index_type": "flat",
         }

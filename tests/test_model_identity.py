@@ -224,7 +224,7 @@ def test_previous_release_collection_searches_with_its_recorded_model_and_gains_
 
     assert len(before["results"]) == 9 and still_v1["schema_version"] == 1
     manifest = json.loads((v1_index / "default" / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["schema_version"] == SCHEMA_VERSION == 2
+    assert manifest["schema_version"] == SCHEMA_VERSION == 3 and manifest["precision"] == "fp32"
     assert manifest["model"] == HUB_NAME
     assert manifest["model_identity"] == model_identity(cached_model)
     # The copies borrow the catalogued vectors (same content), so old and new entries score alike per photo.
@@ -244,7 +244,7 @@ def test_store_migrates_a_version_1_manifest_on_the_first_write_only(v1_index: P
         pass
     reopened = CollectionStore(v1_index).open("default", "/any/name/for/it", identity=identity)
 
-    assert reopened.manifest.schema_version == 2 and reopened.manifest.model_identity == identity
+    assert reopened.manifest.schema_version == SCHEMA_VERSION and reopened.manifest.model_identity == identity
     assert reopened.count() == 9
     with pytest.raises(CollectionMismatch, match="a different checkpoint"):
         CollectionStore(v1_index).open("default", HUB_NAME, identity="sha256:" + "34" * 32)

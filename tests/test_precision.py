@@ -1,0 +1,189 @@
+"""int8 collections: towers quantised from the fp32 export and checked against it, a manifest that records the
+precision (version 3) so every vector of a collection comes from one, queries at the collection's precision, clear
+refusals, and collections of the previous release (manifest version 2) read as fp32 and migrated on their next
+write."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mcp import Client
+from PIL import Image
+
+from conftest import COLORS, FIXTURES, install_previous_collection, save_color
+from server import onnx_engine
+from server.app import build_server
+from server.collection import SCHEMA_VERSION
+from server.config import Settings
+from server.encoder import TransformersEncoder
+from server.errors import CollectionMismatch, InvalidArgument, ModelUnavailable
+from server.onnx_engine import OnnxEncoder, read_export
+from server.service import ClipSearch
+
+TEXTS = ["a red car", "a photo of the sea", "東京の夜景", ""]
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    for name, rgb in COLORS.items():
+        save_color(folder / f"{name}.jpg", rgb)
+    return folder
+
+
+@pytest.fixture
+def service(tiny_clip: Path, tmp_path: Path) -> ClipSearch:
+    return ClipSearch(Settings(index_dir=tmp_path / "index", model=str(tiny_clip)))
+
+
+def manifest(service: ClipSearch, name: str) -> dict[str, object]:
+    return json.loads((service.settings.index_dir / name / "manifest.json").read_text(encoding="utf-8"))
+
+
+def test_int8_towers_are_quantised_from_the_fp32_export_and_stay_close_to_it(tiny_clip: Path, tmp_path: Path):
+    fp32 = OnnxEncoder(TransformersEncoder(str(tiny_clip)), cache=tmp_path)
+    int8 = OnnxEncoder(TransformersEncoder(str(tiny_clip)), cache=tmp_path, precision="int8")
+    pixels = np.random.default_rng(0).standard_normal((3, 3, int8.input_size, int8.input_size)).astype(np.float32)
+
+    texts8, texts32 = int8.encode_texts(TEXTS), fp32.encode_texts(TEXTS)
+    images8, images32 = int8.encode_pixels(pixels), fp32.encode_pixels(pixels)
+
+    assert int8.engine == "onnx" and int8.folder != fp32.folder
+    export = read_export(int8.folder)
+    assert export is not None and export.precision == "int8" and export.min_cosine >= onnx_engine.INT8_MIN_COSINE
+    assert read_export(fp32.folder) is not None  # made first: int8 is quantised from it
+    for tower in ("text.onnx", "vision.onnx"):
+        assert (int8.folder / tower).stat().st_size < (fp32.folder / tower).stat().st_size  # int8 weights
+    cosines = np.concatenate([(texts8 * texts32).sum(axis=1), (images8 * images32).sum(axis=1)])
+    assert cosines.min() >= onnx_engine.INT8_MIN_COSINE
+    assert np.abs(texts8 - texts32).max() > 1e-4  # really quantised, not the fp32 towers under another name
+
+
+def test_int8_that_strays_too_far_from_fp32_is_refused_and_creates_no_collection(
+    service: ClipSearch, photos: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(onnx_engine, "INT8_MIN_COSINE", 1.01)  # no quantisation can meet it
+    with pytest.raises(ModelUnavailable, match="without --precision int8"):
+        service.index_folder(photos, "strict", precision="int8")
+    assert service.store.names() == []
+
+
+def test_an_int8_collection_records_its_precision_and_is_searched_with_int8_vectors(
+    service: ClipSearch, photos: Path, tiny_clip: Path
+):
+    service.index_folder(photos, "p8", precision="int8")
+    service.index_folder(photos, "p32")
+    reference = OnnxEncoder(TransformersEncoder(str(tiny_clip)), precision="int8")
+
+    found = service.search_text("a red car", k=5, collection="p8")
+    plain = service.search_text("a red car", k=5, collection="p32")
+
+    assert manifest(service, "p8")["precision"] == "int8" and manifest(service, "p8")["schema_version"] == 3
+    assert manifest(service, "p32")["precision"] == "fp32"
+    collection = service.collection("p8")
+    query = reference.encode_texts(["a red car"])[0]
+    for hit in found.results:
+        stored = collection.vector(collection.find_path(Path(hit.path)).id)
+        assert float(stored @ query) == pytest.approx(hit.score, abs=1e-5)  # int8 query against int8 vectors
+    red = collection.vector(collection.find_path(photos / "red.jpg").id)
+    with Image.open(photos / "red.jpg") as image:
+        expected = reference.encode_pixels(reference.preprocess(image.convert("RGB"))[np.newaxis])[0]
+    assert float(red @ expected) > 0.9999  # stored by the int8 vision tower
+    assert [h.score for h in found.results] != pytest.approx([h.score for h in plain.results], abs=1e-6)
+    listed = {c.name: c.precision for c in service.list_collections().collections}
+    assert listed == {"p8": "int8", "p32": "fp32"}
+
+
+def test_a_collection_refuses_vectors_of_another_precision_and_names_a_new_collection(
+    service: ClipSearch, photos: Path
+):
+    service.index_folder(photos, "photos")
+    with pytest.raises(CollectionMismatch, match=r"holds fp32 vectors.*'photos-int8'"):
+        service.index_folder(photos, "photos", precision="int8")
+    with pytest.raises(InvalidArgument, match="precision must be one of fp32, int8"):
+        service.index_folder(photos, "other", precision="int4")
+    assert service.index_folder(photos, "photos", precision="fp32").unchanged == len(COLORS)
+
+
+def test_int8_with_the_torch_engine_asked_for_by_name_says_which_engine_to_use(
+    tiny_clip: Path, tmp_path: Path, photos: Path
+):
+    service = ClipSearch(Settings(index_dir=tmp_path / "index", model=str(tiny_clip), engine="torch"))
+    with pytest.raises(ModelUnavailable, match="--engine auto or --engine onnx"):
+        service.index_folder(photos, "p8", precision="int8")
+    assert service.store.names() == []
+
+
+@pytest.mark.anyio
+async def test_index_folder_over_mcp_takes_a_precision_for_a_new_collection(service: ClipSearch, photos: Path):
+    async with Client(build_server(service, roots=[photos])) as client:
+        made = await client.call_tool("index_folder", {"folder": str(photos), "collection": "p8", "precision": "int8"})
+        again = await client.call_tool("index_folder", {"folder": str(photos), "collection": "p8", "precision": "fp32"})
+        bad = await client.call_tool("index_folder", {"folder": str(photos), "precision": "int4"})
+        listed = await client.call_tool("list_collections", {})
+
+    assert not made.is_error and made.structured_content["state"] == "done"  # type: ignore[index]
+    assert again.is_error and "holds int8 vectors" in again.content[0].text  # type: ignore[union-attr]
+    assert bad.is_error
+    assert listed.structured_content["collections"][0]["precision"] == "int8"  # type: ignore[index]
+
+
+def test_searching_an_int8_collection_from_the_terminal_imports_neither_torch_nor_transformers(
+    tiny_clip: Path, tmp_path: Path, photos: Path
+):
+    env = {**os.environ, "CLIPSEARCH_INDEX_DIR": str(tmp_path / "idx"), "CLIPSEARCH_MODEL": str(tiny_clip)}
+    script = "import sys; from server.cli import main; sys.exit(main(sys.argv[1:]))"
+    indexed = subprocess.run(
+        [sys.executable, "-c", script, "index", str(photos), "-c", "p8", "--precision", "int8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert indexed.returncode == 0, indexed.stderr
+    probe = (
+        "import sys, json; from server.cli import main; code = main(sys.argv[1:]); "
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)), file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    searched = subprocess.run(
+        [sys.executable, "-c", probe, "search", "a red photo", "-c", "p8", "-k", "3", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert searched.returncode == 0, searched.stderr
+    assert json.loads(searched.stderr.strip().splitlines()[-1]) == []
+    assert len(json.loads(searched.stdout)["results"]) == 3
+
+
+def test_a_collection_of_the_previous_release_reads_as_fp32_searches_unchanged_and_is_migrated_by_its_next_write(
+    tiny_clip: Path, tmp_path: Path
+):
+    index, photos = install_previous_collection("v2_manifest_collection", tmp_path)
+    path = index / "default" / "manifest.json"
+    before = json.loads(path.read_text(encoding="utf-8"))
+    service = ClipSearch(Settings(index_dir=index, model=str(before["model"])))
+    service.encoders.add(TransformersEncoder(str(tiny_clip)), str(before["model"]))  # where that release had it
+
+    by_text = service.search_text("a rocket launching", k=9)
+    by_image = service.search_image(photos / "cat" / "chelsea.jpg", k=9)
+    untouched = path.read_bytes()
+    with pytest.raises(CollectionMismatch, match="holds fp32 vectors"):
+        service.index_folder(photos, precision="int8")
+    report = service.index_folder(photos)
+    after = json.loads(path.read_text(encoding="utf-8"))
+
+    assert before["schema_version"] == 2 and "precision" not in before
+    for answer, recorded in ((by_text, "search_text.json"), (by_image, "search_image.json")):
+        expected = json.loads((FIXTURES / "v2_manifest_collection" / recorded).read_text(encoding="utf-8"))["results"]
+        assert [Path(h.path).name for h in answer.results] == [Path(r["path"]).name for r in expected]
+        assert [h.score for h in answer.results] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    assert json.loads(untouched) == before  # reading never writes
+    assert report.embedded == 0 and report.unchanged == 9
+    assert after == {**before, "schema_version": SCHEMA_VERSION, "precision": "fp32"}
