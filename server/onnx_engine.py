@@ -33,6 +33,7 @@ from PIL import Image
 from server.config import ENGINES, PRECISIONS
 from server.encoder import Preprocessing, TextCache, TransformersEncoder, Vectors, normalize
 from server.errors import InvalidArgument, ModelUnavailable
+from server.fast_tokenizers import NoFastTokenizer, fast_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,10 @@ def _export_into(reference: TransformersEncoder, work: Path) -> Export:
     parts = reference.torch_parts()
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_str(_fast_tokenizer(parts.tokenizer).to_str())
+    try:
+        tokenizer = Tokenizer.from_str(fast_tokenizer(parts.tokenizer).to_str())
+    except NoFastTokenizer as exc:
+        raise ExportRefused(str(exc)) from exc
     tokenizer.enable_truncation(max_length=parts.context_length)
     pad_id = parts.tokenizer.pad_token_id
     if pad_id is None:
@@ -442,20 +446,6 @@ def _tower(model: Any, method: str, names: Sequence[str]) -> Any:
             return getattr(output, "pooler_output", output)
 
     return Tower().eval()
-
-
-def _fast_tokenizer(tokenizer: Any) -> Any:
-    """The `tokenizers` version of a transformers tokenizer: its own, or converted from a slow (SentencePiece) one
-    (the ids are compared with the original's afterwards)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        return backend
-    try:
-        from transformers.convert_slow_tokenizer import convert_slow_tokenizer
-
-        return convert_slow_tokenizer(tokenizer)
-    except Exception as exc:  # the converter raises what its dependencies raise
-        raise ExportRefused(f"its tokenizer has no `tokenizers` version ({str(exc).splitlines()[0][:120]})") from exc
 
 
 def _check_tokens(parts: Any, tokenizer: Any) -> None:

@@ -1,5 +1,6 @@
 """The one facade both adapters call: settings, the lazily loaded encoder, open collections, and the operations."""
 
+import contextlib
 import logging
 import os
 import threading
@@ -107,11 +108,17 @@ class ClipSearch:
             log.warning("model not loaded in the background: %s", exc)
 
     def collection(
-        self, name: str, create: bool = False, model: str | None = None, precision: str | None = None
+        self,
+        name: str,
+        create: bool = False,
+        model: str | None = None,
+        precision: str | None = None,
+        for_text: bool = False,
     ) -> Collection:
         """An open collection, cached for the life of the service; `create` makes it if missing, with `model` (else
         the default model) and `precision` (else fp32). An existing collection keeps its own model and precision:
-        asking it for others is refused.
+        asking it for others is refused. With `for_text` (a text search comes next), the model's text tower loads
+        while the collection's index is read.
 
         Finding, downloading or loading a model happens outside the service's lock, so a model loading for one
         collection never holds up the searches of the others."""
@@ -128,7 +135,12 @@ class ClipSearch:
                 manifest = self.store.read_manifest(name)  # a missing collection is said before any model work
                 self._check_asked(name, manifest, model, precision)
                 encoder = self._encoder_of(manifest)
-                made = self.store.open(name, manifest.model, identity=encoder.model_identity)
+                loading = _load_text_tower_meanwhile(encoder) if for_text else None
+                try:
+                    made = self.store.open(name, manifest.model, identity=encoder.model_identity)
+                finally:
+                    if loading is not None:
+                        loading.join()
             else:
                 chosen = model or self.settings.model  # recorded as asked, even if the pool shares another name's copy
                 chosen_precision = _valid_precision(precision or "fp32")
@@ -236,7 +248,7 @@ class ClipSearch:
         guard: PathGuard | None = None,
     ) -> SearchResponse:
         """Text search; `extras` composes it with more texts and images (their paths checked by `guard`)."""
-        target = self.collection(collection)
+        target = self.collection(collection, for_text=True)
         return Searcher(self.encoder_for(target)).by_text(target, query, k, filters, order, extras, guard)
 
     def search_image(
@@ -385,6 +397,22 @@ class ClipSearch:
     def thumbnail_page(self, paths: Sequence[str], side: int, guard: PathGuard | None = None) -> ThumbnailPage:
         """Thumbnails of several images for a gallery, each read only if the guard allows its path."""
         return self.thumbnails.page(paths, side, guard.check if guard else Path)
+
+
+def _load_text_tower_meanwhile(encoder: Encoder) -> threading.Thread | None:
+    """Start loading an ONNX text tower in a thread: it and reading a collection's index are both mostly file reads
+    outside the GIL, so a search from a fresh process waits for the longer of the two, not both. A failure is left
+    for the search itself to report."""
+    if not isinstance(encoder, OnnxEncoder):
+        return None
+
+    def load() -> None:
+        with contextlib.suppress(ClipSearchError):
+            encoder.load_text_tower()
+
+    thread = threading.Thread(target=load, name="clipsearch-text-tower", daemon=True)
+    thread.start()
+    return thread
 
 
 def _valid_precision(precision: str) -> str:

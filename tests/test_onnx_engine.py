@@ -22,10 +22,12 @@ from conftest import COLORS, save_color
 from server import onnx_engine
 from server.encoder import TransformersEncoder
 from server.errors import InvalidArgument, ModelUnavailable
+from server.fast_tokenizers import NoFastTokenizer
 from server.onnx_engine import OnnxEncoder, _token_arrays, read_export, resolve_engine
 
 FAMILIES: dict[str, Callable[[Path], Path]] = {
     "clip": write_random_clip,
+    "siglip": write_random_siglip,  # a slow SentencePiece tokenizer, converted by server/fast_tokenizers.py
     "siglip2": write_random_siglip2,
     "metaclip2": write_random_metaclip2,
 }
@@ -92,10 +94,14 @@ def test_every_family_exports_towers_that_match_torch(exported: OnnxEncoder):
     assert (ours_images * theirs_images).sum(axis=1).min() >= 0.99999
 
 
-def test_siglip_whose_tokenizer_has_no_tokenizers_version_stays_on_torch_and_says_why(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_model_whose_tokenizer_has_no_tokenizers_version_stays_on_torch_and_says_why(
+    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ):
-    folder = write_random_siglip(tmp_path / "siglip")
+    def no_version(tokenizer: object) -> object:
+        raise NoFastTokenizer("its tokenizer has no `tokenizers` version (as a new family's might not)")
+
+    monkeypatch.setattr(onnx_engine, "fast_tokenizer", no_version)
+    folder = tiny
     quiet = OnnxEncoder(TransformersEncoder(str(folder)), cache=tmp_path / "cache")
     with caplog.at_level(logging.WARNING, logger="server.onnx_engine"):
         vectors = quiet.encode_texts(["a red car"])
@@ -234,3 +240,25 @@ def test_an_export_killed_mid_way_leaves_nothing_the_next_run_uses(tiny: Path, t
     encoder = OnnxEncoder(TransformersEncoder(str(tiny)), cache=cache)
     assert encoder.encode_texts(["a"]).shape == (1, encoder.dim) and encoder.engine == "onnx"
     assert not leftover.exists()  # what the killed export left is cleared by the next export
+
+
+def test_a_text_search_that_loads_its_tower_beside_the_index_still_reports_a_failed_export(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from server.config import Settings
+    from server.service import ClipSearch
+
+    photos = tmp_path / "photos"
+    for name, rgb in COLORS.items():
+        save_color(photos / f"{name}.jpg", rgb)
+    ClipSearch(Settings(index_dir=tmp_path / "index", model=str(tiny), engine="torch")).index_folder(photos)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(blocked))
+    fresh = ClipSearch(Settings(index_dir=tmp_path / "index", model=str(tiny), engine="onnx"))
+
+    with pytest.raises(ModelUnavailable, match="--engine torch"):
+        fresh.search_text("a red photo")
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
+    again = ClipSearch(Settings(index_dir=tmp_path / "index", model=str(tiny), engine="onnx"))
+    assert len(again.search_text("a red photo").results) == len(COLORS)

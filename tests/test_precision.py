@@ -5,6 +5,7 @@ write."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from conftest import COLORS, FIXTURES, install_previous_collection, save_color
+from conftest import COLORS, FIXTURES, SAMPLES, install_previous_collection, save_color
 from server import onnx_engine
 from server.app import build_server
 from server.collection import SCHEMA_VERSION
@@ -187,3 +188,19 @@ def test_a_collection_of_the_previous_release_reads_as_fp32_searches_unchanged_a
     assert json.loads(untouched) == before  # reading never writes
     assert report.embedded == 0 and report.unchanged == 9
     assert after == {**before, "schema_version": SCHEMA_VERSION, "precision": "fp32"}
+
+
+def test_the_readmes_quality_recipe_compares_an_fp32_and_an_int8_collection_of_the_same_photos(
+    service: ClipSearch, tmp_path: Path
+):
+    library = shutil.copytree(SAMPLES, tmp_path / "library", ignore=shutil.ignore_patterns("*.md"))
+    service.index_folder(library, "photos")
+    service.index_folder(library, "photos-int8", precision="int8")
+
+    report = service.compare(["photos", "photos-int8"], report_dir=tmp_path / "report")
+
+    assert report.comparison is not None
+    assert [(c.collection, c.precision) for c in report.comparison] == [("photos", "fp32"), ("photos-int8", "int8")]
+    # the samples' 5 folders as labels; 6 of the 9 photos share theirs with another
+    assert {(c.text_to_image.queries, c.image_to_image.queries) for c in report.comparison} == {(5, 6)}
+    assert "| Precision | fp32 | int8 |" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
