@@ -1,13 +1,15 @@
 """What each model family costs on this machine, with random weights: memory, indexing speed, text-query latency.
 
     python -m bench.models --checkpoints /tmp/bench-checkpoints [--families clip siglip siglip2 metaclip2]
-        [--images 32] [--queries 30] [--json]
+        [--images 32] [--queries 30] [--engine torch|onnx] [--json]
 
 For each family a checkpoint with the real base architecture and random weights is written into `--checkpoints`
 once (bench/checkpoint.py for CLIP ViT-B/32, bench/families.py for SigLIP base-patch16-256 with its 250k vocabulary,
 SigLIP 2 base-patch16-256 with 256k, MetaCLIP 2 worldwide B/32 with 901k) and reused on later runs. `--images`
 640×480 JPEGs (gradients under noise) are generated once per run. Each family is then measured in a process of its
-own, through the production path (`ClipSearch` with `Settings(index_dir=<fresh>, model=<checkpoint folder>)`):
+own, through the production path (`ClipSearch` with `Settings(index_dir=<fresh>, model=<checkpoint folder>,
+engine=--engine)`; torch by default, the engine of the first published figures; with onnx the export is made in the
+user's cache folder on the first run, so load_s includes it then, and later runs start from it):
 
 - identity_s: `service.encoder`, the service's first use of the model: finding its files and hashing the weights
   for its identity (a fresh index dir has no remembered hashes).
@@ -170,7 +172,7 @@ def last_line(stderr: str, code: int) -> str:
     return lines[-1] if lines else f"exit {code}"
 
 
-def measure_in_child(family: str, checkpoint: Path, images: Path, queries: int) -> dict[str, Any]:
+def measure_in_child(family: str, checkpoint: Path, images: Path, queries: int, engine: str) -> dict[str, Any]:
     """Run the measurement for one checkpoint in a fresh process and return its JSON (or the error)."""
     command = [
         sys.executable,
@@ -183,6 +185,8 @@ def measure_in_child(family: str, checkpoint: Path, images: Path, queries: int) 
         str(images),
         "--queries",
         str(queries),
+        "--engine",
+        engine,
         "--json",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -222,7 +226,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 "checkpoint_mb": folder_mb(checkpoint),
                 **safetensors_parameters(checkpoint),
             }
-            entry.update(measure_in_child(family, checkpoint, images, args.queries))
+            entry.update(measure_in_child(family, checkpoint, images, args.queries, args.engine))
             out["families"][family] = entry
     out["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     out["total_s"] = round(time.perf_counter() - started, 1)
@@ -257,18 +261,19 @@ def other_cpus(since: tuple[float, float, float]) -> float:
     return round(max(0.0, (now[1] - since[1]) - (now[2] - since[2])) / wall, 2) if wall > 0 else 0.0
 
 
-def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
+def measure(model: Path, images: Path, queries: int, engine: str = "torch") -> dict[str, Any]:
     started = time.perf_counter()
     import torch
     import transformers  # noqa: F401  (imported here so load_s is the model's own cost)
 
     from server.config import Settings
+    from server.onnx_engine import OnnxEncoder
     from server.service import ClipSearch
 
     import_s = time.perf_counter() - started
     count = sum(1 for p in images.iterdir() if p.suffix == ".jpg")
     with tempfile.TemporaryDirectory(prefix="clipsearch-bench-index-") as index_dir:
-        service = ClipSearch(Settings(index_dir=Path(index_dir), model=str(model.resolve())))
+        service = ClipSearch(Settings(index_dir=Path(index_dir), model=str(model.resolve()), engine=engine))
 
         # The service's first use of its model: the pool finds the files and hashes the weights (identity), then
         # the weights load on the first call that needs them.
@@ -312,11 +317,19 @@ def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
             latencies.append((time.perf_counter() - started) * 1000)
         other_cpus_queries = other_cpus(snapshot)
 
-        loaded = encoder._load()  # type: ignore[attr-defined]
+        end_memory = {
+            "peak_rss_mb": proc_status_mb("VmHWM"),
+            "rss_anon_end_mb": proc_status_mb("RssAnon"),
+            "rss_file_end_mb": proc_status_mb("RssFile"),
+        }
+        # What the model is, from the torch reference (with onnx this loads it now, after every figure was read).
+        reference = encoder.reference if isinstance(encoder, OnnxEncoder) else encoder
+        loaded = reference.torch_parts()  # type: ignore[attr-defined]
         parameters = sum(p.numel() for p in loaded.model.parameters())
         return {
             "model_family": loaded.family.key,
             "model_class": type(loaded.model).__name__,
+            "engine": encoder.engine if isinstance(encoder, OnnxEncoder) else "torch",
             "device": loaded.device,
             "torch_threads": torch.get_num_threads(),
             "dim": dim,
@@ -328,9 +341,7 @@ def measure(model: Path, images: Path, queries: int) -> dict[str, Any]:
             "identity_s": round(identity_s, 2),
             **loaded_memory,
             "peak_rss_index_mb": peak_index,
-            "peak_rss_mb": proc_status_mb("VmHWM"),
-            "rss_anon_end_mb": proc_status_mb("RssAnon"),
-            "rss_file_end_mb": proc_status_mb("RssFile"),
+            **end_memory,
             "index_s": round(index_s, 2),
             "images_per_s": round(report.embedded / index_s, 2),
             "text_query_first_ms": round(first_query_ms, 1),
@@ -352,6 +363,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--bpe", type=Path, help="CLIP's bpe_simple_vocab_16e6.txt.gz, for its real tokenizer")
+    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch", help="what runs the models")
     parser.add_argument("--json", action="store_true")
     # The child process's side: one checkpoint, measured, one JSON line out.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -361,7 +373,7 @@ def main() -> None:
     if args.child:
         if args.model is None or args.photos is None:
             parser.error("--child needs --model and --photos")
-        emit(measure(args.model, args.photos, args.queries), as_json=True)
+        emit(measure(args.model, args.photos, args.queries, args.engine), as_json=True)
         return
     emit(run_all(args), args.json)
 
