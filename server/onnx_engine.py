@@ -37,7 +37,9 @@ from server.fast_tokenizers import NoFastTokenizer, fast_tokenizer
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = 1  # bump when what an export holds changes: older exports are then made again
+# Bump when what an export holds changes: older exports are then made again (and removed). 2: weights in a
+# memory-mapped file beside each tower.
+EXPORT_FORMAT = 2
 ENV_CACHE = "CLIPSEARCH_CACHE"
 MIN_COSINE = 0.99999
 INT8_MIN_COSINE = 0.98  # int8 against fp32 on the probes; lower means the quantisation broke the model
@@ -315,6 +317,7 @@ def make_export(folder: Path, build: Callable[[Path], Export]) -> Export:
                 raise
             _remove(work)
             return found
+        _remove_older_formats(folder)
         return export
     except BaseException:
         _remove(work)
@@ -357,21 +360,26 @@ def _export_into(reference: TransformersEncoder, work: Path) -> Export:
     }
     for name, (tower, args, inputs) in towers.items():
         axes = {i: {0: "batch", 1: "tokens"} if i != "pixel_values" else {0: "batch"} for i in inputs}
+        raw = work / f"raw-{name}"  # the exporter writes a tower over 2 GB as many files: kept apart, then joined
+        raw.mkdir()
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the tracer's advice about the model's Python branches
                 torch.onnx.export(
                     tower,
                     args,
-                    str(work / f"{name}.onnx"),
+                    str(raw / f"{name}.onnx"),
                     input_names=list(inputs),
                     output_names=["embeds"],
                     dynamic_axes={**axes, "embeds": {0: "batch"}},
                     opset_version=OPSET,
                     dynamo=False,
                 )
+            _with_external_weights(raw / f"{name}.onnx", work / f"{name}.onnx")
         except Exception as exc:  # the exporter raises many kinds; all mean the same here
             raise ExportRefused(f"the {name} tower did not export: {str(exc).splitlines()[0][:200]}") from exc
+        finally:
+            shutil.rmtree(raw, ignore_errors=True)
     export = Export(
         model_identity=reference.model_identity,
         dim=parts.dim,
@@ -390,6 +398,16 @@ def _export_into(reference: TransformersEncoder, work: Path) -> Export:
     return _seal(work, replace(export, min_cosine=cosine))
 
 
+def _with_external_weights(source: Path, target: Path) -> None:
+    """Save the graph at `source` as `target` with its weights in one file beside it (`<target>.data`): ONNX
+    Runtime memory-maps such a file, so a session opens in a fraction of the time and only the weights in use (the
+    rows of a large vocabulary's embedding a query touches) become resident."""
+    import onnx
+
+    model = onnx.load(str(source))  # with the exporter's own external files, if it wrote any
+    onnx.save_model(model, str(target), save_as_external_data=True, location=f"{target.name}.data")
+
+
 def _quantize_into(base: Path, work: Path, name: str) -> Export:
     """The fp32 export in `base`, dynamically quantised to int8 into `work`, checked against it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -404,7 +422,11 @@ def _quantize_into(base: Path, work: Path, name: str) -> Export:
     try:
         for tower in TOWERS:
             quantize_dynamic(
-                base / f"{tower}.onnx", work / f"{tower}.onnx", weight_type=QuantType.QInt8, per_channel=True
+                base / f"{tower}.onnx",
+                work / f"{tower}.onnx",
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                use_external_data_format=True,  # memory-mapped, as the fp32 weights are
             )
     except Exception as exc:  # the quantiser raises what onnx raises
         raise ExportRefused(f"quantisation failed: {str(exc).splitlines()[0][:200]}") from exc
@@ -421,11 +443,12 @@ def _quantize_into(base: Path, work: Path, name: str) -> Export:
 
 
 def _seal(work: Path, export: Export) -> Export:
-    """Record the files' sizes and hashes and write `export.json`, last."""
+    """Record every file's size and hash (the towers, the tokenizer, and the external weight files the exporter
+    writes beside a tower over 2 GB) and write `export.json`, last."""
     files = {}
-    for name in ("text.onnx", "vision.onnx", "tokenizer.json"):
-        stat = (work / name).stat()
-        files[name] = {"size": stat.st_size, "sha256": _sha256(work / name), "mtime_ns": stat.st_mtime_ns}
+    for path in sorted(p for p in work.iterdir() if p.is_file() and p.name != META):
+        stat = path.stat()
+        files[path.name] = {"size": stat.st_size, "sha256": _sha256(path), "mtime_ns": stat.st_mtime_ns}
     sealed = replace(export, files=files)
     _write_json(work / META, asdict(sealed))
     return sealed
@@ -512,6 +535,16 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
     os.replace(temporary, path)
+
+
+def _remove_older_formats(folder: Path) -> None:
+    """A new export replaces the same model's exports of earlier formats (each up to a few GB)."""
+    identity, _, rest = folder.name.partition("-f")
+    suffix = rest.removeprefix(str(EXPORT_FORMAT))
+    for old in range(1, EXPORT_FORMAT):
+        stale = folder.with_name(f"{identity}-f{old}{suffix}")
+        if stale.exists():
+            _remove(stale)
 
 
 def _remove_stale(cache: Path, age_s: float = 3600) -> None:

@@ -128,6 +128,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_damaged_export_is_noticed_and_made_again(tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
     first = OnnxEncoder(TransformersEncoder(str(tiny)), cache=tmp_path)
     expected = first.encode_texts(["a red car"])
+    sealed = read_export(first.folder)
+    assert sealed is not None and set(sealed.files) == {p.name for p in first.folder.iterdir()} - {"export.json"}
     text = first.folder / "text.onnx"
     size = text.stat().st_size
     with text.open("r+b") as f:
@@ -262,3 +264,18 @@ def test_a_text_search_that_loads_its_tower_beside_the_index_still_reports_a_fai
     monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
     again = ClipSearch(Settings(index_dir=tmp_path / "index", model=str(tiny), engine="onnx"))
     assert len(again.search_text("a red photo").results) == len(COLORS)
+
+
+def test_a_new_export_replaces_the_same_models_exports_of_earlier_formats(tiny: Path, tmp_path: Path):
+    encoder = OnnxEncoder(TransformersEncoder(str(tiny)), cache=tmp_path)
+    identity = encoder.folder.name.partition("-f")[0]
+    older, other_model = tmp_path / f"{identity}-f1", tmp_path / f"{'0' * 40}-f1"
+    for folder in (older, other_model):
+        folder.mkdir()
+        (folder / "text.onnx").write_bytes(b"an export of an earlier format")
+
+    encoder.encode_texts(["a"])
+
+    assert encoder.engine == "onnx" and encoder.folder.name == f"{identity}-f{onnx_engine.EXPORT_FORMAT}"
+    assert not older.exists() and other_model.exists()
+    assert (encoder.folder / "text.onnx.data").stat().st_size > (encoder.folder / "text.onnx").stat().st_size
