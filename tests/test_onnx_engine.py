@@ -279,3 +279,16 @@ def test_a_new_export_replaces_the_same_models_exports_of_earlier_formats(tiny: 
     assert encoder.engine == "onnx" and encoder.folder.name == f"{identity}-f{onnx_engine.EXPORT_FORMAT}"
     assert not older.exists() and other_model.exists()
     assert (encoder.folder / "text.onnx.data").stat().st_size > (encoder.folder / "text.onnx").stat().st_size
+
+
+def test_an_export_the_machine_has_too_little_memory_for_is_refused_before_it_starts(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    monkeypatch.setattr(onnx_engine, "available_memory", lambda: 1_000_000)  # 1 MB free
+    quiet = OnnxEncoder(TransformersEncoder(str(tiny)), cache=tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="server.onnx_engine"):
+        assert quiet.encode_texts(["a red car"]).shape == (1, quiet.dim)
+    assert quiet.engine == "torch" and "GB of free memory" in caplog.text
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    with pytest.raises(ModelUnavailable, match=r"free memory.*--engine torch"):
+        OnnxEncoder(TransformersEncoder(str(tiny)), cache=tmp_path / "cache", strict=True).encode_texts(["a"])
