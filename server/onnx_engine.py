@@ -441,7 +441,7 @@ def _quantize_into(base: Path, work: Path, name: str) -> Export:
     fp32 = read_export(base)
     if fp32 is None:
         raise ExportRefused("its fp32 export is missing")
-    _check_memory([base / name for name in fp32.files])  # not measured for quantising: the export's factor
+    _check_memory([base / file for file in fp32.files])  # not measured for quantising: the export's factor
     log.warning("making the int8 version of '%s', once per model (about 10 s for ViT-B/32 on 2 cores)", name)
     root = logging.getLogger()
     level = root.level
