@@ -1,7 +1,6 @@
 """Named collections on disk: manifest, SQLite catalog (the truth, vectors included) and a FAISS index built from it.
 
-Layout of `<index_dir>/<name>/`: `manifest.json` (format version, model name and identity, precision, dimension,
-metric, index type),
+Layout of `<index_dir>/<name>/`: `manifest.json` (`manifest.py`: format version, model, precision, dimension, index),
 `catalog.sqlite` (WAL; one row per image with its vector; a generation counter bumped by every commit),
 `index.<generation>.faiss` (the FAISS index matching that generation) and `write.lock`.
 
@@ -12,27 +11,25 @@ rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always ag
 """
 
 import contextlib
-import json
 import logging
 import os
 import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from server.atomic_files import write_atomically
 from server.catalog_schema import (
     METADATA_COLUMNS,
     prepare_catalog,
     under_folder,
 )
-from server.config import PRECISIONS
 from server.defaults import INDEX_TYPES
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
 from server.faiss_index import (
@@ -46,6 +43,7 @@ from server.faiss_index import (
     probe_params,
     selection_params,
 )
+from server.manifest import MANIFEST, SCHEMA_VERSION, Manifest, load_manifest, write_manifest
 from server.model_identity import short
 
 if TYPE_CHECKING:
@@ -55,9 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# 2: the manifest records the model's identity (content hash), not only its name; 3: and its vectors' precision
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # older ones are migrated to 3 by the first write (see Collection._upgrade_manifest)
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
@@ -71,47 +66,6 @@ def validate_name(name: str) -> str:
             "or digit (no path separators or '..')."
         )
     return name
-
-
-@dataclass(frozen=True)
-class Manifest:
-    schema_version: int
-    model: str
-    dim: int
-    metric: str
-    index_type: str  # the index in use: "flat" or "ivf"
-    created: str
-    index_policy: str = "auto"  # what the user asked for: "auto", "flat" or "ivf"
-    index_params: dict[str, Any] = field(default_factory=dict)
-    model_identity: str | None = None  # model_identity.py; None only in version-1 manifests
-    precision: str = "fp32"  # of every vector in the collection (config.PRECISIONS); versions 1-2 made fp32 only
-
-    @classmethod
-    def new(
-        cls,
-        model: str,
-        dim: int,
-        index_policy: str = "auto",
-        model_identity: str | None = None,
-        precision: str = "fp32",
-    ) -> "Manifest":
-        # Every collection starts Flat; IVF needs vectors to train on, so it is built at the end of a write.
-        created = datetime.now(UTC).isoformat()
-        return cls(
-            SCHEMA_VERSION,
-            model,
-            dim,
-            "inner_product",
-            "flat",
-            created,
-            index_policy,
-            model_identity=model_identity,
-            precision=precision,
-        )
-
-    @property
-    def spec(self) -> IndexSpec:
-        return IndexSpec(self.index_type, dict(self.index_params))
 
 
 @dataclass(frozen=True)
@@ -166,25 +120,6 @@ _ENTRY_COLUMNS = "id, path, size, mtime_ns, hash, meta_read, dhash IS NOT NULL"
 def _entry(row: tuple[Any, ...]) -> CatalogEntry:
     path = Path(os.fsdecode(row[1]))
     return CatalogEntry(row[0], path, row[2], row[3], row[4], has_metadata=bool(row[5]), has_perceptual=bool(row[6]))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -459,15 +394,13 @@ class Collection:
             self.generation = generation
 
     def _upgrade_manifest(self) -> None:
-        """Migrate an older manifest at the first write, to version 3. Version 1 named its model only: the model now
-        writing, opened under that same name, is recorded by identity, so copies of it under other names open the
-        collection from now on (without an identity to record, a version-1 manifest stays as it is). Version 2 made
-        fp32 vectors only, which is the precision recorded."""
-        identity = self.manifest.model_identity or self._model_identity
-        if self.manifest.schema_version == SCHEMA_VERSION or identity is None:
-            return
-        log.info("collection %s: manifest version %d -> %d", self.name, self.manifest.schema_version, SCHEMA_VERSION)
-        self._write_manifest(replace(self.manifest, schema_version=SCHEMA_VERSION, model_identity=identity))
+        """Migrate an older manifest at the first write (`Manifest.upgraded`)."""
+        upgraded = self.manifest.upgraded(self._model_identity)
+        if upgraded is not None:
+            log.info(
+                "collection %s: manifest version %d -> %d", self.name, self.manifest.schema_version, SCHEMA_VERSION
+            )
+            self._write_manifest(upgraded)
 
     def set_index_policy(self, policy: str) -> None:
         """Record which index the user wants ('auto', 'flat', 'ivf'); applied at the end of the next write."""
@@ -477,7 +410,7 @@ class Collection:
             self._write_manifest(replace(self.manifest, index_policy=policy))
 
     def _write_manifest(self, manifest: Manifest) -> None:
-        _write_atomically(self.folder / "manifest.json", json.dumps(asdict(manifest), indent=2).encode("utf-8"))
+        write_manifest(self.folder, manifest)
         self.manifest = manifest
 
     def _convert_if_needed(self) -> None:
@@ -500,7 +433,7 @@ class Collection:
         if wanted == "ivf":
             exact = self._index if self.manifest.index_type == "flat" else None
             trained, index, spec = build_ivf(vectors, ids, exact)
-            _write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
+            write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
         else:
             spec = IndexSpec("flat")
             index = new_flat(self.manifest.dim)
@@ -592,7 +525,7 @@ class Collection:
             generation = self.generation
             data = faiss.serialize_index(self._index).tobytes()
         target = self.folder / f"index.{generation}.faiss"
-        _write_atomically(target, data)
+        write_atomically(target, data)
         for old in self.folder.glob("index.*.faiss"):
             match = _INDEX_FILE.fullmatch(old.name)
             if match and int(match.group(1)) != generation:
@@ -602,30 +535,6 @@ class Collection:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def load_manifest(folder: Path, name: str) -> Manifest:
-    """Read and check a collection's manifest.json."""
-    path = folder / "manifest.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CollectionMismatch(f"Collection '{name}' has an unreadable manifest ({path}): {exc}") from exc
-    if data.get("schema_version") not in READABLE_VERSIONS:
-        raise CollectionMismatch(
-            f"Collection '{name}' uses format version {data.get('schema_version')}; this clipsearch reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}. Re-index into a new collection name, or update clipsearch."
-        )
-    required = ("schema_version", "model", "dim", "metric", "index_type", "created")
-    optional = {
-        key: data[key] for key in ("index_policy", "index_params", "model_identity", "precision") if key in data
-    }
-    if optional.get("precision", "fp32") not in PRECISIONS:
-        raise CollectionMismatch(
-            f"Collection '{name}' holds vectors of precision {optional['precision']!r}; this clipsearch knows "
-            f"{', '.join(PRECISIONS)}. Update clipsearch, or re-index into a new collection name."
-        )
-    return Manifest(**{key: data[key] for key in required}, **optional)
 
 
 class CollectionStore:
@@ -638,11 +547,11 @@ class CollectionStore:
         self.speaker = speaker
 
     def exists(self, name: str) -> bool:
-        return (self.index_dir / validate_name(name) / "manifest.json").is_file()
+        return (self.index_dir / validate_name(name) / MANIFEST).is_file()
 
     def read_manifest(self, name: str) -> Manifest:
         folder = self.index_dir / validate_name(name)
-        if not (folder / "manifest.json").exists():
+        if not (folder / MANIFEST).exists():
             known = ", ".join(self.names()) or "none yet"
             raise CollectionNotFound(
                 f"No collection named '{name}' in {self.index_dir} (collections: {known}). "
@@ -689,16 +598,16 @@ class CollectionStore:
     ) -> Collection:
         """Open the collection if it exists (checking its model), else create it."""
         folder = self.index_dir / validate_name(name)
-        if (folder / "manifest.json").is_file():
+        if (folder / MANIFEST).is_file():
             return self.open(name, model, dim, identity)
         folder.mkdir(parents=True, exist_ok=True)
         if index_policy not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_policy!r}.")
         manifest = Manifest.new(model, dim, index_policy, identity, precision)
-        _write_atomically(folder / "manifest.json", json.dumps(asdict(manifest), indent=2).encode("utf-8"))
+        write_manifest(folder, manifest)
         return Collection(name, folder, manifest, identity)
 
     def names(self) -> list[str]:
         if not self.index_dir.is_dir():
             return []
-        return sorted(p.name for p in self.index_dir.iterdir() if (p / "manifest.json").is_file())
+        return sorted(p.name for p in self.index_dir.iterdir() if (p / MANIFEST).is_file())

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from server.atomic_files import write_atomically
 from server.config import ENGINES, PRECISIONS
 from server.encoder import Preprocessing, TextCache, TransformersEncoder, Vectors, normalize
 from server.errors import InvalidArgument, ModelUnavailable
@@ -209,13 +210,15 @@ class OnnxEncoder:
         return self.cache / f"{self.model_identity.split(':')[-1][:40]}-f{EXPORT_FORMAT}{suffix}"
 
     def _find_or_make(self) -> Export | None:
+        def fp32(folder: Path) -> Export:
+            return _find_or_build(folder, self.model_identity, lambda work: _export_into(self.reference, work))
+
         try:
             if self.precision == "fp32":
-                return _find_or_build(self.folder, self.model_identity, lambda work: _export_into(self.reference, work))
-            base = self._folder("fp32")
-            _find_or_build(base, self.model_identity, lambda work: _export_into(self.reference, work))
+                return fp32(self.folder)
+            base = self._folder("fp32")  # made (or found) only when the int8 export must be made
             return _find_or_build(
-                self.folder, self.model_identity, lambda work: _quantize_into(base, work, self.model_name)
+                self.folder, self.model_identity, lambda work: _quantize_into(base, fp32(base), work, self.model_name)
             )
         except (ExportRefused, OSError) as exc:
             what = "int8 version" if self.precision == "int8" else "export"
@@ -434,13 +437,10 @@ def _with_external_weights(source: Path, target: Path) -> None:
     onnx.save_model(model, str(target), save_as_external_data=True, location=f"{target.name}.data")
 
 
-def _quantize_into(base: Path, work: Path, name: str) -> Export:
-    """The fp32 export in `base`, dynamically quantised to int8 into `work`, checked against it."""
+def _quantize_into(base: Path, fp32: Export, work: Path, name: str) -> Export:
+    """The fp32 export `fp32` in `base`, dynamically quantised to int8 into `work`, checked against it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32 = read_export(base)
-    if fp32 is None:
-        raise ExportRefused("its fp32 export is missing")
     _check_memory([base / file for file in fp32.files])  # not measured for quantising: the export's factor
     log.warning("making the int8 version of '%s', once per model (about 10 s for ViT-B/32 on 2 cores)", name)
     root = logging.getLogger()
@@ -477,7 +477,7 @@ def _seal(work: Path, export: Export) -> Export:
         stat = path.stat()
         files[path.name] = {"size": stat.st_size, "sha256": _sha256(path), "mtime_ns": stat.st_mtime_ns}
     sealed = replace(export, files=files)
-    _write_json(work / META, asdict(sealed))
+    write_atomically(work / META, json.dumps(asdict(sealed), indent=2).encode("utf-8"))
     return sealed
 
 
@@ -556,12 +556,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def _remove_older_formats(folder: Path) -> None:

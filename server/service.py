@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.collection import Collection, CollectionStore, Manifest, read_catalog, validate_name
+from server.collection import Collection, CollectionStore, read_catalog, validate_name
 from server.composition import Extras
 from server.config import PRECISIONS, Settings
 from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES, MAX_COMPARED
@@ -20,6 +20,7 @@ from server.errors import ClipSearchError, CollectionMismatch, FileMissing, Inva
 from server.evaluate import evaluate as evaluate_collection
 from server.filters import ResultOrder, SearchFilter
 from server.indexer import Indexer, ProgressFn
+from server.manifest import Manifest
 from server.model_files import DownloadTracker, find_local
 from server.model_identity import model_identity
 from server.models import (

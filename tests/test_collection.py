@@ -11,8 +11,9 @@ import numpy.typing as npt
 import pytest
 
 from conftest import fill, image
-from server.collection import SCHEMA_VERSION, Collection, CollectionStore, validate_name
+from server.collection import Collection, CollectionStore, validate_name
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
+from server.manifest import SCHEMA_VERSION
 
 MODEL = "test-model"
 DIM = 16

@@ -12,8 +12,9 @@ import server.model_identity as identity_module
 from bench.checkpoint import write_random_clip
 from conftest import HUB_NAME
 from server.cli import main
-from server.collection import SCHEMA_VERSION, CollectionStore
+from server.collection import CollectionStore
 from server.errors import CollectionMismatch
+from server.manifest import SCHEMA_VERSION
 from server.model_identity import model_identity
 
 ROOT = Path(__file__).resolve().parent.parent

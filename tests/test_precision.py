@@ -18,10 +18,10 @@ from PIL import Image
 from conftest import COLORS, FIXTURES, SAMPLES, install_previous_collection, save_color
 from server import onnx_engine
 from server.app import build_server
-from server.collection import SCHEMA_VERSION
 from server.config import Settings
 from server.encoder import TransformersEncoder
 from server.errors import CollectionMismatch, InvalidArgument, ModelUnavailable
+from server.manifest import SCHEMA_VERSION
 from server.onnx_engine import OnnxEncoder, read_export
 from server.service import ClipSearch
 
