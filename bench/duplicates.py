@@ -25,9 +25,9 @@ import numpy.typing as npt
 
 from bench.common import emit, machine
 from bench.search import clustered
-from server.collection import CollectionStore, NewImage
-from server.duplicates import DuplicateQuery, find_duplicates
-from server.perceptual import Perceptual
+from server.images.fingerprint import Perceptual
+from server.library.duplicates import DuplicateQuery, find_duplicates
+from server.store.collection import CollectionStore, NewImage
 
 DIM = 512
 MAX_PAGE = 1000

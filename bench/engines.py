@@ -20,13 +20,13 @@ import numpy as np
 
 from bench.common import emit, machine, percentiles, whole_process
 from bench.search import clustered, fill
-from server.collection import CollectionStore
-from server.encoder import Encoder, TransformersEncoder
-from server.onnx_engine import OnnxEncoder, read_export
-from server.search import Searcher
+from server.encoders.onnx_engine import OnnxEncoder, read_export
+from server.encoders.torch_engine import Encoder, TransformersEncoder
+from server.search.searcher import Searcher
+from server.store.collection import CollectionStore
 
 RUNS = 5
-SEARCH = "import sys; from server.cli import main; sys.exit(main(sys.argv[1:]))"
+SEARCH = "import sys; from server.cli.main import main; sys.exit(main(sys.argv[1:]))"
 VARIANTS = {  # name -> the search command's options
     "onnx": ["--engine", "onnx"],
     "torch": ["--engine", "torch"],

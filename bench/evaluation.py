@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.common import emit, machine
-from server.collection import CollectionStore, NewImage
-from server.encoder import normalize
-from server.evaluate import evaluate
+from server.encoders.torch_engine import normalize
+from server.evaluation.evaluate import evaluate
+from server.store.collection import CollectionStore, NewImage
 
 
 class LabelTextEncoder:

@@ -19,11 +19,11 @@ import numpy.typing as npt
 
 from bench.common import emit, machine, percentiles
 from bench.search import clustered
-from server.collection import Collection, CollectionStore, NewImage
-from server.filtered_search import select_ids
-from server.filters import ResultOrder, SearchFilter
-from server.metadata import PhotoMetadata
-from server.search import _hits
+from server.images.metadata import PhotoMetadata
+from server.search.filtered import select_ids
+from server.search.filters import ResultOrder, SearchFilter
+from server.search.searcher import _hits
+from server.store.collection import Collection, CollectionStore, NewImage
 
 DIM = 512
 QUERIES = 100

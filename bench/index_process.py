@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.common import emit, machine, make_photos, whole_process
 
 RUNS = 3
-CLI = "import sys; from server.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from server.cli.main import main; sys.exit(main(sys.argv[1:]))"
 NAIVE = """
 import sys
 from pathlib import Path

@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.common import emit, machine, make_photos, peak_rss_mb
 from server.config import Settings
-from server.encoder import TransformersEncoder, normalize
+from server.encoders.torch_engine import TransformersEncoder, normalize
 from server.service import ClipSearch
 
 BATCH = 32
@@ -86,7 +86,7 @@ def main() -> None:
     cosines = [float(np.dot(fast[name], naive_vectors[name])) for name in naive_vectors]
     # Random weights may hide input differences, so compare the model inputs too: the fast path's pixels
     # (draft-mode JPEG decode + our preprocessing) against the reference processor's, in normalised units.
-    from server.images import decode, read_file
+    from server.images.decode import decode, read_file
 
     reference = torch.cat(pixel_batches).numpy()
     fast_pixels = np.stack([encoder.preprocess(decode(read_file(p), min_side=size).image) for p in paths])

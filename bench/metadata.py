@@ -11,10 +11,10 @@ from pathlib import Path
 
 from PIL import Image
 
-import server.indexer as indexer_module
+import server.indexing.indexer as indexer_module
 from bench.common import emit, machine, make_photos
 from server.config import Settings
-from server.metadata import PhotoMetadata, read_metadata
+from server.images.metadata import PhotoMetadata, read_metadata
 from server.service import ClipSearch
 
 ROUNDS = 2

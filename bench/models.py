@@ -267,7 +267,7 @@ def measure(model: Path, images: Path, queries: int, engine: str = "torch") -> d
     import transformers  # noqa: F401  (imported here so load_s is the model's own cost)
 
     from server.config import Settings
-    from server.onnx_engine import OnnxEncoder
+    from server.encoders.onnx_engine import OnnxEncoder
     from server.service import ClipSearch
 
     import_s = time.perf_counter() - started

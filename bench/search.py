@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.common import emit, machine, peak_rss_mb, percentiles
-from server.collection import Collection, CollectionStore, NewImage
-from server.faiss_index import AUTO_ANN_THRESHOLD, choose_kind
+from server.store.collection import Collection, CollectionStore, NewImage
+from server.store.faiss_index import AUTO_ANN_THRESHOLD, choose_kind
 
 QUERIES = 200
 WARMUP = 10
@@ -121,8 +121,8 @@ def main() -> None:
 
 def text_latency(collection: Collection, store: CollectionStore, model: str, kind: str) -> dict[str, object]:
     """End-to-end text query on the index 'auto' picks, with the real text tower (any checkpoint of the right dim)."""
-    from server.encoder import TransformersEncoder
-    from server.search import Searcher
+    from server.encoders.torch_engine import TransformersEncoder
+    from server.search.searcher import Searcher
 
     collection.set_index_policy(kind)
     with collection.writer():

@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.models import IndexReport
+    from server.results import IndexReport
 
 
 class ClipSearchError(Exception):

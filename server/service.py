@@ -10,20 +10,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.collection import Collection, CollectionStore, read_catalog, validate_name
-from server.composition import Extras
 from server.config import PRECISIONS, Settings
-from server.defaults import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES, MAX_COMPARED
-from server.encoder import Encoder, TransformersEncoder
-from server.encoder_pool import EncoderPool
+from server.encoders.onnx_engine import OnnxEncoder, resolve_engine
+from server.encoders.pool import EncoderPool
+from server.encoders.torch_engine import Encoder, TransformersEncoder
 from server.errors import ClipSearchError, CollectionMismatch, FileMissing, InvalidArgument, ModelUnavailable
-from server.evaluate import evaluate as evaluate_collection
-from server.filters import ResultOrder, SearchFilter
-from server.indexer import Indexer, ProgressFn
-from server.manifest import Manifest
-from server.model_files import DownloadTracker, find_local
-from server.model_identity import model_identity
-from server.models import (
+from server.evaluation.evaluate import evaluate as evaluate_collection
+from server.images.thumbnails import ThumbnailCache
+from server.indexing.indexer import Indexer, ProgressFn
+from server.limits import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES, MAX_COMPARED
+from server.models.files import DownloadTracker, find_local
+from server.models.identity import model_identity
+from server.paths import PathGuard
+from server.results import (
     CollectionInfo,
     CollectionList,
     DuplicateReport,
@@ -33,13 +32,14 @@ from server.models import (
     SearchResponse,
     ThumbnailPage,
 )
-from server.onnx_engine import OnnxEncoder, resolve_engine
-from server.paths import PathGuard
-from server.search import Searcher
-from server.thumbnails import ThumbnailCache
+from server.search.composition import Extras
+from server.search.filters import ResultOrder, SearchFilter
+from server.search.searcher import Searcher
+from server.store.collection import Collection, CollectionStore, read_catalog, validate_name
+from server.store.manifest import Manifest
 
 if TYPE_CHECKING:
-    from server.duplicates import DuplicateQuery
+    from server.library.duplicates import DuplicateQuery
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ class ClipSearch:
         target = self.collection(collection)
         evaluation = evaluate_collection(target, self.encoder_for(target), ground_truth, ks, template, guard)
         if report_dir is not None:
-            from server.report import write_report
+            from server.evaluation.report import write_report
 
             write_report(evaluation, report_dir, plots)
         return evaluation.report
@@ -320,7 +320,7 @@ class ClipSearch:
     ) -> EvaluationReport:
         """Evaluate collections of the same images (one per model) with the same ground truth, side by side, each
         model's speed measured now; the report is the first collection's, with `comparison` holding them all."""
-        from server.compare import check_comparable, compared
+        from server.evaluation.compare import check_comparable, compared
 
         targets = [self.collection(name) for name in collections[: MAX_COMPARED + 1]]
         check_comparable(targets)
@@ -333,7 +333,7 @@ class ClipSearch:
             rows.append(compared(target, encoder, evaluation, guard))
         update: dict[str, object] = {"comparison": rows, "report_dir": None, "plots": []}
         if report_dir is not None:
-            from server.report import write_comparison
+            from server.evaluation.report import write_comparison
 
             written = write_comparison(evaluations, rows, report_dir, plots)
             update.update(report_dir=str(report_dir), plots=[str(p) for p in written])
@@ -372,7 +372,7 @@ class ClipSearch:
     ) -> DuplicateReport:
         """Groups of exact and near-duplicate images in a collection (or under one of its folders), with a suggested
         keeper each; reads only the catalog and the index, changes nothing."""
-        from server.duplicates import DuplicateQuery, find_duplicates
+        from server.library.duplicates import DuplicateQuery, find_duplicates
 
         query = query or DuplicateQuery()
         if query.folder is not None:
@@ -385,7 +385,7 @@ class ClipSearch:
     ) -> tuple[bytes, ImageView]:
         """One image as an upright JPEG of at most `max_side` px, with its metadata; read only if the guard allows
         its path."""
-        from server.view import view_image
+        from server.library.photo_view import view_image
 
         checked = guard.check(path) if guard else Path(os.path.realpath(Path(path).expanduser()))
         return view_image(checked, max_side, self.store.index_dir, self.store.names())

@@ -12,10 +12,10 @@ from PIL import Image
 
 from bench.checkpoint import write_random_clip
 from bench.fakehub import FakeHub, serve
-from server.collection import Collection, NewImage
 from server.config import Settings
-from server.encoder import normalize
+from server.encoders.torch_engine import normalize
 from server.service import ClipSearch
+from server.store.collection import Collection, NewImage
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # ONNX exports of the test checkpoints go to one folder per test run, never the user's cache.
@@ -178,7 +178,7 @@ def fake_hub(tiny_clip: Path, hf_home: Path, monkeypatch: pytest.MonkeyPatch) ->
 def cached_model(fake_hub: FakeHub) -> Path:
     """The tiny checkpoint downloaded into the test's Hugging Face cache under the hub name; the hub's request log
     is cleared afterwards. Returns the snapshot folder."""
-    from server.model_files import locate
+    from server.models.files import locate
 
     folder = locate(HUB_NAME).folder
     fake_hub.requests.clear()

@@ -17,9 +17,9 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from server.app import build_server
 from server.config import Settings
-from server.encoder import TransformersEncoder, normalize
+from server.encoders.torch_engine import TransformersEncoder, normalize
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -93,7 +93,7 @@ def test_texts_are_fed_as_the_family_was_trained(checkpoint: Path, text_rules: d
     import torch
     from transformers import AutoTokenizer
 
-    from server.model_families import detect, model_class
+    from server.models.families import detect, model_class
 
     encoder = TransformersEncoder(str(checkpoint))
     got = encoder.encode_texts(TEXTS)

@@ -22,7 +22,7 @@ from mcp import Client
 from mcp.client.extension import advertise
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 
-from server.app_gallery import GALLERY_URI
+from server.mcp_server.gallery import GALLERY_URI
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 OUT_DIR = BROWSER_DIR / "out"  # screenshots and timings of the last run

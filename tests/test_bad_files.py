@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import server.images
-import server.indexer
+import server.images.decode
+import server.indexing.indexer
 from conftest import COLORS, FakeEncoder, save_color
 from server.config import Settings
 from server.service import ClipSearch
@@ -80,12 +80,12 @@ def deny_reading(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
         return builtins.open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(server.images, "open", guarded_open, raising=False)
+    monkeypatch.setattr(server.images.decode, "open", guarded_open, raising=False)
 
 
 def before_reading(monkeypatch: pytest.MonkeyPatch, name: str, action: Callable[[Path], None]) -> list[Path]:
     """Run `action` on the file called `name` just before the indexer reads it (after the folder scan)."""
-    real_read = server.indexer.read_file
+    real_read = server.indexing.indexer.read_file
     touched: list[Path] = []
 
     def read_after_action(path: Path, *args: Any, **kwargs: Any) -> bytes:
@@ -94,7 +94,7 @@ def before_reading(monkeypatch: pytest.MonkeyPatch, name: str, action: Callable[
             action(path)
         return real_read(path, *args, **kwargs)
 
-    monkeypatch.setattr(server.indexer, "read_file", read_after_action)
+    monkeypatch.setattr(server.indexing.indexer, "read_file", read_after_action)
     return touched
 
 
@@ -435,7 +435,7 @@ def test_images_in_a_folder_that_cannot_be_listed_for_one_run_keep_their_entries
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(server.indexer.os, "scandir", scandir)
+    monkeypatch.setattr(server.indexing.indexer.os, "scandir", scandir)
 
     report = fake_service.index_folder(color_folder)
 

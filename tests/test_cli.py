@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
+from server.cli.main import main
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 

@@ -11,9 +11,9 @@ import numpy.typing as npt
 import pytest
 
 from conftest import fill, image
-from server.collection import Collection, CollectionStore, validate_name
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
-from server.manifest import SCHEMA_VERSION
+from server.store.collection import Collection, CollectionStore, validate_name
+from server.store.manifest import SCHEMA_VERSION
 
 MODEL = "test-model"
 DIM = 16

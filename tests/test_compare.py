@@ -10,9 +10,9 @@ import pytest
 from mcp import Client
 
 from conftest import COLORS, FakeEncoder
-from server.app import build_server
-from server.encoder import normalize
+from server.encoders.torch_engine import normalize
 from server.errors import CollectionNotFound, InvalidArgument
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 
@@ -91,11 +91,11 @@ def test_too_many_repeated_or_unknown_collections_are_refused(two_models: ClipSe
 def test_cli_eval_with_two_collections_prints_them_side_by_side(
     two_models: ClipSearch, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import server.cli
+    import server.cli.main
     import server.service
 
     monkeypatch.setattr(server.service, "ClipSearch", lambda *args, **kwargs: two_models)
-    assert server.cli.main(["eval", "-c", "sharp", "-c", "washed"]) == 0
+    assert server.cli.main.main(["eval", "-c", "sharp", "-c", "washed"]) == 0
     out = capsys.readouterr().out
 
     assert f"Models compared on the same {3 * len(COLORS)} images" in out

@@ -1,4 +1,4 @@
-"""server/composition.py and composed searches: rclip's weighted terms and infix form, exact against the formula
+"""server/search/composition.py and composed searches: rclip's weighted terms and infix form, exact against the formula
 computed by hand, through the service, the MCP tools and the CLI; bad terms refused."""
 
 import json
@@ -10,12 +10,12 @@ import pytest
 from mcp import Client
 from PIL import Image, ImageOps
 
-from server.app import build_server
-from server.cli import main
-from server.composition import MAX_TERMS, Extras, split_infix, weighted
+from server.cli.main import main
 from server.config import Settings
 from server.errors import InvalidArgument
-from server.images import load_image
+from server.images.decode import load_image
+from server.mcp_server.server import build_server
+from server.search.composition import MAX_TERMS, Extras, split_infix, weighted
 from server.service import ClipSearch
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

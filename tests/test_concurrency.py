@@ -19,13 +19,13 @@ import pytest
 from mcp import Client
 
 from conftest import COLORS, FakeEncoder, save_color
-from server.app import build_server
-from server.collection import CollectionStore
 from server.config import Settings
 from server.errors import CollectionBusy
-from server.indexer import Indexer
+from server.indexing.indexer import Indexer
+from server.mcp_server.server import build_server
 from server.paths import PathGuard
 from server.service import ClipSearch
+from server.store.collection import CollectionStore
 
 pytestmark = pytest.mark.anyio
 
@@ -162,7 +162,7 @@ HOLDER = textwrap.dedent(
     import sys
     sys.path[:0] = [{root!r}]
     from pathlib import Path
-    from server.collection import CollectionStore
+    from server.store.collection import CollectionStore
 
     collection = CollectionStore(Path({index!r})).open({name!r}, {model!r})
     with collection.writer():

@@ -11,8 +11,8 @@ import faiss
 import numpy as np
 
 from conftest import FakeEncoder, save_color
-from server.collection import CollectionStore
-from server.images import content_hash, decode, read_file
+from server.images.decode import content_hash, decode, read_file
+from server.store.collection import CollectionStore
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -24,7 +24,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     from conftest import FakeEncoder
     from server.config import Settings
-    from server.indexer import Indexer
+    from server.indexing.indexer import Indexer
     from server.service import ClipSearch
 
     encoder = FakeEncoder()

@@ -11,10 +11,10 @@ from mcp import Client
 from PIL import Image
 
 from conftest import FIXTURES, SAMPLES, install_previous_collection
-from server.app import build_server
-from server.cli import main
-from server.duplicates import DuplicateQuery, non_keepers
+from server.cli.main import main
 from server.errors import InvalidArgument
+from server.library.duplicates import DuplicateQuery, non_keepers
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 
@@ -132,10 +132,10 @@ def test_a_collection_from_the_previous_release_is_upgraded_and_gains_fingerprin
     import json
     import sqlite3
 
-    from server.catalog_schema import CATALOG_VERSION
-    from server.collection import CollectionStore
     from server.config import Settings
-    from server.encoder import TransformersEncoder
+    from server.encoders.torch_engine import TransformersEncoder
+    from server.store.collection import CollectionStore
+    from server.store.schema import CATALOG_VERSION
 
     fixture = FIXTURES / "v2_collection"
     index, photos = install_previous_collection("v2_collection", tmp_path)

@@ -1,5 +1,5 @@
-"""server/encoder.py: TransformersEncoder over a tiny random-weight CLIP checkpoint, through the production loading
-path."""
+"""server/encoders/torch_engine.py: TransformersEncoder over a tiny random-weight CLIP checkpoint, through the
+production loading path."""
 
 import json
 import shutil
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import server.encoder as encoder_module
-from server.encoder import TransformersEncoder, normalize
+import server.encoders.torch_engine as encoder_module
+from server.encoders.torch_engine import TransformersEncoder, normalize
 from server.errors import ModelUnavailable
 
 PROJECTION_DIM = 24  # conftest.write_tiny_clip

@@ -1,4 +1,4 @@
-"""server/encoder_pool.py and choosing a model per collection: each model made once, copies of one checkpoint
+"""server/encoders/pool.py and choosing a model per collection: each model made once, copies of one checkpoint
 shared, at most `capacity` kept (least recently used dropped); bad model requests refused with what to do."""
 
 import shutil
@@ -8,8 +8,8 @@ import pytest
 from mcp import Client
 
 from conftest import FakeEncoder
-from server.app import build_server
-from server.encoder_pool import EncoderPool
+from server.encoders.pool import EncoderPool
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 
@@ -107,7 +107,7 @@ def test_a_relative_name_is_never_a_folder_where_the_server_runs(
     tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hf_home: Path
 ) -> None:
     from server.errors import ModelUnavailable
-    from server.model_files import find_local, locate, requested_model
+    from server.models.files import find_local, locate, requested_model
     from server.paths import PathGuard
 
     shutil.copytree(tiny_clip, tmp_path / "ckpt")  # a complete checkpoint in the working folder, outside the roots

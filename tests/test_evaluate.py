@@ -13,14 +13,14 @@ from PIL import Image
 from sklearn.metrics import average_precision_score
 
 from conftest import FakeEncoder, save_color
-from server.collection import Collection, CollectionStore, NewImage
-from server.encoder import normalize
+from server.encoders.torch_engine import normalize
 from server.errors import GroundTruthError, InvalidArgument, PathNotAllowed
-from server.evaluate import Direction, Evaluation, evaluate
-from server.ground_truth import folder_label, label_text
-from server.metrics import rank_order, ranked_relevance, ranking_metrics
+from server.evaluation.evaluate import Direction, Evaluation, evaluate
+from server.evaluation.ground_truth import folder_label, label_text
+from server.evaluation.metrics import rank_order, ranked_relevance, ranking_metrics
 from server.paths import PathGuard
 from server.service import ClipSearch
+from server.store.collection import Collection, CollectionStore, NewImage
 
 DIM = 8
 

@@ -12,11 +12,12 @@ import pytest
 from mcp import Client
 
 from conftest import FakeEncoder, fill, image
-from server import faiss_index
-from server.app import build_server
-from server.collection import Collection, CollectionStore
 from server.errors import InvalidArgument
-from server.faiss_index import (
+from server.mcp_server.server import build_server
+from server.service import ClipSearch
+from server.store import faiss_index
+from server.store.collection import Collection, CollectionStore
+from server.store.faiss_index import (
     AUTO_ANN_THRESHOLD,
     CALIBRATION_QUERIES,
     TARGET_RECALL,
@@ -25,7 +26,6 @@ from server.faiss_index import (
     choose_kind,
     nlist_for,
 )
-from server.service import ClipSearch
 
 MODEL = "test-model"
 DIM = 64
@@ -442,7 +442,7 @@ def test_a_refused_index_type_leaves_no_new_collection_behind(fake_service: Clip
 def test_cli_index_type_option_sets_the_collection_index(
     color_folder: Path, index_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
-    from server.cli import main
+    from server.cli.main import main
 
     monkeypatch.setattr(
         "server.service.ClipSearch", lambda settings, **options: ClipSearch(settings, encoder=FakeEncoder(), **options)

@@ -12,14 +12,14 @@ import pytest
 from mcp import Client
 
 from conftest import FakeEncoder
-from server.app import build_server
-from server.collection import Collection, CollectionStore, NewImage
-from server.encoder import normalize
-from server.filtered_search import select_ids
-from server.filters import ResultOrder, SearchFilter, distance_km
-from server.metadata import PhotoMetadata
-from server.search import Searcher
+from server.encoders.torch_engine import normalize
+from server.images.metadata import PhotoMetadata
+from server.mcp_server.server import build_server
+from server.search.filtered import select_ids
+from server.search.filters import ResultOrder, SearchFilter, distance_km
+from server.search.searcher import Searcher
 from server.service import ClipSearch
+from server.store.collection import Collection, CollectionStore, NewImage
 
 DIM = 16
 BERLIN, PARIS, TOKYO = (52.52, 13.405), (48.8566, 2.3522), (35.6762, 139.6503)
@@ -41,7 +41,7 @@ def meta(i: int) -> PhotoMetadata:
     month = 1 + (i // 28) % 12
     offset = "+02:00" if i % 3 == 0 else ""
     taken = f"2024-{month:02d}-{day:02d}T{hour:02d}:00:00{offset}"
-    from server.metadata import _derived
+    from server.images.metadata import _derived
 
     local, utc = _derived(taken)
     place = (None, None) if i % 10 == 0 else [BERLIN, PARIS, TOKYO][i % 3]
@@ -236,7 +236,7 @@ async def test_filters_reach_both_search_tools_and_the_cli(
     monkeypatch.setattr(
         "server.service.ClipSearch", lambda settings, **options: ClipSearch(settings, encoder=FakeEncoder(), **options)
     )
-    from server.cli import main
+    from server.cli.main import main
 
     code = main(
         ["search", "blue", "-k", "15", "--folder", str(red), "--json", "--index-dir", str(index_dir), "--model",

@@ -14,8 +14,8 @@ from mcp import Client, StdioServerParameters
 
 from bench.fakehub import FakeHub
 from conftest import HUB_NAME
-from server.app import build_server
 from server.config import Settings
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 ROOT = Path(__file__).resolve().parent.parent

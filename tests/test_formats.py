@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import server.images as images
+import server.images.decode as images
 from conftest import COLORS, FakeEncoder, save_color
 from server.errors import ImageUnreadable
-from server.images import decode, is_image_name
-from server.indexer import scan_folder
+from server.images.decode import decode, is_image_name
+from server.indexing.indexer import scan_folder
 from server.service import ClipSearch
 
 

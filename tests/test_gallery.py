@@ -16,10 +16,10 @@ from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from PIL import Image
 
 from conftest import COLORS, save_color
-from server.app import build_server
-from server.app_gallery import GALLERY_NOTE, GALLERY_URI, gallery_html
+from server.images.thumbnails import ThumbnailCache
+from server.mcp_server.gallery import GALLERY_NOTE, GALLERY_URI, gallery_html
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
-from server.thumbnails import ThumbnailCache
 
 pytestmark = pytest.mark.anyio
 

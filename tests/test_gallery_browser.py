@@ -12,7 +12,7 @@ from gallery_host import OUT_DIR, GalleryHost, gallery_host, require_browser, wa
 from PIL import Image
 
 from conftest import COLORS, save_color
-from server.app import build_server
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""server/images.py: upright RGB decoding of every mode, draft decoding, refusal of bad files, thumbnails."""
+"""server/images/decode.py: upright RGB decoding of every mode, draft decoding, refusal of bad files, thumbnails."""
 
 import io
 import struct
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFile, features
 
 from server.errors import ImageUnreadable
-from server.images import THUMBNAIL_MAX_SIDE, decode, is_image_name, read_file, thumbnail_jpeg, to_rgb
+from server.images.decode import THUMBNAIL_MAX_SIDE, decode, is_image_name, read_file, thumbnail_jpeg, to_rgb
 
 RED = (220, 20, 20)
 BLUE = (20, 20, 220)

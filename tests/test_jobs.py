@@ -19,13 +19,13 @@ import pytest
 from mcp import Client
 
 from conftest import COLORS, FakeEncoder, save_color
-from server.app import build_server
-from server.collection import CollectionStore
 from server.config import Settings
-from server.indexer import Indexer
-from server.jobs import JobManager, JobRecord
+from server.indexing.indexer import Indexer
+from server.indexing.jobs import JobManager, JobRecord
+from server.mcp_server.server import build_server
 from server.paths import PathGuard
 from server.service import ClipSearch
+from server.store.collection import CollectionStore
 
 pytestmark = pytest.mark.anyio
 
@@ -341,8 +341,8 @@ sys.path[:0] = [{root!r}, {tests!r}]
 from pathlib import Path
 from conftest import FakeEncoder
 from server.config import Settings
-from server.indexer import Indexer
-from server.jobs import JobManager
+from server.indexing.indexer import Indexer
+from server.indexing.jobs import JobManager
 from server.paths import PathGuard
 from server.service import ClipSearch
 
@@ -413,7 +413,7 @@ import sys, time
 sys.path[:0] = [{root!r}, {tests!r}]
 from conftest import FakeEncoder
 import server.service
-from server.indexer import Indexer
+from server.indexing.indexer import Indexer
 
 class SlowEncoder(FakeEncoder):
     def encode_pixels(self, batch):
@@ -426,7 +426,7 @@ def fake(settings, **options):
     encoder = SlowEncoder()
     return real(settings, encoder=encoder, indexer=Indexer(encoder, workers=1, batch_size=2, commit_every=2), **options)
 server.service.ClipSearch = fake
-from server.cli import main
+from server.cli.main import main
 sys.exit(main(["index", {folder!r}, "--index-dir", {index!r}, "--model", "fake-color-encoder"]))
 """
 

@@ -11,7 +11,7 @@ from mcp import Client
 from PIL import Image
 
 from conftest import COLORS, FakeEncoder, save_color
-from server.app import build_server
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 pytestmark = pytest.mark.anyio

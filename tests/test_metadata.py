@@ -1,4 +1,4 @@
-"""server/metadata.py and the catalog's metadata: capture time, place and camera exactly as written in the files;
+"""server/images/metadata.py and the catalog's metadata: capture time, place and camera exactly as written in the files;
 bad metadata never stops indexing; older catalogs are upgraded and filled in without re-embedding."""
 
 import io
@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import server.images  # noqa: F401 - registers the HEIF/AVIF openers
+import server.images.decode  # noqa: F401 - registers the HEIF/AVIF openers
 from conftest import COLORS, FakeEncoder, save_color
-from server.catalog_schema import CATALOG_VERSION
-from server.collection import CollectionStore
-from server.metadata import read_metadata
+from server.images.metadata import read_metadata
 from server.service import ClipSearch
+from server.store.collection import CollectionStore
+from server.store.schema import CATALOG_VERSION
 
 
 def exif_with(

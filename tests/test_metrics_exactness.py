@@ -10,9 +10,9 @@ import pytrec_eval
 from PIL import Image
 
 from conftest import FakeEncoder, save_color
-from server.evaluate import evaluate
-from server.metrics import RankingMetrics, rank_order, ranked_relevance, ranking_metrics
-from server.report import write_report
+from server.evaluation.evaluate import evaluate
+from server.evaluation.metrics import RankingMetrics, rank_order, ranked_relevance, ranking_metrics
+from server.evaluation.report import write_report
 from server.service import ClipSearch
 
 KS = (1, 3, 5, 10, 50)

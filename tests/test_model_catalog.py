@@ -1,4 +1,4 @@
-"""server/model_catalog.py, `clipsearch models` and the list_models tool: the recommended models with sourced
+"""server/models/recommended.py, `clipsearch models` and the list_models tool: the recommended models with sourced
 figures, and which are downloaded."""
 
 import json
@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from server.app import build_server
-from server.cli import main
+from server.cli.main import main
 from server.config import Settings
-from server.model_catalog import RECOMMENDED, list_models
+from server.mcp_server.server import build_server
+from server.models.recommended import RECOMMENDED, list_models
 from server.service import ClipSearch
 
 DEFAULT = "openai/clip-vit-base-patch32"
 
 
 def test_every_recommended_figure_names_its_source_and_every_family_is_one_we_run() -> None:
-    from server.model_families import CLIP, METACLIP2, SIGLIP, SIGLIP2
+    from server.models.families import CLIP, METACLIP2, SIGLIP, SIGLIP2
 
     labels = {f.label for f in (CLIP, SIGLIP, SIGLIP2, METACLIP2)}
     assert {e.family for e in RECOMMENDED} == labels

@@ -1,4 +1,4 @@
-"""server/model_families.py: families are told from the checkpoint's files; what cannot run is refused, saying why
+"""server/models/families.py: families are told from the checkpoint's files; what cannot run is refused, saying why
 and what can."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from server.errors import ModelUnavailable
-from server.model_families import CLIP, METACLIP2, SIGLIP, SIGLIP2, SUPPORTED, detect
+from server.models.families import CLIP, METACLIP2, SIGLIP, SIGLIP2, SUPPORTED, detect
 
 
 def checkpoint(tmp_path: Path, config: dict[str, object], tokenizer_class: str | None = None) -> Path:

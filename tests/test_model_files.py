@@ -1,4 +1,4 @@
-"""server/model_files.py: a cached model never touches the network; a missing one is downloaded once, with progress,
+"""server/models/files.py: a cached model never touches the network; a missing one is downloaded once, with progress,
 or fails fast with a clear message. All against a local fake hub or closed ports: no network."""
 
 import hashlib
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import server.model_files as model_files
+import server.models.files as model_files
 from bench.fakehub import FakeHub, silent_endpoint
 from conftest import HUB_NAME
-from server.encoder import TransformersEncoder
+from server.encoders.torch_engine import TransformersEncoder
 from server.errors import ModelUnavailable
-from server.model_files import DownloadPlan, DownloadState, DownloadTracker, locate
+from server.models.files import DownloadPlan, DownloadState, DownloadTracker, locate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,7 +138,8 @@ def test_two_processes_starting_with_an_empty_cache_both_load_one_intact_copy(
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("TRANSFORMERS_OFFLINE", None)
     code = (
-        "from server.encoder import TransformersEncoder; e = TransformersEncoder('openai/clip-vit-base-patch32'); "
+        "from server.encoders.torch_engine import TransformersEncoder; "
+        "e = TransformersEncoder('openai/clip-vit-base-patch32'); "
         "print(e.files.source, e.dim, e.model_identity)"
     )
     procs = [

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import server.model_identity as identity_module
+import server.models.identity as identity_module
 from bench.checkpoint import write_random_clip
 from conftest import HUB_NAME
-from server.cli import main
-from server.collection import CollectionStore
+from server.cli.main import main
 from server.errors import CollectionMismatch
-from server.manifest import SCHEMA_VERSION
-from server.model_identity import model_identity
+from server.models.identity import model_identity
+from server.store.collection import CollectionStore
+from server.store.manifest import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

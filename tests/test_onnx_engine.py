@@ -19,15 +19,15 @@ from PIL import Image
 from bench.checkpoint import write_random_clip
 from bench.families import write_random_metaclip2, write_random_siglip, write_random_siglip2
 from conftest import COLORS, save_color
-from server import onnx_engine
-from server.encoder import TransformersEncoder
+from server.encoders import onnx_engine
+from server.encoders.fast_tokenizers import NoFastTokenizer
+from server.encoders.onnx_engine import OnnxEncoder, _token_arrays, read_export, resolve_engine
+from server.encoders.torch_engine import TransformersEncoder
 from server.errors import InvalidArgument, ModelUnavailable
-from server.fast_tokenizers import NoFastTokenizer
-from server.onnx_engine import OnnxEncoder, _token_arrays, read_export, resolve_engine
 
 FAMILIES: dict[str, Callable[[Path], Path]] = {
     "clip": write_random_clip,
-    "siglip": write_random_siglip,  # a slow SentencePiece tokenizer, converted by server/fast_tokenizers.py
+    "siglip": write_random_siglip,  # a slow SentencePiece tokenizer, converted by server/encoders/fast_tokenizers.py
     "siglip2": write_random_siglip2,
     "metaclip2": write_random_metaclip2,
 }
@@ -103,7 +103,7 @@ def test_a_model_whose_tokenizer_has_no_tokenizers_version_stays_on_torch_and_sa
     monkeypatch.setattr(onnx_engine, "fast_tokenizer", no_version)
     folder = tiny
     quiet = OnnxEncoder(TransformersEncoder(str(folder)), cache=tmp_path / "cache")
-    with caplog.at_level(logging.WARNING, logger="server.onnx_engine"):
+    with caplog.at_level(logging.WARNING, logger="server.encoders.onnx_engine"):
         vectors = quiet.encode_texts(["a red car"])
     assert quiet.engine == "torch" and vectors.shape == (1, quiet.dim)
     assert "no `tokenizers` version" in caplog.text and "using torch" in caplog.text
@@ -153,7 +153,7 @@ def test_an_unwritable_cache_falls_back_to_torch_with_one_warning(
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     encoder = OnnxEncoder(TransformersEncoder(str(tiny)), cache=blocked / "onnx")
-    with caplog.at_level(logging.WARNING, logger="server.onnx_engine"):
+    with caplog.at_level(logging.WARNING, logger="server.encoders.onnx_engine"):
         vectors = encoder.encode_texts(["a red car"])
         encoder.encode_texts(["a blue boat"])
     assert encoder.engine == "torch" and vectors.shape == (1, encoder.dim)
@@ -181,7 +181,7 @@ def test_engine_choice(monkeypatch: pytest.MonkeyPatch):
 
 def clipsearch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main(sys.argv[1:]))", *args],
+        [sys.executable, "-c", "import sys; from server.cli.main import main; sys.exit(main(sys.argv[1:]))", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -197,7 +197,7 @@ def test_search_never_imports_torch_and_gives_the_torch_engines_results(tiny: Pa
     indexed = clipsearch("index", str(photos), "--model", str(tiny), env=env)
     assert indexed.returncode == 0, indexed.stderr
     probe = (
-        "import sys, json; from server.cli import main; code = main(sys.argv[1:]); "
+        "import sys, json; from server.cli.main import main; code = main(sys.argv[1:]); "
         "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)), file=sys.stderr); "
         "sys.exit(code)"
     )
@@ -222,8 +222,8 @@ def test_search_never_imports_torch_and_gives_the_torch_engines_results(tiny: Pa
 def test_an_export_killed_mid_way_leaves_nothing_the_next_run_uses(tiny: Path, tmp_path: Path):
     cache = tmp_path / "cache"
     script = (
-        "import sys; from pathlib import Path; from server.encoder import TransformersEncoder; "
-        "from server.onnx_engine import OnnxEncoder; "
+        "import sys; from pathlib import Path; from server.encoders.torch_engine import TransformersEncoder; "
+        "from server.encoders.onnx_engine import OnnxEncoder; "
         "OnnxEncoder(TransformersEncoder(sys.argv[1]), cache=Path(sys.argv[2])).encode_texts(['a'])"
     )
     child = subprocess.Popen([sys.executable, "-c", script, str(tiny), str(cache)])
@@ -286,7 +286,7 @@ def test_an_export_the_machine_has_too_little_memory_for_is_refused_before_it_st
 ):
     monkeypatch.setattr(onnx_engine, "available_memory", lambda: 1_000_000)  # 1 MB free
     quiet = OnnxEncoder(TransformersEncoder(str(tiny)), cache=tmp_path / "cache")
-    with caplog.at_level(logging.WARNING, logger="server.onnx_engine"):
+    with caplog.at_level(logging.WARNING, logger="server.encoders.onnx_engine"):
         assert quiet.encode_texts(["a red car"]).shape == (1, quiet.dim)
     assert quiet.engine == "torch" and "GB of free memory" in caplog.text
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]

@@ -16,14 +16,14 @@ from mcp import Client
 from PIL import Image
 
 from conftest import COLORS, FIXTURES, SAMPLES, install_previous_collection, save_color
-from server import onnx_engine
-from server.app import build_server
 from server.config import Settings
-from server.encoder import TransformersEncoder
+from server.encoders import onnx_engine
+from server.encoders.onnx_engine import OnnxEncoder, read_export
+from server.encoders.torch_engine import TransformersEncoder
 from server.errors import CollectionMismatch, InvalidArgument, ModelUnavailable
-from server.manifest import SCHEMA_VERSION
-from server.onnx_engine import OnnxEncoder, read_export
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
+from server.store.manifest import SCHEMA_VERSION
 
 TEXTS = ["a red car", "a photo of the sea", "東京の夜景", ""]
 
@@ -137,7 +137,7 @@ def test_searching_an_int8_collection_from_the_terminal_imports_neither_torch_no
     tiny_clip: Path, tmp_path: Path, photos: Path
 ):
     env = {**os.environ, "CLIPSEARCH_INDEX_DIR": str(tmp_path / "idx"), "CLIPSEARCH_MODEL": str(tiny_clip)}
-    script = "import sys; from server.cli import main; sys.exit(main(sys.argv[1:]))"
+    script = "import sys; from server.cli.main import main; sys.exit(main(sys.argv[1:]))"
     indexed = subprocess.run(
         [sys.executable, "-c", script, "index", str(photos), "-c", "p8", "--precision", "int8"],
         capture_output=True,
@@ -147,7 +147,7 @@ def test_searching_an_int8_collection_from_the_terminal_imports_neither_torch_no
     )
     assert indexed.returncode == 0, indexed.stderr
     probe = (
-        "import sys, json; from server.cli import main; code = main(sys.argv[1:]); "
+        "import sys, json; from server.cli.main import main; code = main(sys.argv[1:]); "
         "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)), file=sys.stderr); "
         "sys.exit(code)"
     )

@@ -21,11 +21,11 @@ from mcp import Client
 from pydantic import BaseModel
 
 from conftest import COLORS, FakeEncoder, save_color
-from server.app import build_server
-from server.collection import CollectionStore
 from server.config import Settings
-from server.models import CollectionList, EvaluationReport, IndexReport, SearchResponse
+from server.mcp_server.server import build_server
+from server.results import CollectionList, EvaluationReport, IndexReport, SearchResponse
 from server.service import ClipSearch
+from server.store.collection import CollectionStore
 
 GOOD, MAYBE, BAD = "good", "maybe", "bad"
 # The logger the SDK reports a tool's unexpected (non-ToolError) exception on; ours log theirs under "server".

@@ -12,7 +12,7 @@ from mcp import Client
 from PIL import Image
 from test_metadata import exif_with, jpeg
 
-from server.app import build_server
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 

@@ -10,12 +10,12 @@ import pytest
 from mcp import Client
 
 from conftest import COLORS, FakeEncoder, save_color
-from server.app import build_server
 from server.config import Settings
-from server.indexer import Indexer
-from server.jobs import JobManager
+from server.indexing.indexer import Indexer
+from server.indexing.jobs import JobManager
+from server.indexing.watch import FolderWatcher
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
-from server.watch import FolderWatcher
 
 WAIT = 10.0  # the issue's bound for a change to show up in searches
 SETTLE = 0.3
@@ -148,7 +148,7 @@ import server.service
 
 real = server.service.ClipSearch
 server.service.ClipSearch = lambda settings, **options: real(settings, encoder=FakeEncoder(), **options)
-from server.cli import main
+from server.cli.main import main
 sys.exit(main(["index", {folder!r}, "--watch", "--json", "--index-dir", {index!r}, "--model", "fake-color-encoder"]))
 """
 
@@ -188,7 +188,7 @@ def _read_json(stream: Any) -> str:
 def test_serve_watch_resumes_watching_every_recorded_folder_under_the_roots(
     service: ClipSearch, jobs: JobManager, watcher: FolderWatcher, color_folder: Path, tmp_path: Path, index_dir: Path
 ) -> None:
-    from server.cli import _watch_recorded_folders
+    from server.cli.main import _watch_recorded_folders
     from server.paths import PathGuard
 
     elsewhere = tmp_path / "elsewhere"

@@ -1,0 +1,255 @@
+"""Duplicates in a collection: exact copies (the same content hash) and near-duplicates (re-encoded or resized copies,
+bursts), grouped, each group with a suggested keeper. It only reports: nothing is ever deleted or moved.
+
+Near-duplicates are pairs whose embeddings are at cosine ≥ `threshold` among each image's `NEIGHBOURS` nearest (a
+batched k-NN search over the collection's own index: memory stays bounded at any size) and whose perceptual
+fingerprints agree (perceptual.py: at most `max_bits` differing bits of a 64-bit difference hash). Uniform images
+(all black, all white) have no structure to compare and are grouped only with byte-identical copies. Groups are
+connected components: a burst of 30 shots is one group even if its first and last shots differ more.
+
+The default threshold, 0.95, is clip-retrieval's duplicate cut-off (it found cosine ≥ 0.94 to mark near-duplicates on
+LAION); the fingerprint check then removes the look-alikes CLIP alone confuses (two dark low-texture photos, frames of
+a fade from black).
+"""
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from server.errors import InvalidArgument
+from server.images.fingerprint import BLANK_CONTRAST, NEAR_BITS, distance
+from server.results import DuplicateGroup, DuplicateMember, DuplicateReport
+from server.store.collection import Collection, Hit
+from server.store.schema import under_folder
+
+DEFAULT_THRESHOLD = 0.95
+NEIGHBOURS = 32
+BATCH = 1024
+MAX_GROUPS = 1000
+
+
+@dataclass(frozen=True)
+class DuplicateQuery:
+    folder: Path | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    max_bits: int = NEAR_BITS
+    exact_only: bool = False
+    max_groups: int = 100
+    offset: int = 0
+
+    def check(self) -> "DuplicateQuery":
+        if not 0 < self.threshold <= 1:
+            raise InvalidArgument(f"threshold is a cosine similarity in (0, 1], got {self.threshold}.")
+        if not 0 <= self.max_bits <= 64:
+            raise InvalidArgument(f"max_bits must be between 0 and 64, got {self.max_bits}.")
+        if not 1 <= self.max_groups <= MAX_GROUPS:
+            raise InvalidArgument(f"max_groups must be between 1 and {MAX_GROUPS}, got {self.max_groups}.")
+        if not 0 <= self.offset <= 1_000_000:
+            raise InvalidArgument(f"offset must be between 0 and 1,000,000, got {self.offset}.")
+        return self
+
+
+def find_duplicates(collection: Collection, query: DuplicateQuery) -> DuplicateReport:
+    started = time.perf_counter()
+    query.check()
+    where, params = under_folder(query.folder) if query.folder is not None else ("1", [])
+    ids, hashes, dhash, contrast = _fingerprints(collection, where, params)
+    parent = np.arange(len(ids))
+    _join_exact(parent, hashes)
+    unhashed = int(np.count_nonzero(dhash == _MISSING))
+    if not query.exact_only and len(ids) > 1:
+        comparable = (dhash != _MISSING) & (contrast >= BLANK_CONTRAST)
+        for start in range(0, len(ids), BATCH):
+            batch_ids = ids[start : start + BATCH]
+            _join_near(parent, ids, batch_ids, _vectors(collection, batch_ids), collection, query, dhash, comparable)
+    roots = np.array([_root(parent, i) for i in range(len(ids))], dtype=np.int64)
+    members: dict[int, list[int]] = {}
+    for position, root in enumerate(roots.tolist()):
+        members.setdefault(root, []).append(position)
+    groups = sorted((m for m in members.values() if len(m) > 1), key=lambda m: (-len(m), int(ids[m[0]])))
+    page = groups[query.offset : query.offset + query.max_groups]
+    details = _details(collection, [int(ids[p]) for group in page for p in group])
+    notes = []
+    if unhashed and not query.exact_only:
+        notes.append(
+            f"{unhashed} images have no perceptual fingerprint yet (indexed by an earlier release) and were compared "
+            "as exact copies only; run index_folder on their folder again to take it (nothing is re-embedded)."
+        )
+    return DuplicateReport(
+        collection=collection.name,
+        threshold=query.threshold,
+        max_bits=query.max_bits,
+        exact_only=query.exact_only,
+        images=len(ids),
+        groups_total=len(groups),
+        images_in_groups=sum(len(g) for g in groups),
+        offset=query.offset,
+        groups=[_group(group, ids, hashes, details) for group in page],
+        notes=notes,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+_MISSING = np.iinfo(np.int64).min  # a fingerprint not taken yet (fingerprints() maps NULL to it)
+
+
+def _root(parent: npt.NDArray[np.int64], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = int(parent[i])
+    return i
+
+
+def _union(parent: npt.NDArray[np.int64], a: int, b: int) -> None:
+    ra, rb = _root(parent, a), _root(parent, b)
+    if ra != rb:
+        parent[max(ra, rb)] = min(ra, rb)
+
+
+def _join_exact(parent: npt.NDArray[np.int64], hashes: list[str]) -> None:
+    first: dict[str, int] = {}
+    for position, content in enumerate(hashes):
+        if content in first:
+            _union(parent, first[content], position)
+        else:
+            first[content] = position
+
+
+def _join_near(
+    parent: npt.NDArray[np.int64],
+    ids: npt.NDArray[np.int64],
+    batch_ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    collection: Collection,
+    query: DuplicateQuery,
+    dhash: npt.NDArray[np.int64],
+    comparable: npt.NDArray[np.bool_],
+) -> None:
+    """Join each image of the batch with its neighbours at cosine ≥ threshold whose fingerprints agree."""
+    scores, found = collection.neighbours(vectors, NEIGHBOURS + 1)
+    rows = np.searchsorted(ids, batch_ids)
+    near = (scores >= query.threshold) & (found >= 0)
+    where = np.searchsorted(ids, np.where(found >= 0, found, ids[0]))
+    inside = near & (where < len(ids)) & (ids[np.minimum(where, len(ids) - 1)] == found)  # in scope (folder)
+    source = np.repeat(rows[:, None], found.shape[1], axis=1)
+    pairs_a, pairs_b = source[inside], where[inside]
+    keep = (pairs_a != pairs_b) & comparable[pairs_a] & comparable[pairs_b]
+    pairs_a, pairs_b = pairs_a[keep], pairs_b[keep]
+    bits = np.bitwise_count(np.bitwise_xor(dhash[pairs_a], dhash[pairs_b]).view(np.uint64))
+    for a, b in zip(pairs_a[bits <= query.max_bits].tolist(), pairs_b[bits <= query.max_bits].tolist(), strict=True):
+        _union(parent, a, b)
+
+
+def _fingerprints(
+    collection: Collection, where: str, params: Sequence[Any]
+) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The matching images' ids (ascending), content hashes, difference hashes and contrasts (`_MISSING` and -1 where
+    not taken yet)."""
+    rows = collection.query(f"SELECT id, hash, dhash, contrast FROM images WHERE {where} ORDER BY id", params)
+    return (
+        np.array([r[0] for r in rows], dtype=np.int64),
+        [r[1] for r in rows],
+        np.array([_MISSING if r[2] is None else r[2] for r in rows], dtype=np.int64),
+        np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64),
+    )
+
+
+def _vectors(collection: Collection, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """The stored vectors of `ids`, in that order."""
+    marks = ",".join("?" * len(ids))
+    rows = dict(collection.query(f"SELECT id, vector FROM images WHERE id IN ({marks})", ids.tolist()))
+    return np.stack([np.frombuffer(rows[int(i)], dtype=np.float32) for i in ids])
+
+
+def _details(collection: Collection, image_ids: list[int]) -> dict[int, DuplicateMember]:
+    details: dict[int, DuplicateMember] = {}
+    for start in range(0, len(image_ids), BATCH):
+        chunk = image_ids[start : start + BATCH]
+        rows = collection.query(
+            "SELECT id, path, size, width, height, taken, taken_utc FROM images "
+            f"WHERE id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+        for image_id, path, size, width, height, taken, taken_utc in rows:
+            details[image_id] = DuplicateMember(
+                path=os.fsdecode(path), size=size, width=width, height=height, taken=taken, taken_utc=taken_utc
+            )
+    return details
+
+
+def _group(
+    group: list[int], ids: npt.NDArray[np.int64], hashes: list[str], details: dict[int, DuplicateMember]
+) -> DuplicateGroup:
+    members = [details[int(ids[p])] for p in group if int(ids[p]) in details]
+    kind = "exact" if len({hashes[p] for p in group}) == 1 else "near"
+    keeper, reason = _keeper(members)
+    return DuplicateGroup(kind=kind, members=members, keeper=keeper.path, keeper_reason=reason)
+
+
+def _keeper(members: list[DuplicateMember]) -> tuple[DuplicateMember, str]:
+    """Largest resolution, then taken first, then the shortest path; and why."""
+    by_size = max(m.width * m.height for m in members)
+    largest = [m for m in members if m.width * m.height == by_size]
+    reasons = [f"the largest ({largest[0].width}×{largest[0].height})" if len(largest) < len(members) else ""]
+    if len(largest) > 1:
+        dated = [m for m in largest if m.taken_utc is not None]
+        if dated and len({m.taken_utc for m in dated}) > 1:
+            first = min(m.taken_utc or 0.0 for m in dated)
+            largest = [m for m in dated if m.taken_utc == first]
+            reasons.append(f"taken first ({largest[0].taken})")
+    if len(largest) > 1:
+        largest = sorted(largest, key=lambda m: (len(m.path), m.path))[:1]
+        reasons.append("the shortest path")
+    said = [r for r in reasons if r]
+    return largest[0], "; then ".join(said) if said else "the only candidate"
+
+
+def collapse(collection: Collection, hits: list[Hit], threshold: float = DEFAULT_THRESHOLD) -> dict[int, int]:
+    """Near-duplicates among ranked hits, by the same rule as find_duplicates: each hit that repeats a better one
+    (same content, or cosine ≥ threshold with fingerprints within NEAR_BITS) is folded into it. Returns the hits to
+    keep, by id, each with how many it stands for besides itself."""
+    if not hits:
+        return {}
+    wanted = [h.id for h in hits]
+    ids, hashes, dhash, contrast = _fingerprints(collection, f"id IN ({','.join('?' * len(wanted))})", wanted)
+    rows = {int(i): n for n, i in enumerate(ids)}
+    vectors = _vectors(collection, ids)
+    kept: dict[int, int] = {}
+    for hit in hits:
+        n = rows.get(hit.id)
+        if n is None:
+            continue
+        twin = next((k for k in kept if _same(n, rows[k], hashes, dhash, contrast, vectors, threshold)), None)
+        if twin is None:
+            kept[hit.id] = 0
+        else:
+            kept[twin] += 1
+    return kept
+
+
+def _same(
+    a: int,
+    b: int,
+    hashes: list[str],
+    dhash: npt.NDArray[np.int64],
+    contrast: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    threshold: float,
+) -> bool:
+    if hashes[a] == hashes[b]:
+        return True
+    comparable = dhash[a] != _MISSING and dhash[b] != _MISSING and min(contrast[a], contrast[b]) >= BLANK_CONTRAST
+    if not comparable or float(vectors[a] @ vectors[b]) < threshold:
+        return False
+    return distance(int(dhash[a]), int(dhash[b])) <= NEAR_BITS
+
+
+def non_keepers(report: DuplicateReport) -> list[str]:
+    """The paths a user might remove: every member but each group's keeper."""
+    return [m.path for g in report.groups for m in g.members if m.path != g.keeper]

@@ -1,0 +1,217 @@
+"""The indexing tools: `index_folder` starts a job and answers within `wait_seconds`, `index_status` follows jobs,
+`cancel_indexing` stops one. Most MCP hosts cut a tool call at about 60 s, so no call here blocks longer than 50 s;
+the work goes on in the job layer (`jobs.py`)."""
+
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import anyio
+import anyio.to_thread
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context, Resolve
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, ListRootsResult, ToolAnnotations
+from pydantic import Field
+
+from server.indexing.jobs import ACTIVE, JobManager
+from server.indexing.watch import FolderWatcher
+from server.limits import DEFAULT_COLLECTION
+from server.mcp_server.support import (
+    PROGRESS_INTERVAL_SECONDS,
+    CallProgress,
+    CollectionName,
+    RootAccess,
+    run_core,
+    tool_result,
+)
+from server.models.files import DownloadTracker, requested_model
+from server.results import IndexFolderResult, JobList, JobStatus
+
+MAX_WAIT_SECONDS = 50  # below the ~60 s after which common hosts give up on a call
+DEFAULT_WAIT_SECONDS = 20
+
+WaitSeconds = Annotated[
+    float,
+    Field(
+        ge=0, le=MAX_WAIT_SECONDS, description=f"Seconds to wait for the job to finish or change (0-{MAX_WAIT_SECONDS})"
+    ),
+]
+JobId = Annotated[str, Field(min_length=1, max_length=64, description="A job_id from index_folder or index_status")]
+
+
+def register_indexing_tools(
+    server: MCPServer, jobs: JobManager, downloads: DownloadTracker, access: RootAccess, watcher: FolderWatcher
+) -> None:
+    """Add index_folder, index_status and cancel_indexing to `server`."""
+    ClientRoots = Annotated[ListRootsResult, Resolve(access.ask)]
+
+    @server.tool(
+        annotations=ToolAnnotations(title="Index a folder of images", destructive_hint=False, open_world_hint=False)
+    )
+    async def index_folder(
+        folder: Annotated[str, Field(description="Absolute path of the folder whose images to index")],
+        ctx: Context,
+        client_roots: ClientRoots,
+        collection: CollectionName = DEFAULT_COLLECTION,
+        recursive: Annotated[bool, Field(description="Include subfolders")] = True,
+        remove_missing: Annotated[
+            bool, Field(description="Drop catalogued images under this folder that no longer exist")
+        ] = True,
+        index_type: Annotated[
+            Literal["auto", "flat", "ivf"] | None,
+            Field(
+                description="Search index: 'flat' exact, 'ivf' approximate (fast for very large collections), "
+                "'auto' switches to ivf from 150,000 images; omitted keeps the collection's setting"
+            ),
+        ] = None,
+        model: Annotated[
+            str | None,
+            Field(
+                max_length=400,
+                description="Model for a NEW collection: a Hugging Face id (see list_models, e.g. "
+                "'google/siglip2-base-patch16-224' for better and multilingual search) or the absolute path of a "
+                "checkpoint folder inside the allowed roots; omitted: the server's default. An existing collection "
+                "always keeps the model it was built with",
+            ),
+        ] = None,
+        precision: Annotated[
+            Literal["fp32", "int8"] | None,
+            Field(
+                description="Vectors of a NEW collection: 'fp32' (default) or 'int8' (quantised model, about twice as "
+                "fast to index and query on a CPU; measure its quality with evaluate_retrieval). An existing "
+                "collection keeps its own",
+            ),
+        ] = None,
+        wait_seconds: WaitSeconds = DEFAULT_WAIT_SECONDS,
+        watch: Annotated[
+            bool | None,
+            Field(
+                description="true: keep the collection in sync with the folder while the server runs (new, changed, "
+                "moved and deleted images applied within seconds); false: stop watching it; omitted: leave as is"
+            ),
+        ] = None,
+    ) -> Annotated[CallToolResult, IndexFolderResult]:
+        """Index (or re-index) a folder's images so they can be searched. Only new or changed files are embedded;
+        renamed files keep their vectors; unreadable files are skipped and listed with the reason. Indexing runs
+        as a background job: this waits up to wait_seconds, then returns the finished report (state 'done') or
+        the job's progress (state 'running' or 'queued') and its job_id for index_status and cancel_indexing.
+        Calling it again for a folder being indexed returns the same job."""
+        guard = access.guard(client_roots)
+
+        def start() -> JobStatus:
+            chosen = requested_model(model, guard) if model is not None else None
+            return jobs.start(
+                folder, collection, recursive, remove_missing, index_type, guard, model=chosen, precision=precision
+            )
+
+        status = await run_core(start)
+        path = Path(status.folder)
+        if watch:
+            await run_core(lambda: watcher.watch(path, collection, recursive, remove_missing, guard))
+        elif watch is False:
+            await run_core(lambda: watcher.unwatch(path, collection))
+        status = await _follow(jobs, status, wait_seconds, CallProgress(ctx, downloads))
+        if status.state == "failed":
+            raise ToolError(status.error or "Indexing failed.")
+        result = _folder_result(status)
+        result.watching = any(w.folder == status.folder and w.state == "watching" for w in watcher.watched())
+        lines = [_describe(status)]
+        if result.watching:
+            lines.append("The folder is watched: changes to it are indexed within seconds while the server runs.")
+        return tool_result(result, "\n".join(lines))
+
+    @server.tool(annotations=ToolAnnotations(title="Indexing status", read_only_hint=True, open_world_hint=False))
+    async def index_status(
+        job_id: Annotated[
+            str | None, Field(max_length=64, description="A job_id; omitted lists the recent jobs, newest first")
+        ] = None,
+        wait_seconds: WaitSeconds = 0,
+    ) -> Annotated[CallToolResult, JobList]:
+        """The state of an indexing job (queued, running, done, failed, cancelled, interrupted), its progress and
+        counts, and its report once done; without job_id, the last 20 jobs. With wait_seconds, first waits (up to
+        50 s) for the job to change or finish."""
+        if job_id is not None:
+            await run_core(lambda: jobs.status(job_id))  # a bad id is an error before any waiting
+        if wait_seconds:
+            await run_core(lambda: jobs.wait(job_id, wait_seconds))
+        listing = await run_core(lambda: JobList(jobs=[jobs.status(job_id)]) if job_id else jobs.recent())
+        listing.watched = watcher.watched()
+        lines = [_describe(status) for status in listing.jobs] or ["No indexing jobs yet."]
+        for watched in listing.watched:
+            note = f" ({watched.note})" if watched.note else ""
+            lines.append(f"Folder {watched.folder} → '{watched.collection}': {watched.state}{note}.")
+        return tool_result(listing, "\n".join(lines))
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            title="Cancel indexing", destructive_hint=False, idempotent_hint=True, open_world_hint=False
+        )
+    )
+    async def cancel_indexing(job_id: JobId) -> Annotated[CallToolResult, JobStatus]:
+        """Stop an indexing job at its next batch. Everything it committed stays searchable; running index_folder
+        on the folder again later continues where it stopped."""
+        status = await run_core(lambda: jobs.cancel(job_id))
+        watcher.unwatch_job(job_id)
+        return tool_result(status, _describe(status))
+
+
+async def _follow(jobs: JobManager, status: JobStatus, seconds: float, progress: CallProgress) -> JobStatus:
+    """Poll the job until it ends or `seconds` pass, sending progress notifications meanwhile."""
+    deadline = time.monotonic() + seconds
+    job_id = status.job_id
+    while status.state in ACTIVE and time.monotonic() < deadline:
+        await progress.job(status)
+        await anyio.sleep(min(PROGRESS_INTERVAL_SECONDS, max(deadline - time.monotonic(), 0)))
+        status = await anyio.to_thread.run_sync(lambda: jobs.status(job_id))
+    await progress.job(status)
+    return status
+
+
+def _folder_result(status: JobStatus) -> IndexFolderResult:
+    report = status.report.model_dump() if status.report is not None and status.state == "done" else {}
+    return IndexFolderResult(
+        state=status.state,
+        job_id=status.job_id,
+        collection=status.collection,
+        folder=status.folder,
+        progress=status.progress,
+        next_step=_next_step(status),
+        error=status.error,
+        **{k: v for k, v in report.items() if k not in ("collection", "folder")},
+    )
+
+
+def _next_step(status: JobStatus) -> str:
+    if status.state in ACTIVE:
+        return (
+            f"Call index_status with job_id='{status.job_id}' (wait_seconds up to {MAX_WAIT_SECONDS}) to follow it, "
+            f"or cancel_indexing to stop it. Searches meanwhile see every committed batch."
+        )
+    if status.state in ("cancelled", "interrupted"):
+        return "Call index_folder on the folder again to continue where it stopped."
+    return "Search the collection with search_images_by_text or search_similar_images."
+
+
+def _describe(status: JobStatus) -> str:
+    """One paragraph for the person and the assistant reading the tool result."""
+    where = f"{status.folder} into '{status.collection}'"
+    if status.state == "done" and status.report is not None:
+        r = status.report
+        return (
+            f"Indexed {r.folder} into '{r.collection}': {r.indexed_total} images in total; "
+            f"{r.added} added, {r.updated} updated, {r.moved} moved, {r.unchanged} unchanged, "
+            f"{r.removed} removed, {r.failed} failed; {r.seconds:.1f} s."
+        )
+    p = status.progress
+    counts = f"{p.done:,} of {p.to_process:,} new or changed images processed ({p.found:,} found)"
+    if status.state == "running":
+        eta = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds is not None else ""
+        return f"Job {status.job_id}: indexing {where}, {counts}{eta}. {_next_step(status)}"
+    if status.state == "queued":
+        note = f" ({status.note})" if status.note else ""
+        return f"Job {status.job_id}: queued to index {where}{note}. {_next_step(status)}"
+    if status.state == "failed":
+        return f"Job {status.job_id}: indexing {where} failed: {status.error}"
+    note = f" ({status.note})" if status.note else ""
+    return f"Job {status.job_id}: {status.state}{note}: {where}, {counts}. {_next_step(status)}"

@@ -1,0 +1,75 @@
+"""The search tools' parameters: their types, limits and descriptions, shared by both search tools."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from server.limits import MAX_K, MAX_QUERY_CHARS
+from server.search.composition import MAX_TERMS
+
+MAX_THUMBNAILS = 10
+
+TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1-{MAX_K}")]
+Thumbnails = Annotated[
+    int, Field(ge=0, le=MAX_THUMBNAILS, description="Also return the top N hits as small JPEG images you can see")
+]
+
+
+class Place(BaseModel):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+
+
+FolderFilter = Annotated[
+    str | None, Field(description="Only images under this folder (absolute path, inside the allowed folders)")
+]
+TakenAfter = Annotated[
+    str | None,
+    Field(
+        description="Only photos taken on or after this ISO 8601 date or datetime; a date covers its whole day, "
+        "without an offset it is the photo's local time, with one an instant"
+    ),
+]
+TakenBefore = Annotated[
+    str | None, Field(description="Only photos taken before this ISO 8601 datetime, or on or before this date")
+]
+Near = Annotated[Place | None, Field(description="Only photos taken within radius_km of this place (GPS)")]
+RadiusKm = Annotated[float | None, Field(gt=0, le=20_100, description="Distance around `near`, in kilometres")]
+Camera = Annotated[
+    str | None, Field(max_length=200, description="Camera make/model contains this, any case (e.g. 'iphone')")
+]
+MinScore = Annotated[float | None, Field(ge=-1, le=1, description="Drop results with a lower cosine similarity")]
+Sort = Annotated[
+    Literal["score", "taken", "taken_asc"],
+    Field(description="'score' (best first), 'taken' (the k most relevant, newest first) or 'taken_asc'"),
+]
+Offset = Annotated[int, Field(ge=0, le=10_000, description="Skip this many results (paging)")]
+
+_TermText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
+_TERMS = f"(at most {MAX_TERMS - 1}; an optional weight prefix 0.1-10 like '2:' or '0.5:', default 1)"
+AndTexts = Annotated[
+    list[_TermText] | None,
+    Field(max_length=MAX_TERMS - 1, description=f"Also like these texts, e.g. ['sunset', '2:night'] {_TERMS}"),
+]
+NotTexts = Annotated[
+    list[_TermText] | None,
+    Field(max_length=MAX_TERMS - 1, description=f"But not like these texts, e.g. ['people', 'grass'] {_TERMS}"),
+]
+AndImages = Annotated[
+    list[_TermText] | None,
+    Field(
+        max_length=MAX_TERMS - 1,
+        description=f"Also like these images (absolute paths inside the allowed folders) {_TERMS}",
+    ),
+]
+NotImages = Annotated[
+    list[_TermText] | None,
+    Field(max_length=MAX_TERMS - 1, description=f"But not like these images (absolute paths) {_TERMS}"),
+]
+Diverse = Annotated[
+    bool,
+    Field(
+        description="Fold near-duplicates (bursts, copies) into the best of them, each result saying how many it "
+        "stands for in `also`, so one scene does not fill the page"
+    ),
+]

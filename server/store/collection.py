@@ -1,0 +1,613 @@
+"""Named collections on disk: manifest, SQLite catalog (the truth, vectors included) and a FAISS index built from it.
+
+Layout of `<index_dir>/<name>/`: `manifest.json` (`manifest.py`: format version, model, precision, dimension, index),
+`catalog.sqlite` (WAL; one row per image with its vector; a generation counter bumped by every commit),
+`index.<generation>.faiss` (the FAISS index matching that generation) and `write.lock`.
+
+A commit is one SQLite transaction. The FAISS file is written afterwards (temp file, fsync, rename) under the
+committed generation's name, so after a crash the newest catalog state either has its index file or the index is
+rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always agree. Writes go through
+`collection_writer.py`; other modules read the catalog for their own purposes through `Collection.query`.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from server.atomic_files import write_atomically
+from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
+from server.limits import INDEX_TYPES
+from server.models.identity import short
+from server.store.faiss_index import (
+    IndexSpec,
+    apply_params,
+    build_ivf,
+    choose_kind,
+    enable_lookup,
+    exact_among,
+    new_flat,
+    probe_params,
+    selection_params,
+)
+from server.store.manifest import MANIFEST, SCHEMA_VERSION, Manifest, load_manifest, write_manifest
+from server.store.schema import (
+    METADATA_COLUMNS,
+    prepare_catalog,
+    under_folder,
+)
+
+if TYPE_CHECKING:
+    from server.images.fingerprint import Perceptual
+    from server.images.metadata import PhotoMetadata
+    from server.store.writer import CollectionWriter  # it imports this module: at run time, in writer()
+
+log = logging.getLogger(__name__)
+
+RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
+
+
+def validate_name(name: str) -> str:
+    """Collection names become folder names: letters, digits, '.', '_', '-', no path tricks."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidArgument(
+            f"Invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (no path separators or '..')."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    id: int
+    path: Path
+    size: int
+    mtime_ns: int
+    hash: str
+    has_metadata: bool = True
+    has_perceptual: bool = True
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result with what the catalog knows of the image."""
+
+    score: float
+    id: int
+    path: Path
+    width: int
+    height: int
+    taken: str | None
+    taken_source: str | None
+    taken_local: str | None
+    taken_utc: float | None
+    latitude: float | None
+    longitude: float | None
+    camera: str | None
+
+
+@dataclass(frozen=True)
+class NewImage:
+    path: Path
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+    metadata: "PhotoMetadata | None" = None
+    perceptual: "Perceptual | None" = None  # None: taken from a row of the same content, if one has it
+
+
+def path_key(path: Path) -> bytes:
+    # Bytes, not text: file names need not be valid UTF-8.
+    return os.fsencode(str(path))
+
+
+_ENTRY_COLUMNS = "id, path, size, mtime_ns, hash, meta_read, dhash IS NOT NULL"
+
+
+def _entry(row: tuple[Any, ...]) -> CatalogEntry:
+    path = Path(os.fsdecode(row[1]))
+    return CatalogEntry(row[0], path, row[2], row[3], row[4], has_metadata=bool(row[5]), has_perceptual=bool(row[6]))
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def read_catalog(folder: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a query on a collection's catalog, read without opening the collection ([] if unreadable)."""
+    uri = (folder / "catalog.sqlite").as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+
+
+def recorded_folders(folder: Path) -> list[Path]:
+    """The folders indexing runs were pointed at, from a collection's catalog."""
+    return sorted(Path(os.fsdecode(row[0])) for row in read_catalog(folder, "SELECT path FROM folders"))
+
+
+def is_being_written(folder: Path) -> bool:
+    """Whether some indexing run (in any process) holds the write lock of the collection in `folder`."""
+    from filelock import FileLock, Timeout
+
+    if not (folder / "write.lock").exists():
+        return False
+    lock = FileLock(str(folder / "write.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+class Collection:
+    """One open collection. Thread-safe: searches and commits take the same lock, so readers never see a half."""
+
+    def __init__(self, name: str, folder: Path, manifest: Manifest, model_identity: str | None = None) -> None:
+        self.name = name
+        self.folder = folder
+        self.manifest = manifest
+        self._model_identity = model_identity  # of the model in use; recorded by the first write if missing
+        self._lock = threading.RLock()
+        self._cameras: tuple[int, list[str]] | None = None  # (generation, distinct camera names)
+        self._conn = connect(folder / "catalog.sqlite")
+        # Only a new or older catalog is written on open; writing every time would wait on a running indexer.
+        prepare_catalog(self._conn, name)
+        self.generation = -1
+        self._index: Any = None
+        self._load_index()
+
+    # --- reading -------------------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    @property
+    def ntotal(self) -> int:
+        with self._lock:
+            return int(self._index.ntotal)
+
+    def entries_under(self, folder: Path, recursive: bool = True) -> dict[Path, CatalogEntry]:
+        """Catalogued images whose path lies under `folder` (directly, when not recursive)."""
+        clause, bounds = under_folder(folder)
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM images WHERE {clause}", bounds).fetchall()
+        entries = (_entry(row) for row in rows)
+        return {e.path: e for e in entries if recursive or e.path.parent == folder}
+
+    def find_path(self, path: Path) -> CatalogEntry | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE path = ?", (path_key(path),)
+            ).fetchone()
+        return _entry(row) if row else None
+
+    def find_hash(self, content_hash: str) -> list[CatalogEntry]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE hash = ? ORDER BY id", (content_hash,)
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def indexed_folders(self) -> list[Path]:
+        """Folders that indexing runs were pointed at, outermost first."""
+        with self._lock:
+            rows = self._conn.execute("SELECT path FROM folders").fetchall()
+        return sorted((Path(os.fsdecode(r[0])) for r in rows), key=lambda p: (len(p.parts), str(p)))
+
+    def known_hashes(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._conn.execute("SELECT hash FROM images")}
+
+    def vector(self, image_id: int) -> npt.NDArray[np.float32]:
+        with self._lock:
+            row = self._conn.execute("SELECT vector FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row is None:
+            raise KeyError(image_id)
+        return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def all_vectors(self) -> tuple[npt.NDArray[np.int64], list[Path], npt.NDArray[np.float32]]:
+        """Every image's id, path and vector, in id order, from one consistent snapshot."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                count = int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+                ids = np.empty(count, dtype=np.int64)
+                vectors = np.empty((count, self.manifest.dim), dtype=np.float32)
+                paths: list[Path] = []
+                cursor = self._conn.execute("SELECT id, path, vector FROM images ORDER BY id")
+                row = 0
+                # Filled chunk by chunk: a million vectors must not be held twice over as blobs and copies.
+                while chunk := cursor.fetchmany(8192):
+                    stop = row + len(chunk)
+                    ids[row:stop] = [r[0] for r in chunk]
+                    vectors[row:stop] = np.frombuffer(b"".join(r[2] for r in chunk), np.float32).reshape(
+                        -1, vectors.shape[1]
+                    )
+                    paths.extend(Path(os.fsdecode(r[1])) for r in chunk)
+                    row = stop
+            finally:
+                self._conn.execute("COMMIT")
+        return ids, paths, vectors
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the catalog (for the modules that read it for their own purposes: filtered
+        search, duplicates, comparison), under the collection's lock."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def search(self, queries: npt.NDArray[np.float32], k: int) -> list[list[tuple[Path, float]]]:
+        """Top-k (path, cosine) per query, best first (`search_hits` without the metadata)."""
+        return [[(hit.path, hit.score) for hit in self.search_hits(query, k)] for query in queries]
+
+    def cameras(self) -> list[str]:
+        """The distinct camera names in the collection (few), remembered until the next commit."""
+        with self._lock:
+            self.refresh_if_stale()
+            cached = self._cameras
+            if cached is None or cached[0] != self.generation:
+                rows = self._conn.execute("SELECT DISTINCT camera FROM images WHERE camera IS NOT NULL").fetchall()
+                cached = (self.generation, [r[0] for r in rows])
+                self._cameras = cached
+            return list(cached[1])
+
+    def search_hits(
+        self,
+        query: npt.NDArray[np.float32],
+        k: int,
+        ids: npt.NDArray[np.int64] | None = None,
+        where: str | None = None,
+        params: Sequence[Any] = (),
+        keep: Callable[[float | None, float | None], bool] | None = None,
+        widen: float = 1.0,
+    ) -> list["Hit"]:
+        """The top-k images for one query vector, best first, with their metadata; with `ids`, only among those,
+        exactly on a Flat index (every id is scored) and on IVF for small subsets; on IVF for larger subsets the
+        probed clusters are widened in proportion to how few images pass. With `where` (and `keep`, called with
+        each row's latitude and longitude), only the top-k that match it are returned, so possibly fewer than k.
+        `widen` multiplies IVF's nprobe (a deeper search needs more clusters for the same recall)."""
+        vector = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        with self._lock:
+            self.refresh_if_stale()
+            total = int(self._index.ntotal)
+            if ids is None:
+                k = min(k, total)
+                params_ivf, selector = probe_params(self.manifest.spec, widen), None
+            else:
+                k = min(k, len(ids))
+                params_ivf, selector = selection_params(self.manifest.spec, ids, total)
+            if k == 0:
+                return []
+            if params_ivf is None and ids is not None:
+                found_scores, found_ids = exact_among(self._index, vector[0], ids, k)
+            else:
+                scores, found = self._index.search(vector, k, params=params_ivf)
+                del selector  # held until FAISS is done with it: the parameters hold only a raw pointer
+                valid = found[0] >= 0
+                found_scores, found_ids = scores[0][valid], found[0][valid]
+            details = self._details([int(i) for i in found_ids], where, params)
+        hits = (
+            Hit(float(score), *details[int(image_id)])
+            for score, image_id in zip(found_scores, found_ids, strict=True)
+            if int(image_id) in details
+        )
+        return [hit for hit in hits if keep is None or keep(hit.latitude, hit.longitude)]
+
+    def neighbours(
+        self, vectors: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Scores and ids of each vector's k nearest images (-1 where there are fewer)."""
+        with self._lock:
+            self.refresh_if_stale()
+            scores, found = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        return scores, found
+
+    def _details(
+        self, ids: list[int], where: str | None = None, params: Sequence[Any] = ()
+    ) -> dict[int, tuple[Any, ...]]:
+        details: dict[int, tuple[Any, ...]] = {}
+        columns = "id, path, width, height, " + ", ".join(METADATA_COLUMNS)
+        condition = f" AND ({where})" if where else ""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {columns} FROM images WHERE id IN ({marks}){condition}"
+            for row in self._conn.execute(sql, [*chunk, *params]):
+                details[row[0]] = (row[0], Path(os.fsdecode(row[1])), *row[2:])
+        return details
+
+    def refresh_if_stale(self) -> None:
+        """Reload the index when another process has committed since we loaded it."""
+        with self._lock:
+            if self._read_generation(self._conn) != self.generation:
+                self._load_index()
+
+    # --- writing -------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator["CollectionWriter"]:
+        """Exclusive write access across threads and processes; refuses at once if another run holds it."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.folder / "write.lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise CollectionBusy(
+                f"Collection '{self.name}' is being indexed by another run; try again when that run finishes."
+            ) from exc
+        try:
+            self.refresh_if_stale()
+            self._upgrade_manifest()
+            from server.store.writer import CollectionWriter
+
+            writer = CollectionWriter(self)
+            try:
+                yield writer
+                writer.commit()
+            except BaseException:
+                writer.rollback()
+                raise
+            finally:
+                writer.close()
+            self._convert_if_needed()
+            self._save_index()
+        finally:
+            lock.release()
+
+    def _apply_commit(
+        self, conn: sqlite3.Connection, added: dict[int, npt.NDArray[np.float32]], stale: set[int]
+    ) -> None:
+        # Catalog commit and in-memory index update happen under one lock hold: a search sees both or neither.
+        with self._lock:
+            generation = self._read_generation(conn) + 1
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+            conn.execute("COMMIT")
+            if stale:
+                self._index.remove_ids(np.fromiter(stale, dtype=np.int64, count=len(stale)))
+            if added:
+                ids = np.fromiter(added, dtype=np.int64, count=len(added))
+                self._index.add_with_ids(np.stack(list(added.values())).astype(np.float32), ids)
+            self.generation = generation
+
+    def _upgrade_manifest(self) -> None:
+        """Migrate an older manifest at the first write (`Manifest.upgraded`)."""
+        upgraded = self.manifest.upgraded(self._model_identity)
+        if upgraded is not None:
+            log.info(
+                "collection %s: manifest version %d -> %d", self.name, self.manifest.schema_version, SCHEMA_VERSION
+            )
+            self._write_manifest(upgraded)
+
+    def set_index_policy(self, policy: str) -> None:
+        """Record which index the user wants ('auto', 'flat', 'ivf'); applied at the end of the next write."""
+        if policy not in INDEX_TYPES:
+            raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {policy!r}.")
+        if policy != self.manifest.index_policy:
+            self._write_manifest(replace(self.manifest, index_policy=policy))
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        write_manifest(self.folder, manifest)
+        self.manifest = manifest
+
+    def _convert_if_needed(self) -> None:
+        """Switch between Flat and IVF when the policy (or, for 'auto', the size) asks for the other kind.
+
+        Order matters for crash safety: the trained IVF file, then the manifest; an index file of the wrong kind is
+        never loaded (`_fits`), so a crash in between only costs a rebuild from the catalog on the next open.
+        """
+        count = self.count()
+        wanted = choose_kind(self.manifest.index_policy, count)
+        trained_on = int(self.manifest.index_params.get("trained_on", 0))
+        # IVF centroids trained on a much smaller collection no longer partition it well: retrain.
+        outgrown = wanted == "ivf" and count > RETRAIN_GROWTH * max(trained_on, 1)
+        if (wanted == self.manifest.index_type and not outgrown) or (wanted == "ivf" and count == 0):
+            return
+        import faiss
+
+        log.info("collection %s: switching its index from %s to %s", self.name, self.manifest.index_type, wanted)
+        ids, _, vectors = self.all_vectors()
+        if wanted == "ivf":
+            exact = self._index if self.manifest.index_type == "flat" else None
+            trained, index, spec = build_ivf(vectors, ids, exact)
+            write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
+        else:
+            spec = IndexSpec("flat")
+            index = new_flat(self.manifest.dim)
+            if len(ids):
+                index.add_with_ids(vectors, ids)
+        if spec.kind == "ivf":
+            enable_lookup(index)
+        with self._lock:
+            self._write_manifest(replace(self.manifest, index_type=spec.kind, index_params=spec.params))
+            self._index = index
+
+    # --- index file ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_generation(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    def _load_index(self) -> None:
+        import faiss
+
+        with self._lock:
+            # Another process may have switched the index kind or its parameters since we last looked.
+            self.manifest = load_manifest(self.folder, self.name)
+            self._conn.execute("BEGIN")
+            try:
+                generation = self._read_generation(self._conn)
+                count = int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+                stored = self.folder / f"index.{generation}.faiss"
+                index = None
+                if stored.is_file():
+                    try:
+                        index = faiss.read_index(str(stored))
+                    except RuntimeError as exc:
+                        log.warning("index file %s unreadable (%s); rebuilding from the catalog", stored, exc)
+                if index is None or index.ntotal != count or not self._fits(index):
+                    index = self._rebuild(self._conn)
+                    rebuilt = True
+                else:
+                    rebuilt = False
+            finally:
+                self._conn.execute("COMMIT")
+            apply_params(index, self.manifest.spec)
+            self._index = index
+            self.generation = generation
+        if rebuilt:
+            self._try_save_index()
+
+    def _fits(self, index: Any) -> bool:
+        """Whether a stored index is of the kind and dimension the manifest names."""
+        import faiss
+
+        try:
+            faiss.extract_index_ivf(index)
+            kind = "ivf"
+        except RuntimeError:
+            kind = "flat"
+        return index.d == self.manifest.dim and kind == self.manifest.index_type
+
+    def _empty_index(self) -> Any:
+        import faiss
+
+        if self.manifest.index_type == "ivf":
+            return faiss.read_index(str(self.folder / "ivf_trained.faiss"))
+        return new_flat(self.manifest.dim)
+
+    def _rebuild(self, conn: sqlite3.Connection) -> Any:
+        index = self._empty_index()
+        cursor = conn.execute("SELECT id, vector FROM images ORDER BY id")
+        while rows := cursor.fetchmany(4096):
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            index.add_with_ids(vectors, ids)
+        return index
+
+    def _try_save_index(self) -> None:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.folder / "write.lock"), timeout=0)
+        try:
+            with lock:
+                self._save_index()
+        except Timeout:
+            pass  # a writer is active; it will save its own index
+
+    def _save_index(self) -> None:
+        import faiss
+
+        with self._lock:
+            generation = self.generation
+            data = faiss.serialize_index(self._index).tobytes()
+        target = self.folder / f"index.{generation}.faiss"
+        write_atomically(target, data)
+        for old in self.folder.glob("index.*.faiss"):
+            match = _INDEX_FILE.fullmatch(old.name)
+            if match and int(match.group(1)) != generation:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class CollectionStore:
+    """The index directory: opens, creates and lists collections, checking each manifest.
+
+    `speaker` is how errors refer to the program using the store ("this command", "this server")."""
+
+    def __init__(self, index_dir: Path, speaker: str = "this command") -> None:
+        self.index_dir = index_dir
+        self.speaker = speaker
+
+    def exists(self, name: str) -> bool:
+        return (self.index_dir / validate_name(name) / MANIFEST).is_file()
+
+    def read_manifest(self, name: str) -> Manifest:
+        folder = self.index_dir / validate_name(name)
+        if not (folder / MANIFEST).exists():
+            known = ", ".join(self.names()) or "none yet"
+            raise CollectionNotFound(
+                f"No collection named '{name}' in {self.index_dir} (collections: {known}). "
+                "Index a folder into it first."
+            )
+        return load_manifest(folder, name)
+
+    def open(self, name: str, model: str, dim: int | None = None, identity: str | None = None) -> Collection:
+        """Open an existing collection, refusing one built with another model or dimension.
+
+        A model is the same when its identity matches the recorded one, whatever it is called; without both
+        identities (a version-1 collection, or a caller that knows only the name) the names must match."""
+        manifest = self.read_manifest(name)
+        if identity is not None and manifest.model_identity is not None:
+            if identity != manifest.model_identity:
+                raise CollectionMismatch(
+                    f"Collection '{name}' was built with model '{manifest.model}' (weights "
+                    f"{short(manifest.model_identity)}); {self.speaker} uses '{model}', a different checkpoint "
+                    f"(weights {short(identity)}). Use the model the collection was built with, or another "
+                    "collection name."
+                )
+        elif manifest.model != model:
+            raise CollectionMismatch(
+                f"Collection '{name}' was built with model '{manifest.model}' ({manifest.dim}-d); {self.speaker} "
+                f"uses '{model}'. Use the same --model (a collection made before clipsearch recorded model "
+                "identities opens under its model's name only, until its next indexing run), or another collection "
+                "name."
+            )
+        if dim is not None and manifest.dim != dim:
+            raise CollectionMismatch(
+                f"Collection '{name}' holds {manifest.dim}-d vectors; the model '{model}' that {self.speaker} uses "
+                f"makes {dim}-d vectors. Use the model the collection was built with, or another collection name."
+            )
+        return Collection(name, self.index_dir / name, manifest, identity)
+
+    def create(
+        self,
+        name: str,
+        model: str,
+        dim: int,
+        index_policy: str = "auto",
+        identity: str | None = None,
+        precision: str = "fp32",
+    ) -> Collection:
+        """Open the collection if it exists (checking its model), else create it."""
+        folder = self.index_dir / validate_name(name)
+        if (folder / MANIFEST).is_file():
+            return self.open(name, model, dim, identity)
+        folder.mkdir(parents=True, exist_ok=True)
+        if index_policy not in INDEX_TYPES:
+            raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_policy!r}.")
+        manifest = Manifest.new(model, dim, index_policy, identity, precision)
+        write_manifest(folder, manifest)
+        return Collection(name, folder, manifest, identity)
+
+    def names(self) -> list[str]:
+        if not self.index_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.index_dir.iterdir() if (p / MANIFEST).is_file())

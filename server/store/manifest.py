@@ -1,0 +1,97 @@
+"""A collection's `manifest.json`: its format version, model (name and identity), the precision of its vectors,
+dimension, metric and index. Older versions are read, and migrated by the collection's first write."""
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from server.atomic_files import write_atomically
+from server.config import PRECISIONS
+from server.errors import CollectionMismatch
+from server.store.faiss_index import IndexSpec
+
+MANIFEST = "manifest.json"
+# 2: the manifest records the model's identity (content hash), not only its name; 3: and its vectors' precision
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # older ones are migrated to 3 by the first write (Manifest.upgraded)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    model: str
+    dim: int
+    metric: str
+    index_type: str  # the index in use: "flat" or "ivf"
+    created: str
+    index_policy: str = "auto"  # what the user asked for: "auto", "flat" or "ivf"
+    index_params: dict[str, Any] = field(default_factory=dict)
+    model_identity: str | None = None  # model_identity.py; None only in version-1 manifests
+    precision: str = "fp32"  # of every vector in the collection (config.PRECISIONS); versions 1-2 made fp32 only
+
+    @classmethod
+    def new(
+        cls,
+        model: str,
+        dim: int,
+        index_policy: str = "auto",
+        model_identity: str | None = None,
+        precision: str = "fp32",
+    ) -> "Manifest":
+        # Every collection starts Flat; IVF needs vectors to train on, so it is built at the end of a write.
+        created = datetime.now(UTC).isoformat()
+        return cls(
+            SCHEMA_VERSION,
+            model,
+            dim,
+            "inner_product",
+            "flat",
+            created,
+            index_policy,
+            model_identity=model_identity,
+            precision=precision,
+        )
+
+    @property
+    def spec(self) -> IndexSpec:
+        return IndexSpec(self.index_type, dict(self.index_params))
+
+    def upgraded(self, identity: str | None) -> "Manifest | None":
+        """This manifest migrated to the current version, or None if there is nothing to migrate (or no way to).
+        Version 1 named its model only: the identity of the model now writing, opened under that same name, is
+        recorded, so copies of it under other names open the collection from then on (without one, a version-1
+        manifest stays as it is). Version 2 made fp32 vectors only, which is the precision it already reads as."""
+        recorded = self.model_identity or identity
+        if self.schema_version == SCHEMA_VERSION or recorded is None:
+            return None
+        return replace(self, schema_version=SCHEMA_VERSION, model_identity=recorded)
+
+
+def load_manifest(folder: Path, name: str) -> Manifest:
+    """Read and check a collection's manifest.json."""
+    path = folder / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CollectionMismatch(f"Collection '{name}' has an unreadable manifest ({path}): {exc}") from exc
+    if data.get("schema_version") not in READABLE_VERSIONS:
+        raise CollectionMismatch(
+            f"Collection '{name}' uses format version {data.get('schema_version')}; this clipsearch reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Re-index into a new collection name, or update clipsearch."
+        )
+    required = ("schema_version", "model", "dim", "metric", "index_type", "created")
+    optional = {
+        key: data[key] for key in ("index_policy", "index_params", "model_identity", "precision") if key in data
+    }
+    if optional.get("precision", "fp32") not in PRECISIONS:
+        raise CollectionMismatch(
+            f"Collection '{name}' holds vectors of precision {optional['precision']!r}; this clipsearch knows "
+            f"{', '.join(PRECISIONS)}. Update clipsearch, or re-index into a new collection name."
+        )
+    return Manifest(**{key: data[key] for key in required}, **optional)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    write_atomically(folder / MANIFEST, json.dumps(asdict(manifest), indent=2).encode("utf-8"))

@@ -1,0 +1,150 @@
+"""Changes to one collection, batched into atomic commits: new, replaced, moved and removed images, their metadata
+and fingerprints. A commit is one SQLite transaction; the collection then applies it to its FAISS index
+(`Collection._apply_commit`) under its lock. Obtained only through `Collection.writer()`, which holds the write lock.
+"""
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from server.store.collection import Collection, NewImage, connect, path_key
+from server.store.schema import METADATA_COLUMNS, METADATA_SET_COLUMNS, metadata_values
+
+if TYPE_CHECKING:
+    from server.images.fingerprint import Perceptual
+    from server.images.metadata import PhotoMetadata
+
+
+class CollectionWriter:
+    """Changes to one collection, batched into atomic commits. Obtain through `Collection.writer()`."""
+
+    def __init__(self, collection: Collection) -> None:
+        self._collection = collection
+        self._conn = connect(collection.folder / "catalog.sqlite")
+        self._added: dict[int, npt.NDArray[np.float32]] = {}
+        self._stale: set[int] = set()  # ids whose current vector must leave the index (replaced or removed)
+        self._open = False
+
+    def _begin(self) -> None:
+        if not self._open:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._open = True
+
+    def _row(self, image: NewImage, vector: npt.NDArray[np.float32]) -> tuple[Any, ...]:
+        blob = _vector_blob(vector, self._collection.manifest.dim)
+        return (
+            path_key(image.path),
+            image.size,
+            image.mtime_ns,
+            image.hash,
+            image.width,
+            image.height,
+            blob,
+            *metadata_values(image.metadata),
+        )
+
+    def add(self, image: NewImage, vector: npt.NDArray[np.float32]) -> int:
+        self._begin()
+        cursor = self._conn.execute(
+            f"INSERT INTO images (path, size, mtime_ns, hash, width, height, vector, {METADATA_SET_COLUMNS}) "
+            f"VALUES ({', '.join('?' * (7 + len(METADATA_COLUMNS) + 1))})",
+            self._row(image, vector),
+        )
+        image_id = int(cursor.lastrowid or 0)
+        self._set_perceptual(image_id, image)
+        self._added[image_id] = vector
+        return image_id
+
+    def replace(self, image_id: int, image: NewImage, vector: npt.NDArray[np.float32]) -> None:
+        """New content at a known path: same id, new vector."""
+        self._begin()
+        self._conn.execute(
+            "UPDATE images SET path = ?, size = ?, mtime_ns = ?, hash = ?, width = ?, height = ?, vector = ?, "
+            f"{', '.join(f'{c} = ?' for c in (*METADATA_COLUMNS, 'meta_read'))} WHERE id = ?",
+            (*self._row(image, vector), image_id),
+        )
+        self._set_perceptual(image_id, image)
+        self._added[image_id] = vector
+        self._stale.add(image_id)
+
+    def move(self, image_id: int, path: Path, size: int, mtime_ns: int) -> None:
+        """Same content under a new path: the id and vector stay, so nothing is re-embedded."""
+        self._begin()
+        self._conn.execute(
+            "UPDATE images SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+            (path_key(path), size, mtime_ns, image_id),
+        )
+
+    def record_folder(self, folder: Path) -> None:
+        """Remember a folder an indexing run covered (labels for evaluation are relative to it)."""
+        self._begin()
+        self._conn.execute("INSERT OR IGNORE INTO folders (path) VALUES (?)", (path_key(folder),))
+
+    def set_metadata(self, image_id: int, width: int, height: int, metadata: "PhotoMetadata") -> None:
+        """Fill in a catalogued image's metadata (read from its header) without touching its vector."""
+        self._begin()
+        assignments = ", ".join(f"{c} = ?" for c in (*METADATA_COLUMNS, "meta_read"))
+        self._conn.execute(
+            f"UPDATE images SET width = ?, height = ?, {assignments} WHERE id = ?",
+            (width, height, *metadata_values(metadata), image_id),
+        )
+
+    def _set_perceptual(self, image_id: int, image: NewImage) -> None:
+        if image.perceptual is not None:
+            self.set_perceptual(image_id, image.perceptual)
+            return
+        # Content already catalogued under another path (a copy) has the same fingerprint.
+        self._conn.execute(
+            "UPDATE images SET (dhash, contrast) = (SELECT dhash, contrast FROM images WHERE hash = ? AND id != ? "
+            "AND dhash IS NOT NULL LIMIT 1) WHERE id = ?",
+            (image.hash, image_id, image_id),
+        )
+
+    def set_perceptual(self, image_id: int, perceptual: "Perceptual") -> None:
+        """Record a catalogued image's perceptual fingerprint (perceptual.py) without touching its vector."""
+        self._begin()
+        self._conn.execute(
+            "UPDATE images SET dhash = ?, contrast = ? WHERE id = ?", (perceptual.dhash, perceptual.contrast, image_id)
+        )
+
+    def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
+        """Same content, new size or modification time recorded so the next run skips it on stat alone."""
+        self._begin()
+        self._conn.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, image_id))
+
+    def remove(self, image_ids: Iterable[int]) -> None:
+        ids = list(image_ids)
+        if not ids:
+            return
+        self._begin()
+        self._conn.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
+        for image_id in ids:
+            self._added.pop(image_id, None)
+            self._stale.add(image_id)
+
+    def commit(self) -> None:
+        if self._open:
+            self._collection._apply_commit(self._conn, self._added, self._stale)
+            self._open = False
+        self._added = {}
+        self._stale = set()
+
+    def rollback(self) -> None:
+        if self._open:
+            self._conn.execute("ROLLBACK")
+            self._open = False
+        self._added = {}
+        self._stale = set()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _vector_blob(vector: npt.NDArray[np.float32], dim: int) -> bytes:
+    array = np.ascontiguousarray(vector, dtype=np.float32)
+    if array.shape != (dim,):
+        raise ValueError(f"vector of shape {array.shape}, expected ({dim},)")
+    return array.tobytes()
