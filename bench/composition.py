@@ -20,7 +20,8 @@ from bench.common import emit, machine, make_photos, percentiles
 from server.encoders.torch_engine import TransformersEncoder, normalize
 from server.search.composition import Extras
 from server.search.searcher import Searcher
-from server.store.collection import CollectionStore, NewImage
+from server.store.collection import CollectionStore
+from server.store.writer import NewImage
 
 QUERIES = ["a dog on a beach", "a red bicycle", "mountains at sunrise", "a birthday cake", "a city street at night"]
 MORE_TEXTS = ("2:sunset", "people", "0.5:water", "a photo", "colourful")

@@ -27,7 +27,8 @@ from bench.common import emit, machine
 from bench.search import clustered
 from server.images.fingerprint import Perceptual
 from server.library.duplicates import DuplicateQuery, find_duplicates
-from server.store.collection import CollectionStore, NewImage
+from server.store.collection import CollectionStore
+from server.store.writer import NewImage
 
 DIM = 512
 MAX_PAGE = 1000

@@ -15,7 +15,8 @@ import numpy.typing as npt
 from bench.common import emit, machine
 from server.encoders.torch_engine import normalize
 from server.evaluation.evaluate import evaluate
-from server.store.collection import CollectionStore, NewImage
+from server.store.collection import CollectionStore
+from server.store.writer import NewImage
 
 
 class LabelTextEncoder:

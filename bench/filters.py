@@ -23,7 +23,8 @@ from server.images.metadata import PhotoMetadata
 from server.search.filtered import select_ids
 from server.search.filters import ResultOrder, SearchFilter
 from server.search.searcher import _hits
-from server.store.collection import Collection, CollectionStore, NewImage
+from server.store.collection import Collection, CollectionStore
+from server.store.writer import NewImage
 
 DIM = 512
 QUERIES = 100

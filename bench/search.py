@@ -20,8 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.common import emit, machine, peak_rss_mb, percentiles
-from server.store.collection import Collection, CollectionStore, NewImage
+from server.store.collection import Collection, CollectionStore
 from server.store.faiss_index import AUTO_ANN_THRESHOLD, choose_kind
+from server.store.writer import NewImage
 
 QUERIES = 200
 WARMUP = 10

@@ -10,8 +10,6 @@ ENV_MODEL = "CLIPSEARCH_MODEL"
 ENV_INDEX_DIR = "CLIPSEARCH_INDEX_DIR"
 ENV_ROOTS = "CLIPSEARCH_ROOTS"
 ENV_ENGINE = "CLIPSEARCH_ENGINE"
-ENGINES = ("auto", "onnx", "torch")
-PRECISIONS = ("fp32", "int8")  # of a collection's vectors: int8 towers are ONNX Runtime's, dynamically quantised
 
 
 def default_index_dir() -> Path:

@@ -52,3 +52,10 @@ class IndexingCancelled(ClipSearchError):
 
 class GroundTruthError(ClipSearchError):
     """The evaluation ground truth is missing, malformed or yields no usable query."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for quoting in our own sentences: without the trailing period they add
+    themselves (library messages often end with one already)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).rstrip(" .")

@@ -13,13 +13,23 @@ ROOTS_HELP = (
 
 
 class PathGuard:
-    """Allows a path only when its fully resolved form (symlinks followed) lies under one of the roots."""
+    """Allows a path only when its fully resolved form (symlinks followed) lies under one of the roots.
 
-    def __init__(self, roots: Iterable[Path]) -> None:
+    `PathGuard.unconfined()` allows every path (the command line reads what its user names); a confined guard with
+    no roots allows none."""
+
+    def __init__(self, roots: Iterable[Path], confined: bool = True) -> None:
         self.roots: tuple[Path, ...] = tuple(Path(r).resolve() for r in roots)
+        self.confined = confined
+
+    @classmethod
+    def unconfined(cls) -> "PathGuard":
+        return cls((), confined=False)
 
     def allows(self, path: Path) -> bool:
-        """True when the resolved path is one of the roots or lies beneath one."""
+        """True when the resolved path is one of the roots or lies beneath one (always, unconfined)."""
+        if not self.confined:
+            return True
         try:
             real = Path(os.path.realpath(path))
         except (OSError, ValueError):
@@ -27,8 +37,11 @@ class PathGuard:
         return any(real == root or real.is_relative_to(root) for root in self.roots)
 
     def check(self, path: str | Path) -> Path:
-        """Return the resolved absolute path, or raise PathNotAllowed without touching the file's contents."""
+        """Return the resolved absolute path, or raise PathNotAllowed without touching the file's contents.
+        Unconfined, a relative path or `~` is taken as a shell would."""
         raw = Path(path)
+        if not self.confined:
+            return Path(os.path.realpath(raw.expanduser()))
         if not raw.is_absolute():
             raise InvalidArgument(
                 f"'{path}' is a relative path; give an absolute path (the server's folder is arbitrary)."
@@ -39,3 +52,6 @@ class PathGuard:
             allowed = ", ".join(str(r) for r in self.roots)
             raise PathNotAllowed(f"'{path}' is outside the folders this server may read ({allowed}). {ROOTS_HELP}")
         return Path(os.path.realpath(raw))
+
+
+UNCONFINED = PathGuard.unconfined()

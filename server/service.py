@@ -2,7 +2,6 @@
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -10,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.config import PRECISIONS, Settings
+from server.config import Settings
 from server.encoders.onnx_engine import OnnxEncoder, resolve_engine
 from server.encoders.pool import EncoderPool
 from server.encoders.torch_engine import Encoder, TransformersEncoder
@@ -18,10 +17,18 @@ from server.errors import ClipSearchError, CollectionMismatch, FileMissing, Inva
 from server.evaluation.evaluate import evaluate as evaluate_collection
 from server.images.thumbnails import ThumbnailCache
 from server.indexing.indexer import Indexer, ProgressFn
-from server.limits import DEFAULT_COLLECTION, DEFAULT_KS, DEFAULT_TEMPLATE, INDEX_TYPES, MAX_COMPARED
+from server.limits import (
+    DEFAULT_COLLECTION,
+    DEFAULT_KS,
+    DEFAULT_TEMPLATE,
+    DEFAULT_VIEW_SIDE,
+    INDEX_TYPES,
+    MAX_COMPARED,
+    PRECISIONS,
+)
 from server.models.files import DownloadTracker, find_local
 from server.models.identity import model_identity
-from server.paths import PathGuard
+from server.paths import UNCONFINED, PathGuard
 from server.results import (
     CollectionInfo,
     CollectionList,
@@ -47,7 +54,7 @@ MODEL_HASHES_FILE = "model-hashes.json"  # in the index directory: weight-file h
 
 
 class ClipSearch:
-    """Image search over named collections. Pass a `guard` to confine file access; None means unconfined (CLI).
+    """Image search over named collections. Pass a `guard` to confine file access; the default is unconfined (CLI).
 
     `downloads` reports a first run's model download; `speaker` is how messages name the program ("this command")."""
 
@@ -207,7 +214,7 @@ class ClipSearch:
         collection: str = DEFAULT_COLLECTION,
         recursive: bool = True,
         remove_missing: bool = True,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
         progress: ProgressFn | None = None,
         index_type: str | None = None,
         cancel: threading.Event | None = None,
@@ -222,7 +229,7 @@ class ClipSearch:
         an existing one keeps its own."""
         if index_type is not None and index_type not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
-        path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
+        path = guard.check(folder)
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
         target = self.collection(collection, create=True, model=model, precision=precision)
@@ -246,7 +253,7 @@ class ClipSearch:
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
         extras: Extras | None = None,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
     ) -> SearchResponse:
         """Text search; `extras` composes it with more texts and images (their paths checked by `guard`)."""
         target = self.collection(collection, for_text=True)
@@ -257,12 +264,12 @@ class ClipSearch:
         image_path: str | Path,
         k: int = 10,
         collection: str = DEFAULT_COLLECTION,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
         extras: Extras | None = None,
     ) -> SearchResponse:
-        path = guard.check(image_path) if guard else Path(image_path).expanduser().absolute()
+        path = guard.check(image_path)
         target = self.collection(collection)
         return Searcher(self.encoder_for(target)).by_image(target, path, k, filters, order, extras, guard)
 
@@ -275,12 +282,12 @@ class ClipSearch:
         near: tuple[float, float] | None = None,
         radius_km: float | None = None,
         camera: str | None = None,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
     ) -> SearchFilter:
         """Check a search's filters: dates, place and camera, and a folder that is allowed and indexed."""
         path = None
         if folder is not None:
-            path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
+            path = guard.check(folder)
             indexed = self.collection(collection).indexed_folders()
             if not any(path.is_relative_to(f) or f.is_relative_to(path) for f in indexed):
                 known = ", ".join(str(f) for f in indexed) or "none yet"
@@ -295,7 +302,7 @@ class ClipSearch:
         ground_truth: str = "folders",
         ks: Sequence[int] = DEFAULT_KS,
         template: str = DEFAULT_TEMPLATE,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
         report_dir: Path | None = None,
         plots: bool = False,
     ) -> EvaluationReport:
@@ -314,7 +321,7 @@ class ClipSearch:
         ground_truth: str = "folders",
         ks: Sequence[int] = DEFAULT_KS,
         template: str = DEFAULT_TEMPLATE,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
         report_dir: Path | None = None,
         plots: bool = False,
     ) -> EvaluationReport:
@@ -368,7 +375,7 @@ class ClipSearch:
         self,
         collection: str = DEFAULT_COLLECTION,
         query: "DuplicateQuery | None" = None,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
     ) -> DuplicateReport:
         """Groups of exact and near-duplicate images in a collection (or under one of its folders), with a suggested
         keeper each; reads only the catalog and the index, changes nothing."""
@@ -376,28 +383,28 @@ class ClipSearch:
 
         query = query or DuplicateQuery()
         if query.folder is not None:
-            folder = guard.check(query.folder) if guard else Path(os.path.realpath(query.folder.expanduser()))
+            folder = guard.check(query.folder)
             query = replace(query, folder=folder)
         return find_duplicates(self.collection(collection), query)
 
     def view_image(
-        self, path: str | Path, max_side: int = 1024, guard: PathGuard | None = None
+        self, path: str | Path, max_side: int = DEFAULT_VIEW_SIDE, guard: PathGuard = UNCONFINED
     ) -> tuple[bytes, ImageView]:
         """One image as an upright JPEG of at most `max_side` px, with its metadata; read only if the guard allows
         its path."""
         from server.library.photo_view import view_image
 
-        checked = guard.check(path) if guard else Path(os.path.realpath(Path(path).expanduser()))
+        checked = guard.check(path)
         return view_image(checked, max_side, self.store.index_dir, self.store.names())
 
-    def thumbnail(self, path: str | Path, guard: PathGuard | None = None) -> bytes:
+    def thumbnail(self, path: str | Path, guard: PathGuard = UNCONFINED) -> bytes:
         """A ≤256 px JPEG of an image, read only if the guard allows its path."""
-        checked = guard.check(path) if guard else Path(path)
+        checked = guard.check(path)
         return self.thumbnails.get(checked)
 
-    def thumbnail_page(self, paths: Sequence[str], side: int, guard: PathGuard | None = None) -> ThumbnailPage:
+    def thumbnail_page(self, paths: Sequence[str], side: int, guard: PathGuard = UNCONFINED) -> ThumbnailPage:
         """Thumbnails of several images for a gallery, each read only if the guard allows its path."""
-        return self.thumbnails.page(paths, side, guard.check if guard else Path)
+        return self.thumbnails.page(paths, side, guard.check)
 
 
 def _load_text_tower_meanwhile(encoder: Encoder) -> threading.Thread | None:

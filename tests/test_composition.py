@@ -14,8 +14,9 @@ from server.cli.main import main
 from server.config import Settings
 from server.errors import InvalidArgument
 from server.images.decode import load_image
+from server.limits import MAX_TERMS
 from server.mcp_server.server import build_server
-from server.search.composition import MAX_TERMS, Extras, split_infix, weighted
+from server.search.composition import Extras, split_infix, weighted
 from server.service import ClipSearch
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

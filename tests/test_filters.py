@@ -19,7 +19,8 @@ from server.search.filtered import select_ids
 from server.search.filters import ResultOrder, SearchFilter, distance_km
 from server.search.searcher import Searcher
 from server.service import ClipSearch
-from server.store.collection import Collection, CollectionStore, NewImage
+from server.store.collection import Collection, CollectionStore
+from server.store.writer import NewImage
 
 DIM = 16
 BERLIN, PARIS, TOKYO = (52.52, 13.405), (48.8566, 2.3522), (35.6762, 139.6503)

@@ -12,7 +12,7 @@ import server.images.decode as images
 from conftest import COLORS, FakeEncoder, save_color
 from server.errors import ImageUnreadable
 from server.images.decode import decode, is_image_name
-from server.indexing.indexer import scan_folder
+from server.indexing.scan import scan_folder
 from server.service import ClipSearch
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import COLORS, FakeEncoder, save_color
 from server.errors import CollectionMismatch, FileMissing
-from server.indexing.indexer import scan_folder
+from server.indexing.scan import scan_folder
 from server.paths import PathGuard
 from server.service import ClipSearch
 

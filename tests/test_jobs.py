@@ -20,8 +20,10 @@ from mcp import Client
 
 from conftest import COLORS, FakeEncoder, save_color
 from server.config import Settings
+from server.indexing.background import Background
 from server.indexing.indexer import Indexer
 from server.indexing.jobs import JobManager, JobRecord
+from server.indexing.watch import FolderWatcher
 from server.mcp_server.server import build_server
 from server.paths import PathGuard
 from server.service import ClipSearch
@@ -112,7 +114,9 @@ def jobs(service: ClipSearch) -> JobManager:
 async def test_index_folder_answers_at_once_and_index_status_follows_the_job_to_the_same_counts_as_a_direct_run(
     service: ClipSearch, jobs: JobManager, encoder: SteppedEncoder, color_folder: Path, tmp_path: Path
 ) -> None:
-    async with Client(build_server(service, roots=[color_folder], jobs=jobs)) as client:
+    async with Client(
+        build_server(service, roots=[color_folder], background=Background(jobs, FolderWatcher(jobs)))
+    ) as client:
         started = await call(client, "index_folder", folder=str(color_folder), wait_seconds=0)
         job_id = started.structured_content["job_id"]
         encoder.allow(2)
@@ -170,7 +174,9 @@ async def test_a_job_for_another_folder_of_the_collection_waits_for_the_running_
 async def test_cancel_stops_within_a_batch_and_a_later_run_finishes_without_embedding_twice(
     service: ClipSearch, jobs: JobManager, encoder: SteppedEncoder, color_folder: Path
 ) -> None:
-    async with Client(build_server(service, roots=[color_folder], jobs=jobs)) as client:
+    async with Client(
+        build_server(service, roots=[color_folder], background=Background(jobs, FolderWatcher(jobs)))
+    ) as client:
         started = await call(client, "index_folder", folder=str(color_folder), wait_seconds=0)
         job_id = started.structured_content["job_id"]
         encoder.allow(1)
@@ -199,7 +205,9 @@ async def test_cancelling_a_queued_job_ends_it_before_it_starts(
     guard = PathGuard([color_folder, other])
     running = jobs.start(color_folder, "default", guard=guard)
     queued = jobs.start(other, "default", guard=guard)
-    async with Client(build_server(service, roots=[color_folder, other], jobs=jobs)) as client:
+    async with Client(
+        build_server(service, roots=[color_folder, other], background=Background(jobs, FolderWatcher(jobs)))
+    ) as client:
         result = await call(client, "cancel_indexing", job_id=queued.job_id)
     encoder.open()
     until(lambda: jobs.status(running.job_id).state == "done", "the running job to finish")
@@ -304,7 +312,7 @@ def test_a_crashed_job_is_only_marked_interrupted_without_resume_or_outside_the_
     index_dir: Path, color_folder: Path, tmp_path: Path, guard_roots: str | None, resume: bool
 ) -> None:
     record = write_record(index_dir, "j-20261127-120000-bbbbbb", color_folder, dead_owner())
-    roots = {None: None, "folder": PathGuard([color_folder]), "elsewhere": PathGuard([tmp_path / "other"])}
+    roots = {None: PathGuard([]), "folder": PathGuard([color_folder]), "elsewhere": PathGuard([tmp_path / "other"])}
     manager = JobManager(index_dir, lambda: stepped_service(index_dir, FakeEncoder()))
 
     manager.recover(roots[guard_roots], resume)

@@ -11,6 +11,7 @@ from mcp import Client
 
 from conftest import COLORS, FakeEncoder, save_color
 from server.config import Settings
+from server.indexing.background import Background
 from server.indexing.indexer import Indexer
 from server.indexing.jobs import JobManager
 from server.indexing.watch import FolderWatcher
@@ -125,7 +126,7 @@ def test_a_watched_folder_that_vanishes_stops_its_watch_and_removes_nothing(
 async def test_index_folder_watch_true_keeps_the_folder_in_sync_and_false_stops_it(
     service: ClipSearch, jobs: JobManager, watcher: FolderWatcher, color_folder: Path
 ) -> None:
-    async with Client(build_server(service, roots=[color_folder], jobs=jobs, watcher=watcher)) as client:
+    async with Client(build_server(service, roots=[color_folder], background=Background(jobs, watcher))) as client:
         watched = await client.call_tool("index_folder", {"folder": str(color_folder), "watch": True})
         status = await client.call_tool("index_status", {})
         save_color(color_folder / "white" / "new_white.jpg", COLORS["white"])
@@ -188,7 +189,6 @@ def _read_json(stream: Any) -> str:
 def test_serve_watch_resumes_watching_every_recorded_folder_under_the_roots(
     service: ClipSearch, jobs: JobManager, watcher: FolderWatcher, color_folder: Path, tmp_path: Path, index_dir: Path
 ) -> None:
-    from server.cli.main import _watch_recorded_folders
     from server.paths import PathGuard
 
     elsewhere = tmp_path / "elsewhere"
@@ -197,7 +197,7 @@ def test_serve_watch_resumes_watching_every_recorded_folder_under_the_roots(
     service.index_folder(elsewhere)
     (color_folder / "red" / "red_1.jpg").unlink()  # changed while no server ran
 
-    _watch_recorded_folders(index_dir, jobs, watcher, PathGuard([color_folder]))
+    Background(jobs, watcher).start_up(PathGuard([color_folder]), resume=False, watch=True)
     until(lambda: "red_1.jpg" not in paths_in(service), "the change made while no server ran to be applied")
 
     assert [(w.folder, w.state) for w in watcher.watched()] == [(str(color_folder), "watching")]

@@ -31,10 +31,10 @@ import numpy.typing as npt
 from PIL import Image
 
 from server.atomic_files import write_atomically
-from server.config import ENGINES, PRECISIONS
 from server.encoders.fast_tokenizers import NoFastTokenizer, fast_tokenizer
 from server.encoders.torch_engine import Preprocessing, TextCache, TransformersEncoder, Vectors, normalize
 from server.errors import InvalidArgument, ModelUnavailable
+from server.limits import ENGINES, PRECISIONS
 from server.models.files import weight_files
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from server.errors import ModelUnavailable
+from server.errors import ModelUnavailable, first_line
 from server.models.families import Family, detect, model_class
 from server.models.files import PREPROCESSOR, DownloadTracker, ModelFiles, locate, quiet_hub
 
@@ -32,7 +32,7 @@ class Encoder(Protocol):
     """What indexing and search need from a model; tests hand in a fake."""
 
     model_name: str
-    precision: str  # of the vectors it makes: "fp32" (fp16 on CUDA counts as it), or "int8" (config.PRECISIONS)
+    precision: str  # of the vectors it makes: "fp32" (fp16 on CUDA counts as it), or "int8" (limits.PRECISIONS)
 
     @property
     def model_identity(self) -> str:
@@ -333,7 +333,7 @@ def _load_model(files: ModelFiles, device: str | None) -> _Loaded:
             dim = int(_features(model.get_text_features(**probe.to(chosen))).shape[-1])
     except (OSError, ValueError, RuntimeError, ImportError, AttributeError, TypeError) as exc:
         raise ModelUnavailable(
-            f"Cannot load the {family.label} model '{files.name}': {_first_line(exc)}. Point --model or "
+            f"Cannot load the {family.label} model '{files.name}': {first_line(exc)}. Point --model or "
             "CLIPSEARCH_MODEL at a checkpoint in Hugging Face format (config.json, weights, tokenizer and "
             "preprocessor_config.json)."
         ) from exc
@@ -361,12 +361,6 @@ def _image_processor(folder: Path) -> Any:
     if pil is None:
         raise ValueError(f"its image processor {name} has no PIL version in transformers")
     return pil.from_pretrained(folder, local_files_only=True)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    # Our sentences add their own period; library messages often end with one already.
-    return (text[0] if text else type(exc).__name__).rstrip(" .")
 
 
 def quiet_libraries() -> None:

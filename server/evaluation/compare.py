@@ -19,7 +19,7 @@ from server.errors import ClipSearchError, InvalidArgument
 from server.evaluation.evaluate import Evaluation
 from server.images.decode import load_image
 from server.limits import MAX_COMPARED
-from server.paths import PathGuard
+from server.paths import UNCONFINED, PathGuard
 from server.results import ComparedCollection
 from server.search.searcher import Searcher
 from server.store.collection import Collection
@@ -57,7 +57,7 @@ def check_comparable(collections: Sequence[Collection]) -> None:
 
 
 def compared(
-    collection: Collection, encoder: Encoder, evaluation: Evaluation, guard: PathGuard | None = None
+    collection: Collection, encoder: Encoder, evaluation: Evaluation, guard: PathGuard = UNCONFINED
 ) -> ComparedCollection:
     """One collection's figures, with its model's speed measured now on a few of its images (those the guard
     allows) and queries."""
@@ -75,10 +75,8 @@ def compared(
     )
 
 
-def _speed(
-    collection: Collection, encoder: Encoder, evaluation: Evaluation, guard: PathGuard | None
-) -> tuple[float, float]:
-    allowed = sorted(p for p in _image_paths(collection) if guard is None or guard.allows(p))
+def _speed(collection: Collection, encoder: Encoder, evaluation: Evaluation, guard: PathGuard) -> tuple[float, float]:
+    allowed = sorted(p for p in _image_paths(collection) if guard.allows(p))
     paths = allowed[: SPEED_IMAGES + 1]
     warm, timed = paths[:1], paths[1:] or paths
     _embed(encoder, warm)  # the first call pays for loading the model

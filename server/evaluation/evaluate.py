@@ -5,7 +5,6 @@ the query image itself is never a result. Metrics are in `metrics.py`, ground tr
 written report and plots in `report.py`.
 """
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +26,10 @@ from server.evaluation.ground_truth import (
 )
 from server.evaluation.metrics import rank_order, ranking_metrics
 from server.images.decode import load_image
-from server.limits import DEFAULT_KS, MAX_K
-from server.paths import PathGuard
+from server.limits import DEFAULT_KS, TOP_K
+from server.paths import UNCONFINED, PathGuard
 from server.results import DirectionMetrics, EvaluationReport, QueryResult
 from server.store.collection import Collection
-
-log = logging.getLogger(__name__)
 
 WORST_SHOWN = 10
 _CHUNK = 256
@@ -59,8 +56,8 @@ class Evaluation:
 
 def check_ks(ks: Sequence[int]) -> list[int]:
     unique = sorted(set(ks))
-    if not unique or unique[0] < 1 or unique[-1] > MAX_K:
-        raise InvalidArgument(f"ks must be a non-empty list of integers between 1 and {MAX_K}, got {list(ks)}.")
+    if not unique or not TOP_K.allows(unique[0]) or not TOP_K.allows(unique[-1]):
+        raise InvalidArgument(f"ks must be a non-empty list of integers {TOP_K.describe()}, got {list(ks)}.")
     return unique
 
 
@@ -70,7 +67,7 @@ def evaluate(
     ground_truth: str = "folders",
     ks: Sequence[int] = DEFAULT_KS,
     template: str = DEFAULT_TEMPLATE,
-    guard: PathGuard | None = None,
+    guard: PathGuard = UNCONFINED,
 ) -> Evaluation:
     """Evaluate text-to-image and image-to-image retrieval against folder labels or a ground-truth JSON file."""
     started = time.perf_counter()
@@ -133,7 +130,7 @@ def evaluate(
 
 
 def _image_query_vectors(
-    truth: GroundTruth, vectors: npt.NDArray[np.float32], encoder: Encoder, guard: PathGuard | None
+    truth: GroundTruth, vectors: npt.NDArray[np.float32], encoder: Encoder, guard: PathGuard
 ) -> tuple[list[ImageQuery], npt.NDArray[np.float32] | None]:
     """Stored vectors for queries in the collection; others are read (within the guard) and embedded."""
     kept: list[ImageQuery] = []
@@ -145,7 +142,7 @@ def _image_query_vectors(
             rows.append(vectors[query.row])
             continue
         try:
-            path = guard.check(query.path) if guard else query.path
+            path = guard.check(query.path)
             pixels = encoder.preprocess(load_image(path, min_side=encoder.input_size).image)
         except ClipSearchError as exc:
             truth.skipped_image.append(f"{query.path}: {exc}")

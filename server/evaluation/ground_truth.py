@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from server.errors import GroundTruthError, InvalidArgument
 from server.limits import DEFAULT_TEMPLATE
-from server.paths import PathGuard
+from server.paths import UNCONFINED, PathGuard
 
 MAX_REPORTED = 50
 
@@ -117,14 +117,14 @@ class _File(BaseModel):
     image_queries: list[_ImageEntry] = []
 
 
-def from_json(file: Path, paths: Sequence[Path], guard: PathGuard | None = None) -> GroundTruth:
+def from_json(file: Path, paths: Sequence[Path], guard: PathGuard = UNCONFINED) -> GroundTruth:
     """Queries and their relevant images from a JSON file; paths are relative to the file or absolute.
 
     Relevant paths missing from the collection are reported, not fatal; a query left with none is skipped.
     """
     if "\0" in str(file):
         raise GroundTruthError("The ground-truth path contains a NUL character.")
-    checked = guard.check(file) if guard else Path(os.path.realpath(file))
+    checked = guard.check(file)
     try:
         data = json.loads(checked.read_text(encoding="utf-8"))
         spec = _File.model_validate(data)

@@ -4,16 +4,15 @@ is brighter) and the image's contrast (the spread of a 16×16 greyscale thumbnai
 
 Near-duplicate detection uses it to confirm what embeddings suggest: two photos close in CLIP space must also differ
 in few hash bits. Measured on photos: crops shifted by 2 % of a dark, low-texture photo differ by 12-17 bits,
-unrelated photos by 27-45, so `NEAR_BITS` = 20 keeps bursts together and unrelated look-alikes apart. Uniform images
-(all black, all white: contrast below `BLANK_CONTRAST`) have no structure to compare and are only ever grouped with
-byte-identical copies.
+unrelated photos by 27-45, so `limits.DEFAULT_NEAR_BITS` = 20 keeps bursts together and unrelated look-alikes
+apart. Uniform images (all black, all white: contrast below `BLANK_CONTRAST`) have no structure to compare and are
+only ever grouped with byte-identical copies.
 """
 
 from dataclasses import dataclass
 
 from PIL import Image
 
-NEAR_BITS = 20
 BLANK_CONTRAST = 8
 _MASK = (1 << 64) - 1
 
@@ -22,10 +21,6 @@ _MASK = (1 << 64) - 1
 class Perceptual:
     dhash: int  # as SQLite stores it: a signed 64-bit integer
     contrast: int
-
-    @property
-    def blank(self) -> bool:
-        return self.contrast < BLANK_CONTRAST
 
 
 def perceptual(image: Image.Image) -> Perceptual:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from server.errors import ClipSearchError, FileMissing, InvalidArgument
 from server.images.decode import THUMBNAIL_MAX_SIDE, is_image_name, thumbnail_jpeg
-from server.limits import GALLERY_MAX_PATHS, GALLERY_SIDES
+from server.limits import GALLERY_MAX_PATHS, GALLERY_SIDE
 from server.results import Thumbnail, ThumbnailPage
 
 DEFAULT_BUDGET = 64 << 20  # bytes of JPEG kept; a 256 px thumbnail is ~10-20 KB, so a few thousand
@@ -56,9 +56,7 @@ class ThumbnailCache:
     def page(self, paths: Sequence[str], side: int, check: Callable[[str], Path]) -> ThumbnailPage:
         """Thumbnails of `paths` in order, each allowed by `check` first; a path that is refused, missing or
         unreadable gets its reason instead of data (the others still come back)."""
-        least, most = GALLERY_SIDES
-        if not least <= side <= most:
-            raise InvalidArgument(f"side must be between {least} and {most} pixels, got {side}.")
+        GALLERY_SIDE.check(side)
         if len(paths) > GALLERY_MAX_PATHS:
             raise InvalidArgument(f"At most {GALLERY_MAX_PATHS} paths per call, got {len(paths)}.")
         items = []

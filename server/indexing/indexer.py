@@ -7,7 +7,6 @@ images through the model; changes are committed in batches, so a killed run resu
 
 import logging
 import os
-import stat
 import threading
 import time
 from collections import deque
@@ -21,13 +20,14 @@ import numpy.typing as npt
 
 from server.encoders.torch_engine import Encoder
 from server.errors import ClipSearchError, FileMissing, IndexingCancelled
-from server.images.decode import RAW_SIBLING_EXTENSIONS, content_hash, decode, is_image_name, is_raw_name, read_file
+from server.images.decode import content_hash, decode, is_raw_name, read_file
 from server.images.fingerprint import Perceptual, perceptual
 from server.images.metadata import PhotoMetadata, read_metadata
-from server.paths import PathGuard
+from server.indexing.scan import FileStat, scan_folder
+from server.paths import UNCONFINED, PathGuard
 from server.results import Failure, IndexReport
-from server.store.collection import CatalogEntry, Collection, NewImage
-from server.store.writer import CollectionWriter
+from server.store.collection import CatalogEntry, Collection
+from server.store.writer import CollectionWriter, NewImage
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,8 @@ class IndexProgress:
     embedded: int
     failed: int
 
-    @property
-    def message(self) -> str:
-        return f"{self.done}/{self.to_process} processed ({self.found} images found)"
-
 
 ProgressFn = Callable[[IndexProgress], None]
-
-
-@dataclass(frozen=True)
-class FileStat:
-    path: Path
-    size: int
-    mtime_ns: int
 
 
 @dataclass
@@ -84,63 +73,6 @@ class _Counts:
     embedded: int = 0
     raw_with_sibling: int = 0
     failures: list[Failure] = field(default_factory=list)
-
-
-@dataclass
-class Scan:
-    files: list[FileStat]
-    failures: list[Failure]
-    unlisted: list[Path]  # folders that could not be listed: what they hold is unknown, not gone
-    raw_with_sibling: list[Path] = field(default_factory=list)  # RAW files left out for their JPEG/HEIC twin
-
-
-def scan_folder(
-    folder: Path, recursive: bool = True, exclude: Sequence[Path] = (), guard: PathGuard | None = None
-) -> Scan:
-    """Image files under `folder` by their resolved paths, skipping hidden entries, `exclude`d folders and
-    symlinks that lead outside the guard's roots. Symlinked folders are not followed (no loops)."""
-    excluded = {Path(os.path.realpath(p)) for p in exclude}
-    found: dict[Path, FileStat] = {}
-    failures: list[Failure] = []
-    unlisted: list[Path] = []
-    pending = [folder]
-    while pending:
-        directory = pending.pop()
-        if Path(os.path.realpath(directory)) in excluded:
-            continue
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            failures.append(Failure(path=str(directory), reason=f"cannot list folder: {exc.strerror or exc}"))
-            unlisted.append(Path(os.path.realpath(directory)))
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = Path(entry.path)
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    if recursive:
-                        pending.append(path)
-                    continue
-                if not is_image_name(path):
-                    continue
-                real = Path(os.path.realpath(path))
-                if guard is not None and not guard.allows(real):
-                    failures.append(Failure(path=str(path), reason="symlink leads outside the allowed folders"))
-                    continue
-                info = os.stat(real)
-            except OSError as exc:
-                failures.append(Failure(path=str(path), reason=f"cannot read file: {exc.strerror or exc}"))
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                continue
-            if any(real.is_relative_to(e) for e in excluded):
-                continue
-            found.setdefault(real, FileStat(real, info.st_size, info.st_mtime_ns))
-    twins = _raw_with_sibling(found)
-    files = sorted((f for f in found.values() if f.path not in twins), key=lambda f: f.path)
-    return Scan(files, failures, unlisted, sorted(twins))
 
 
 HEADER_BYTES = 512 * 1024  # where JPEG/TIFF/PNG keep EXIF and XMP; other formats are read whole if needed
@@ -174,12 +106,6 @@ def read_fingerprints(file: FileStat, need_metadata: bool) -> tuple[PhotoMetadat
     return metadata, perceptual(decoded.image)
 
 
-def _raw_with_sibling(found: dict[Path, FileStat]) -> set[Path]:
-    """RAW files whose folder holds a JPEG or HEIC of the same name (any case): the camera's developed copy."""
-    developed = {(path.parent, path.stem.lower()) for path in found if path.suffix.lower() in RAW_SIBLING_EXTENSIONS}
-    return {path for path in found if is_raw_name(path) and (path.parent, path.stem.lower()) in developed}
-
-
 class Indexer:
     """Runs incremental indexing with a given encoder; one instance serves many runs."""
 
@@ -207,7 +133,7 @@ class Indexer:
         folder: Path,
         recursive: bool = True,
         remove_missing: bool = True,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
         exclude: Sequence[Path] = (),
         progress: ProgressFn | None = None,
         index_type: str | None = None,

@@ -23,16 +23,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from server.atomic_files import write_atomically
 from server.errors import ClipSearchError, CollectionBusy, FileMissing, IndexingCancelled, InvalidArgument
 from server.limits import INDEX_TYPES
-from server.paths import PathGuard
+from server.paths import UNCONFINED, PathGuard
 from server.results import IndexReport, JobList, JobProgress, JobStatus
 
 if TYPE_CHECKING:
     from server.indexing.indexer import IndexProgress
-    from server.service import ClipSearch
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +131,37 @@ class JobRecord:
 @dataclass
 class _Job:
     record: JobRecord
-    guard: PathGuard | None
+    guard: PathGuard
     cancel: threading.Event = field(default_factory=threading.Event)
     started_at: float = 0.0
     saved_at: float = 0.0
+
+
+class IndexingService(Protocol):
+    """What jobs need of the core (`ClipSearch` is one): a model check, and an indexing run."""
+
+    def check_model(self, collection: str, model: str | None, precision: str | None = None) -> None: ...
+
+    def index_folder(
+        self,
+        folder: str | Path,
+        collection: str,
+        recursive: bool,
+        remove_missing: bool,
+        guard: PathGuard,
+        progress: "Callable[[IndexProgress], None] | None",
+        index_type: str | None,
+        cancel: threading.Event | None,
+        model: str | None,
+        precision: str | None,
+    ) -> IndexReport: ...
 
 
 class JobManager:
     """Starts, runs, lists and cancels this index directory's indexing jobs. `service` is called (once work starts)
     for the core that runs them, so constructing a manager loads nothing."""
 
-    def __init__(self, index_dir: Path, service: "Callable[[], ClipSearch]") -> None:
+    def __init__(self, index_dir: Path, service: Callable[[], IndexingService]) -> None:
         self.index_dir = index_dir
         self._service = service
         self._lock = threading.Lock()
@@ -160,7 +180,7 @@ class JobManager:
         recursive: bool = True,
         remove_missing: bool = True,
         index_type: str | None = None,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
         again: bool = False,
         model: str | None = None,
         precision: str | None = None,
@@ -175,7 +195,7 @@ class JobManager:
         validate_name(collection)
         if index_type is not None and index_type not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
-        path = guard.check(folder) if guard else Path(os.path.realpath(Path(folder).expanduser()))
+        path = guard.check(folder)
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
         if model is not None or precision is not None:
@@ -220,7 +240,7 @@ class JobManager:
             self._enqueue(job)
             return record.status()
 
-    def recover(self, guard: PathGuard | None, resume: bool = True) -> list[JobStatus]:
+    def recover(self, guard: PathGuard, resume: bool = True) -> list[JobStatus]:
         """At start-up: mark jobs whose server died mid-run `interrupted` and, with `resume`, queue them again when
         `guard` (the server's configured roots) allows their folder; without configured roots nothing is resumed,
         since the client that allowed the folder may not be the next one. Returns the jobs it touched."""
@@ -231,7 +251,7 @@ class JobManager:
                     continue
                 record.state, record.note, record.owner = "interrupted", "its server stopped mid-run", _OWNER
                 path = Path(record.folder)
-                if resume and guard is not None and path.is_dir() and guard.allows(path):
+                if resume and path.is_dir() and guard.allows(path):
                     record.resumed += 1
                     record.state, record.note = "queued", f"resumed after its server stopped ({record.resumed}×)"
                     self._enqueue(_Job(record, guard))
@@ -470,9 +490,7 @@ class JobManager:
         folder = self.index_dir / record.collection / "jobs"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{record.job_id}.json"
-        tmp = folder / f".{record.job_id}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_text(json.dumps(asdict(record), indent=1), encoding="utf-8")
-        os.replace(tmp, target)
+        write_atomically(target, json.dumps(asdict(record), indent=1).encode("utf-8"))
         if record.state not in ACTIVE:
             self._prune(folder)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from server.errors import ClipSearchError
 from server.indexing.jobs import JobManager
-from server.paths import PathGuard
+from server.paths import UNCONFINED, PathGuard
 from server.results import WatchedFolder
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class _Watch:
     collection: str
     recursive: bool
     remove_missing: bool
-    guard: PathGuard | None
+    guard: PathGuard
     since: str
     handle: Any = None  # the observer's watch
     changed_at: float | None = None  # monotonic time of the last event not yet indexed
@@ -72,7 +72,7 @@ class FolderWatcher:
         collection: str,
         recursive: bool = True,
         remove_missing: bool = True,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
     ) -> WatchedFolder:
         """Start watching `folder` (already checked by the caller) for `collection`; watching twice is one watch."""
         folder = Path(os.path.realpath(folder))

@@ -23,35 +23,39 @@ import numpy as np
 import numpy.typing as npt
 
 from server.errors import InvalidArgument
-from server.images.fingerprint import BLANK_CONTRAST, NEAR_BITS, distance
+from server.images.fingerprint import BLANK_CONTRAST, distance
+from server.limits import (
+    DEFAULT_MAX_GROUPS,
+    DEFAULT_NEAR_BITS,
+    DEFAULT_THRESHOLD,
+    GROUP_OFFSET,
+    GROUPS,
+    MAX_BITS,
+    THRESHOLD,
+)
 from server.results import DuplicateGroup, DuplicateMember, DuplicateReport
 from server.store.collection import Collection, Hit
 from server.store.schema import under_folder
 
-DEFAULT_THRESHOLD = 0.95
 NEIGHBOURS = 32
 BATCH = 1024
-MAX_GROUPS = 1000
 
 
 @dataclass(frozen=True)
 class DuplicateQuery:
     folder: Path | None = None
     threshold: float = DEFAULT_THRESHOLD
-    max_bits: int = NEAR_BITS
+    max_bits: int = DEFAULT_NEAR_BITS
     exact_only: bool = False
-    max_groups: int = 100
+    max_groups: int = DEFAULT_MAX_GROUPS
     offset: int = 0
 
     def check(self) -> "DuplicateQuery":
-        if not 0 < self.threshold <= 1:
+        if not THRESHOLD.allows(self.threshold):
             raise InvalidArgument(f"threshold is a cosine similarity in (0, 1], got {self.threshold}.")
-        if not 0 <= self.max_bits <= 64:
-            raise InvalidArgument(f"max_bits must be between 0 and 64, got {self.max_bits}.")
-        if not 1 <= self.max_groups <= MAX_GROUPS:
-            raise InvalidArgument(f"max_groups must be between 1 and {MAX_GROUPS}, got {self.max_groups}.")
-        if not 0 <= self.offset <= 1_000_000:
-            raise InvalidArgument(f"offset must be between 0 and 1,000,000, got {self.offset}.")
+        MAX_BITS.check(self.max_bits)
+        GROUPS.check(self.max_groups)
+        GROUP_OFFSET.check(self.offset)
         return self
 
 
@@ -212,8 +216,8 @@ def _keeper(members: list[DuplicateMember]) -> tuple[DuplicateMember, str]:
 
 def collapse(collection: Collection, hits: list[Hit], threshold: float = DEFAULT_THRESHOLD) -> dict[int, int]:
     """Near-duplicates among ranked hits, by the same rule as find_duplicates: each hit that repeats a better one
-    (same content, or cosine ≥ threshold with fingerprints within NEAR_BITS) is folded into it. Returns the hits to
-    keep, by id, each with how many it stands for besides itself."""
+    (same content, or cosine ≥ threshold with fingerprints within DEFAULT_NEAR_BITS) is folded into it. Returns
+    the hits to keep, by id, each with how many it stands for besides itself."""
     if not hits:
         return {}
     wanted = [h.id for h in hits]
@@ -247,7 +251,7 @@ def _same(
     comparable = dhash[a] != _MISSING and dhash[b] != _MISSING and min(contrast[a], contrast[b]) >= BLANK_CONTRAST
     if not comparable or float(vectors[a] @ vectors[b]) < threshold:
         return False
-    return distance(int(dhash[a]), int(dhash[b])) <= NEAR_BITS
+    return distance(int(dhash[a]), int(dhash[b])) <= DEFAULT_NEAR_BITS
 
 
 def non_keepers(report: DuplicateReport) -> list[str]:

@@ -11,17 +11,16 @@ from PIL import Image
 from server.errors import FileMissing, InvalidArgument
 from server.images.decode import decode, is_image_name, is_raw_name, jpeg_of, read_file
 from server.images.metadata import read_metadata
+from server.limits import VIEW_SIDE
 from server.results import ImageView
 from server.store.collection import read_catalog
 
-MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_JPEG_BYTES = 1_000_000
 
 
 def view_image(path: Path, max_side: int, index_dir: Path, collections: list[str]) -> tuple[bytes, ImageView]:
     """The JPEG and the description of the image at `path` (already resolved and allowed)."""
-    if not MIN_SIDE <= max_side <= MAX_SIDE:
-        raise InvalidArgument(f"max_side must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {max_side}.")
+    VIEW_SIDE.check(max_side)
     if not path.exists():
         raise FileMissing(f"Image '{path}' does not exist.")
     if not path.is_file() or not is_image_name(path):

@@ -1,2 +1,4 @@
-"""The MCP adapter: `build_server` wiring (`server`), one module per tool family, the parameter types (`params`)
-and the gallery (MCP Apps, `gallery` and `gallery.html`). Imports `service` and the bottom layer, never a wing."""
+"""The MCP adapter: `build_server` wires the tool families (`server`), each a module with one `register(server,
+tools)`: `indexing_tools`, `search_tools`, `evaluation_tools`, `library_tools`; what they share (`support`: running
+core calls off the event loop, roots, progress), the search tools' parameter types (`params`) and the gallery (MCP
+Apps: `gallery` and its `gallery.html`). Imports the service, its results and the wings' public names."""

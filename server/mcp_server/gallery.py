@@ -13,7 +13,7 @@ from mcp.server.mcpserver import Context, Resolve
 from mcp.types import CallToolResult, ListRootsResult, ToolAnnotations
 from pydantic import Field
 
-from server.limits import GALLERY_MAX_PATHS, GALLERY_SIDES
+from server.limits import DEFAULT_GALLERY_SIDE, GALLERY_MAX_PATHS, GALLERY_SIDE
 from server.mcp_server.support import RootAccess, run_core, tool_result
 from server.results import ThumbnailPage
 
@@ -47,7 +47,6 @@ def gallery_apps(get: "Callable[[], ClipSearch]", access: RootAccess) -> Apps:
         description="Thumbnails of search results, duplicate groups and evaluation reports",
     )
     ClientRoots = Annotated[ListRootsResult, Resolve(access.ask)]
-    least, most = GALLERY_SIDES
 
     @apps.tool(
         resource_uri=GALLERY_URI,
@@ -60,7 +59,9 @@ def gallery_apps(get: "Callable[[], ClipSearch]", access: RootAccess) -> Apps:
             Field(min_length=1, max_length=GALLERY_MAX_PATHS, description="Absolute paths of images (results)"),
         ],
         client_roots: ClientRoots,
-        side: Annotated[int, Field(ge=least, le=most, description="Longest side of each JPEG, in pixels")] = 256,
+        side: Annotated[
+            int, Field(**GALLERY_SIDE.schema(), description="Longest side of each JPEG, in pixels")
+        ] = DEFAULT_GALLERY_SIDE,
     ) -> Annotated[CallToolResult, ThumbnailPage]:
         """Small JPEGs of images, for the gallery view only (hidden from the model). Paths outside the allowed
         folders, missing or unreadable get a reason instead; thumbnails are cached per file version."""

@@ -9,42 +9,46 @@ from typing import Annotated, Literal
 import anyio
 import anyio.to_thread
 from mcp.server import MCPServer
-from mcp.server.mcpserver import Context, Resolve
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, ListRootsResult, ToolAnnotations
+from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from server.indexing.jobs import ACTIVE, JobManager
-from server.indexing.watch import FolderWatcher
-from server.limits import DEFAULT_COLLECTION
+from server.limits import (
+    DEFAULT_COLLECTION,
+    DEFAULT_WAIT_SECONDS,
+    MAX_FOLDER_CHARS,
+    MAX_JOB_ID_CHARS,
+    WAIT_SECONDS,
+)
 from server.mcp_server.support import (
     PROGRESS_INTERVAL_SECONDS,
     CallProgress,
     CollectionName,
-    RootAccess,
+    ToolContext,
     run_core,
     tool_result,
 )
-from server.models.files import DownloadTracker, requested_model
+from server.models.files import requested_model
 from server.results import IndexFolderResult, JobList, JobStatus
-
-MAX_WAIT_SECONDS = 50  # below the ~60 s after which common hosts give up on a call
-DEFAULT_WAIT_SECONDS = 20
 
 WaitSeconds = Annotated[
     float,
     Field(
-        ge=0, le=MAX_WAIT_SECONDS, description=f"Seconds to wait for the job to finish or change (0-{MAX_WAIT_SECONDS})"
+        **WAIT_SECONDS.schema(),
+        description=f"Seconds to wait for the job to finish or change ({WAIT_SECONDS.least}-{WAIT_SECONDS.most})",
     ),
 ]
-JobId = Annotated[str, Field(min_length=1, max_length=64, description="A job_id from index_folder or index_status")]
+JobId = Annotated[
+    str, Field(min_length=1, max_length=MAX_JOB_ID_CHARS, description="A job_id from index_folder or index_status")
+]
 
 
-def register_indexing_tools(
-    server: MCPServer, jobs: JobManager, downloads: DownloadTracker, access: RootAccess, watcher: FolderWatcher
-) -> None:
+def register(server: MCPServer, tools: ToolContext) -> None:
     """Add index_folder, index_status and cancel_indexing to `server`."""
-    ClientRoots = Annotated[ListRootsResult, Resolve(access.ask)]
+    ClientRoots = tools.client_roots()
+    jobs, watcher, access, downloads = tools.background.jobs, tools.background.watcher, tools.access, tools.downloads
 
     @server.tool(
         annotations=ToolAnnotations(title="Index a folder of images", destructive_hint=False, open_world_hint=False)
@@ -68,7 +72,7 @@ def register_indexing_tools(
         model: Annotated[
             str | None,
             Field(
-                max_length=400,
+                max_length=MAX_FOLDER_CHARS,
                 description="Model for a NEW collection: a Hugging Face id (see list_models, e.g. "
                 "'google/siglip2-base-patch16-224' for better and multilingual search) or the absolute path of a "
                 "checkpoint folder inside the allowed roots; omitted: the server's default. An existing collection "
@@ -124,7 +128,8 @@ def register_indexing_tools(
     @server.tool(annotations=ToolAnnotations(title="Indexing status", read_only_hint=True, open_world_hint=False))
     async def index_status(
         job_id: Annotated[
-            str | None, Field(max_length=64, description="A job_id; omitted lists the recent jobs, newest first")
+            str | None,
+            Field(max_length=MAX_JOB_ID_CHARS, description="A job_id; omitted lists the recent jobs, newest first"),
         ] = None,
         wait_seconds: WaitSeconds = 0,
     ) -> Annotated[CallToolResult, JobList]:
@@ -185,7 +190,7 @@ def _folder_result(status: JobStatus) -> IndexFolderResult:
 def _next_step(status: JobStatus) -> str:
     if status.state in ACTIVE:
         return (
-            f"Call index_status with job_id='{status.job_id}' (wait_seconds up to {MAX_WAIT_SECONDS}) to follow it, "
+            f"Call index_status with job_id='{status.job_id}' (wait_seconds up to {WAIT_SECONDS.most}) to follow it, "
             f"or cancel_indexing to stop it. Searches meanwhile see every committed batch."
         )
     if status.state in ("cancelled", "interrupted"):

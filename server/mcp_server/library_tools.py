@@ -1,44 +1,59 @@
 """The tools that look at the library itself rather than search it: `view_image` (one photo, closely) and
 `find_duplicates` (copies and look-alikes, reported, never touched)."""
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from mcp.server import MCPServer
-from mcp.server.mcpserver import Context, Image, Resolve
-from mcp.types import CallToolResult, ListRootsResult, ToolAnnotations
+from mcp.server.mcpserver import Context, Image
+from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from server.limits import DEFAULT_COLLECTION
+from server.limits import (
+    DEFAULT_COLLECTION,
+    DEFAULT_MAX_GROUPS,
+    DEFAULT_NEAR_BITS,
+    DEFAULT_THRESHOLD,
+    DEFAULT_VIEW_SIDE,
+    GROUP_OFFSET,
+    GROUPS,
+    MAX_BITS,
+    THRESHOLD,
+    VIEW_SIDE,
+)
 from server.mcp_server.gallery import GALLERY_META, gallery_note
-from server.mcp_server.support import CollectionName, RootAccess, run_core, tool_result
-from server.results import DuplicateReport, ImageView
+from server.mcp_server.support import READ_ONLY, CollectionName, ToolContext, run_core, tool_result
+from server.models.recommended import list_models as list_models_in_cache
+from server.results import CollectionList, DuplicateReport, ImageView, ModelList
 
 if TYPE_CHECKING:
-    from server.service import ClipSearch
-
-READ_ONLY = {"read_only_hint": True, "open_world_hint": False}
-MAX_GROUPS = 1000
+    pass
 
 
-def register_library_tools(server: MCPServer, get: "Callable[[], ClipSearch]", access: RootAccess) -> None:
-    """Add view_image and find_duplicates to `server`."""
-    ClientRoots = Annotated[ListRootsResult, Resolve(access.ask)]
+def register(server: MCPServer, tools: ToolContext) -> None:
+    """Add list_collections, view_image, find_duplicates and list_models to `server`."""
+    ClientRoots = tools.client_roots()
+
+    @server.tool(annotations=ToolAnnotations(title="List collections", **READ_ONLY))
+    async def list_collections() -> Annotated[CallToolResult, CollectionList]:
+        """List the collections with their image counts and the model each was built with."""
+        listing = await run_core(lambda: tools.get().list_collections())
+        names = ", ".join(f"{c.name} ({c.images} images)" for c in listing.collections) or "none yet"
+        return tool_result(listing, f"Collections in {listing.index_dir}: {names}")
 
     @server.tool(annotations=ToolAnnotations(title="View an image", **READ_ONLY))
     async def view_image(
         path: Annotated[str, Field(description="Absolute path of the image (e.g. a search result)")],
         client_roots: ClientRoots,
         max_side: Annotated[
-            int, Field(ge=64, le=2048, description="Longest side of the returned JPEG, in pixels")
-        ] = 1024,
+            int, Field(**VIEW_SIDE.schema(), description="Longest side of the returned JPEG, in pixels")
+        ] = DEFAULT_VIEW_SIDE,
     ) -> Annotated[CallToolResult, ImageView]:
         """Look closely at one image: it comes back upright as a JPEG (at most max_side px, under 1 MB) with its
         size, capture time, place, camera and the collections that hold it. Use it to read a sign or check a
         detail in a search result before answering."""
-        guard = access.guard(client_roots)
-        data, view = await run_core(lambda: get().view_image(path, max_side, guard))
+        guard = tools.access.guard(client_roots)
+        data, view = await run_core(lambda: tools.get().view_image(path, max_side, guard))
         about = [f"{view.width}×{view.height}"]
         if view.taken:
             about.append(f"taken {view.taken}")
@@ -58,29 +73,30 @@ def register_library_tools(server: MCPServer, get: "Callable[[], ClipSearch]", a
             str | None, Field(description="Only images under this folder (absolute path, inside the allowed folders)")
         ] = None,
         threshold: Annotated[
-            float, Field(gt=0, le=1, description="Cosine similarity from which two images may be near-duplicates")
-        ] = 0.95,
+            float,
+            Field(**THRESHOLD.schema(), description="Cosine similarity from which two images may be near-duplicates"),
+        ] = DEFAULT_THRESHOLD,
         max_bits: Annotated[
             int,
             Field(
-                ge=0,
-                le=64,
-                description="Most differing bits (of 64) of the perceptual hash for a near pair: 20 keeps bursts "
-                "together and unrelated look-alikes apart; raise it to group looser edits, 64 turns the check off",
+                **MAX_BITS.schema(),
+                description=f"Most differing bits (of 64) of the perceptual hash for a near pair: {DEFAULT_NEAR_BITS} "
+                "keeps bursts together and unrelated look-alikes apart; raise it to group looser edits, 64 turns the "
+                "check off",
             ),
-        ] = 20,
+        ] = DEFAULT_NEAR_BITS,
         exact_only: Annotated[bool, Field(description="Only byte-identical copies")] = False,
-        max_groups: Annotated[int, Field(ge=1, le=MAX_GROUPS, description="Groups per page")] = 100,
-        offset: Annotated[int, Field(ge=0, le=1_000_000, description="Skip this many groups (paging)")] = 0,
+        max_groups: Annotated[int, Field(**GROUPS.schema(), description="Groups per page")] = DEFAULT_MAX_GROUPS,
+        offset: Annotated[int, Field(**GROUP_OFFSET.schema(), description="Skip this many groups (paging)")] = 0,
     ) -> Annotated[CallToolResult, DuplicateReport]:
         """Find exact copies and near-duplicates (re-encoded or resized copies, bursts) in a collection, grouped,
         largest groups first, each with a suggested keeper (largest resolution, then taken first, then shortest
         path) and why. It only reports: nothing is deleted or moved; tell the user, who decides."""
         from server.library.duplicates import DuplicateQuery
 
-        guard = access.guard(client_roots)
+        guard = tools.access.guard(client_roots)
         query = DuplicateQuery(Path(folder) if folder else None, threshold, max_bits, exact_only, max_groups, offset)
-        report = await run_core(lambda: get().find_duplicates(collection, query, guard))
+        report = await run_core(lambda: tools.get().find_duplicates(collection, query, guard))
         lines = [
             f"{report.groups_total} groups of duplicates ({report.images_in_groups} images) among {report.images} in "
             f"'{report.collection}'"
@@ -91,3 +107,16 @@ def register_library_tools(server: MCPServer, get: "Callable[[], ClipSearch]", a
             lines.append(f"{number}. {group.kind}, keep {group.keeper} ({group.keeper_reason}); also {others}")
         lines += report.notes + gallery_note(ctx)
         return tool_result(report, "\n".join(lines))
+
+    @server.tool(annotations=ToolAnnotations(title="List recommended models", **READ_ONLY))
+    async def list_models() -> Annotated[CallToolResult, ModelList]:
+        """The recommended image-text models (pass one as index_folder's `model` for a new collection): family,
+        languages, size, embedding dimension, published quality figures with their sources, and which are already
+        downloaded. Searches always use the model a collection was built with."""
+        listing = await run_core(lambda: list_models_in_cache(tools.get().settings.model))
+        lines = [f"Default model: {listing.default}"]
+        for m in listing.models:
+            best = f"; {m.figures[0].metric} {m.figures[0].value}" if m.figures else ""
+            here = ", downloaded" if m.downloaded else ""
+            lines.append(f"- {m.model} ({m.family}, {m.languages}, {m.download_mb} MB{here}{best}): {m.advice}")
+        return tool_result(listing, "\n".join(lines))

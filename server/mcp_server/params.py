@@ -4,20 +4,29 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from server.limits import MAX_K, MAX_QUERY_CHARS
-from server.search.composition import MAX_TERMS
+from server.limits import (
+    LATITUDE,
+    LONGITUDE,
+    MAX_CAMERA_CHARS,
+    MAX_QUERY_CHARS,
+    MAX_TERMS,
+    MIN_SCORE,
+    OFFSET,
+    RADIUS_KM,
+    TERM_WEIGHT,
+    THUMBNAILS,
+    TOP_K,
+)
 
-MAX_THUMBNAILS = 10
-
-TopK = Annotated[int, Field(ge=1, le=MAX_K, description=f"Number of results, 1-{MAX_K}")]
+TopK = Annotated[int, Field(**TOP_K.schema(), description=f"Number of results, {TOP_K.least}-{TOP_K.most}")]
 Thumbnails = Annotated[
-    int, Field(ge=0, le=MAX_THUMBNAILS, description="Also return the top N hits as small JPEG images you can see")
+    int, Field(**THUMBNAILS.schema(), description="Also return the top N hits as small JPEG images you can see")
 ]
 
 
 class Place(BaseModel):
-    latitude: float = Field(ge=-90, le=90)
-    longitude: float = Field(ge=-180, le=180)
+    latitude: float = Field(**LATITUDE.schema())
+    longitude: float = Field(**LONGITUDE.schema())
 
 
 FolderFilter = Annotated[
@@ -34,19 +43,25 @@ TakenBefore = Annotated[
     str | None, Field(description="Only photos taken before this ISO 8601 datetime, or on or before this date")
 ]
 Near = Annotated[Place | None, Field(description="Only photos taken within radius_km of this place (GPS)")]
-RadiusKm = Annotated[float | None, Field(gt=0, le=20_100, description="Distance around `near`, in kilometres")]
+RadiusKm = Annotated[float | None, Field(**RADIUS_KM.schema(), description="Distance around `near`, in kilometres")]
 Camera = Annotated[
-    str | None, Field(max_length=200, description="Camera make/model contains this, any case (e.g. 'iphone')")
+    str | None,
+    Field(max_length=MAX_CAMERA_CHARS, description="Camera make/model contains this, any case (e.g. 'iphone')"),
 ]
-MinScore = Annotated[float | None, Field(ge=-1, le=1, description="Drop results with a lower cosine similarity")]
+MinScore = Annotated[
+    float | None, Field(**MIN_SCORE.schema(), description="Drop results with a lower cosine similarity")
+]
 Sort = Annotated[
     Literal["score", "taken", "taken_asc"],
     Field(description="'score' (best first), 'taken' (the k most relevant, newest first) or 'taken_asc'"),
 ]
-Offset = Annotated[int, Field(ge=0, le=10_000, description="Skip this many results (paging)")]
+Offset = Annotated[int, Field(**OFFSET.schema(), description="Skip this many results (paging)")]
 
 _TermText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
-_TERMS = f"(at most {MAX_TERMS - 1}; an optional weight prefix 0.1-10 like '2:' or '0.5:', default 1)"
+_TERMS = (
+    f"(at most {MAX_TERMS - 1}; an optional weight prefix {TERM_WEIGHT.least:g}-{TERM_WEIGHT.most:g} "
+    "like '2:' or '0.5:', default 1)"
+)
 AndTexts = Annotated[
     list[_TermText] | None,
     Field(max_length=MAX_TERMS - 1, description=f"Also like these texts, e.g. ['sunset', '2:night'] {_TERMS}"),

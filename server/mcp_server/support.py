@@ -3,13 +3,14 @@
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 from urllib.parse import unquote, urlparse
 
 import anyio
 import anyio.to_thread
-from mcp.server.mcpserver import Context, ListRoots
+from mcp.server.mcpserver import Context, ListRoots, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ListRootsResult, TextContent
 from pydantic import BaseModel, Field
@@ -20,12 +21,14 @@ from server.paths import PathGuard
 from server.results import JobStatus
 
 if TYPE_CHECKING:
+    from server.indexing.background import Background
     from server.service import ClipSearch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROGRESS_INTERVAL_SECONDS = 0.25
+READ_ONLY = {"read_only_hint": True, "open_world_hint": False}
 
 CollectionName = Annotated[
     str, Field(description="Collection to use; collections are independent indexes (letters, digits, . _ -)")
@@ -59,6 +62,25 @@ class RootAccess:
 
     def guard(self, client_roots: ListRootsResult) -> PathGuard:
         return PathGuard(self.configured or file_roots(client_roots))
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What every tool family is registered with: the service (made on first use), the folders it may read, the
+    model download to report, and the background indexing (jobs and watcher)."""
+
+    get: "Callable[[], ClipSearch]"
+    access: RootAccess
+    downloads: DownloadTracker
+    background: "Background"
+
+    def client_roots(self) -> type:
+        """The parameter type that asks the client for its roots when none are configured."""
+        return Annotated[ListRootsResult, Resolve(self.access.ask)]  # type: ignore[return-value]
+
+    async def run(self, fn: Callable[[], T], ctx: Context) -> T:
+        """`run_core` reporting a model download the call waits for as its progress."""
+        return await run_core(fn, CallProgress(ctx, self.downloads))
 
 
 def lazy(factory: "Callable[[], ClipSearch]") -> "Callable[[], ClipSearch]":

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from server.errors import InvalidArgument, ModelUnavailable
+from server.atomic_files import write_atomically
+from server.errors import InvalidArgument, ModelUnavailable, first_line
 
 if TYPE_CHECKING:
     from server.paths import PathGuard
@@ -104,9 +105,6 @@ class DownloadTracker:
         self._lock = threading.Lock()
         self._plan: DownloadPlan | None = None
         self._done = 0
-
-    def add_listener(self, listener: DownloadListener) -> None:
-        self._listeners.append(listener)
 
     def state(self) -> DownloadState | None:
         """The running download, or None when nothing is being downloaded."""
@@ -366,10 +364,10 @@ def _download(repo_id: str, problem: str, downloads: DownloadTracker) -> Path:
         info = HfApi(endpoint=_endpoint()).model_info(repo_id, files_metadata=True, timeout=METADATA_TIMEOUT_SECONDS)
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
-        reason = "the hub has no such model (or it is private)" if status in (401, 404) else _sentence(exc)
+        reason = "the hub has no such model (or it is private)" if status in (401, 404) else first_line(exc)
         raise unavailable(f"{problem}, and {reason}") from exc
     except (httpx2.HTTPError, OSError) as exc:
-        raise unavailable(f"{problem}, and the hub cannot be reached ({_sentence(exc)})") from exc
+        raise unavailable(f"{problem}, and the hub cannot be reached ({first_line(exc)})") from exc
     sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
     wanted = _files_to_fetch(sizes)
     if not any(name in wanted for name in WEIGHT_FILES) and not any(".index.json" in name for name in wanted):
@@ -394,7 +392,7 @@ def _download(repo_id: str, problem: str, downloads: DownloadTracker) -> Path:
             )
         ok = True
     except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
-        raise unavailable(f"the download stopped ({_sentence(exc)}); run the command again to resume it") from exc
+        raise unavailable(f"the download stopped ({first_line(exc)}); run the command again to resume it") from exc
     finally:
         downloads.end(ok)
     _point_main_at(repo_id, str(info.sha))
@@ -409,9 +407,7 @@ def _point_main_at(repo_id: str, commit: str) -> None:
     next run finds it without asking (written atomically: a concurrent reader never sees half a hash)."""
     refs = _storage(repo_id) / "refs"
     refs.mkdir(parents=True, exist_ok=True)
-    tmp = refs / f".main.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text(commit, encoding="utf-8")
-    os.replace(tmp, refs / "main")
+    write_atomically(refs / "main", commit.encode("utf-8"))
 
 
 def _files_to_fetch(sizes: dict[str, int]) -> list[str]:
@@ -426,9 +422,3 @@ def _files_to_fetch(sizes: dict[str, int]) -> list[str]:
             shards = sorted(n for n in sizes if n.startswith(f"{stem}-") and n.endswith(weights.rsplit(".", 1)[1]))
             return [*wanted, index, *shards]
     return wanted
-
-
-def _sentence(exc: BaseException) -> str:
-    """An exception's first line, without the trailing period our sentences add themselves."""
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__).rstrip(" .")

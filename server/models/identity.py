@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from server.atomic_files import write_atomically
 from server.errors import ModelUnavailable
 from server.models.files import CONFIG, weight_files
 
@@ -94,6 +95,4 @@ def _write_cache(path: Path, remembered: dict[str, str]) -> None:
     with _cache_lock, contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         merged = {**_read_cache(path), **remembered}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(merged, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(merged, indent=1).encode("utf-8"))

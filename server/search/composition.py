@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.errors import InvalidArgument
+from server.limits import MAX_TERMS, TERM_WEIGHT
 
-MAX_TERMS = 16
-MIN_WEIGHT, MAX_WEIGHT = 0.1, 10.0
 _WEIGHTED = re.compile(r"^(\d+(?:\.\d+)?):(?!\d)(.*)$", re.DOTALL)  # "10:30 clock" is a time, not a weight
 
 
@@ -52,9 +51,9 @@ def weighted(item: str) -> tuple[float, str]:
     """`"2:night"` → (2.0, "night"); `"night"` → (1.0, "night"); refuses empty terms and weights out of range."""
     match = _WEIGHTED.match(item.strip())
     weight, value = (float(match[1]), match[2]) if match else (1.0, item)
-    if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+    if not TERM_WEIGHT.allows(weight):
         raise InvalidArgument(
-            f"The weight of '{item}' is {weight:g}; weights go from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}."
+            f"The weight of '{item}' is {weight:g}; weights go from {TERM_WEIGHT.least:g} to {TERM_WEIGHT.most:g}."
         )
     value = value.strip()
     if not value:

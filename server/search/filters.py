@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import InvalidArgument
+from server.limits import LATITUDE, LONGITUDE, MIN_SCORE, OFFSET, RADIUS_KM, SORTS
 from server.store.schema import under_folder
 
 EARTH_RADIUS_KM = 6371.0088
-MAX_RADIUS_KM = 20_100.0  # half the Earth's circumference: every place is within it
-MAX_OFFSET = 10_000
-SORTS = ("score", "taken", "taken_asc")
 
 
 @dataclass(frozen=True)
@@ -82,7 +80,7 @@ class SearchFilter:
             raise InvalidArgument(f"taken_after ({taken_after}) must be before taken_before ({taken_before}).")
         if near is not None:
             latitude, longitude = near
-            if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+            if not (LATITUDE.allows(latitude) and LONGITUDE.allows(longitude)):
                 raise InvalidArgument(
                     f"near must be a latitude in [-90, 90] and a longitude in [-180, 180], got {latitude}, {longitude}."
                 )
@@ -91,8 +89,7 @@ class SearchFilter:
         if radius_km is not None:
             if near is None:
                 raise InvalidArgument("radius_km needs near, the place to measure from.")
-            if not (0 < radius_km <= MAX_RADIUS_KM):
-                raise InvalidArgument(f"radius_km must be above 0 and at most {MAX_RADIUS_KM:,.0f}, got {radius_km}.")
+            RADIUS_KM.check(radius_km)
         wanted = camera.strip() if camera else None
         return cls(folder, after, before, near, radius_km, wanted or None)
 
@@ -165,7 +162,6 @@ class ResultOrder:
     def __post_init__(self) -> None:
         if self.sort not in SORTS:
             raise InvalidArgument(f"sort must be one of {', '.join(SORTS)}, got {self.sort!r}.")
-        if not (0 <= self.offset <= MAX_OFFSET):
-            raise InvalidArgument(f"offset must be between 0 and {MAX_OFFSET:,}, got {self.offset}.")
-        if self.min_score is not None and not (-1 <= self.min_score <= 1):
+        OFFSET.check(self.offset)
+        if self.min_score is not None and not MIN_SCORE.allows(self.min_score):
             raise InvalidArgument(f"min_score must be a cosine similarity in [-1, 1], got {self.min_score}.")

@@ -10,8 +10,8 @@ from server.encoders.torch_engine import Encoder
 from server.errors import FileMissing, InvalidArgument
 from server.images.decode import load_image
 from server.library.duplicates import collapse
-from server.limits import MAX_K, MAX_QUERY_CHARS
-from server.paths import PathGuard
+from server.limits import MAX_QUERY_CHARS, TOP_K
+from server.paths import UNCONFINED, PathGuard
 from server.results import SearchHit, SearchResponse
 from server.search.composition import Extras, Term, extra_terms
 from server.search.filtered import filtered_hits
@@ -20,8 +20,7 @@ from server.store.collection import Collection, Hit
 
 
 def check_k(k: int) -> int:
-    if not 1 <= k <= MAX_K:
-        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}.")
+    TOP_K.check(k)
     return k
 
 
@@ -48,7 +47,7 @@ class Searcher:
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
         extras: Extras | None = None,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
     ) -> SearchResponse:
         """The k images closest to the text (composed with `extras`, if any), best first; text beyond the model's
         context is truncated. `guard` checks the paths of image terms."""
@@ -63,7 +62,7 @@ class Searcher:
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
         extras: Extras | None = None,
-        guard: PathGuard | None = None,
+        guard: PathGuard = UNCONFINED,
     ) -> SearchResponse:
         """The k images closest to the given image (composed with `extras`, if any); an indexed image's stored
         vector is reused."""
@@ -78,7 +77,7 @@ class Searcher:
         filters: SearchFilter | None,
         order: ResultOrder | None,
         extras: Extras | None,
-        guard: PathGuard | None,
+        guard: PathGuard,
     ) -> SearchResponse:
         order = order or ResultOrder()
         vector, label = self._composed(collection, main, extras or Extras(), guard)
@@ -99,14 +98,14 @@ class Searcher:
         return self.encoder.encode_pixels(self.encoder.preprocess(decoded.image)[np.newaxis])[0]
 
     def _composed(
-        self, collection: Collection, main: Term, extras: Extras, guard: PathGuard | None
+        self, collection: Collection, main: Term, extras: Extras, guard: PathGuard
     ) -> tuple[npt.NDArray[np.float32], str]:
         """The query's vector, by rclip's formula: Σ weight·unit(term), normalised (a plain query is its own term's
         vector); and the query written out with its terms."""
         texts, images = extra_terms(extras)
         terms = [main, *texts]
         for weight, given in images:
-            path = guard.check(given) if guard else Path(os.path.realpath(Path(given).expanduser()))
+            path = guard.check(given)
             terms.append(Term(None, path, weight))
         text_terms = [t for t in terms if t.text is not None]
         weighted: list[tuple[float, npt.NDArray[np.float32]]] = []
@@ -134,7 +133,7 @@ def _hits(
     """Filter, then the top offset+k by score (with `diverse`, near-duplicates folded into the best of them, and
     how many each stands for); drop those under min_score; order; cut the page."""
     need = order.offset + k
-    depth = min(MAX_K * DIVERSE_DEPTH, need * DIVERSE_DEPTH) if order.diverse else need
+    depth = min(TOP_K.most * DIVERSE_DEPTH, need * DIVERSE_DEPTH) if order.diverse else need
     if filters is None or not filters.active:
         hits = collection.search_hits(vector, depth)
     else:

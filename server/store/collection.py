@@ -42,14 +42,15 @@ from server.store.faiss_index import (
 from server.store.manifest import MANIFEST, SCHEMA_VERSION, Manifest, load_manifest, write_manifest
 from server.store.schema import (
     METADATA_COLUMNS,
+    connect,
+    path_key,
     prepare_catalog,
     under_folder,
 )
+from server.store.writer import CollectionWriter
 
 if TYPE_CHECKING:
-    from server.images.fingerprint import Perceptual
-    from server.images.metadata import PhotoMetadata
-    from server.store.writer import CollectionWriter  # it imports this module: at run time, in writer()
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -97,36 +98,12 @@ class Hit:
     camera: str | None
 
 
-@dataclass(frozen=True)
-class NewImage:
-    path: Path
-    size: int
-    mtime_ns: int
-    hash: str
-    width: int
-    height: int
-    metadata: "PhotoMetadata | None" = None
-    perceptual: "Perceptual | None" = None  # None: taken from a row of the same content, if one has it
-
-
-def path_key(path: Path) -> bytes:
-    # Bytes, not text: file names need not be valid UTF-8.
-    return os.fsencode(str(path))
-
-
 _ENTRY_COLUMNS = "id, path, size, mtime_ns, hash, meta_read, dhash IS NOT NULL"
 
 
 def _entry(row: tuple[Any, ...]) -> CatalogEntry:
     path = Path(os.fsdecode(row[1]))
     return CatalogEntry(row[0], path, row[2], row[3], row[4], has_metadata=bool(row[5]), has_perceptual=bool(row[6]))
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    return conn
 
 
 def read_catalog(folder: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -348,7 +325,7 @@ class Collection:
     # --- writing -------------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writer(self) -> Iterator["CollectionWriter"]:
+    def writer(self) -> Iterator[CollectionWriter]:
         """Exclusive write access across threads and processes; refuses at once if another run holds it."""
         from filelock import FileLock, Timeout
 
@@ -362,9 +339,7 @@ class Collection:
         try:
             self.refresh_if_stale()
             self._upgrade_manifest()
-            from server.store.writer import CollectionWriter
-
-            writer = CollectionWriter(self)
+            writer = CollectionWriter(connect(self.folder / "catalog.sqlite"), self.manifest.dim, self._apply_commit)
             try:
                 yield writer
                 writer.commit()

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from server.atomic_files import write_atomically
-from server.config import PRECISIONS
 from server.errors import CollectionMismatch
+from server.limits import PRECISIONS
 from server.store.faiss_index import IndexSpec
 
 MANIFEST = "manifest.json"
@@ -29,7 +29,7 @@ class Manifest:
     index_policy: str = "auto"  # what the user asked for: "auto", "flat" or "ivf"
     index_params: dict[str, Any] = field(default_factory=dict)
     model_identity: str | None = None  # model_identity.py; None only in version-1 manifests
-    precision: str = "fp32"  # of every vector in the collection (config.PRECISIONS); versions 1-2 made fp32 only
+    precision: str = "fp32"  # of every vector in the collection (limits.PRECISIONS); versions 1-2 made fp32 only
 
     @classmethod
     def new(

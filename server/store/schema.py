@@ -109,3 +109,15 @@ def under_folder(folder: Path) -> tuple[str, list[bytes]]:
     the byte range from "folder/" up to "folder0" ('0' follows '/')."""
     prefix = os.fsencode(str(folder)).rstrip(b"/") + b"/"
     return "path >= ? AND path < ?", [prefix, prefix[:-1] + b"0"]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def path_key(path: Path) -> bytes:
+    # Bytes, not text: file names need not be valid UTF-8.
+    return os.fsencode(str(path))

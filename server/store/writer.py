@@ -1,29 +1,48 @@
 """Changes to one collection, batched into atomic commits: new, replaced, moved and removed images, their metadata
 and fingerprints. A commit is one SQLite transaction; the collection then applies it to its FAISS index
-(`Collection._apply_commit`) under its lock. Obtained only through `Collection.writer()`, which holds the write lock.
+(handed in as `apply`) under its lock. Obtained only through `Collection.writer()`, which holds the write lock.
 """
 
-from collections.abc import Iterable
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from server.store.collection import Collection, NewImage, connect, path_key
-from server.store.schema import METADATA_COLUMNS, METADATA_SET_COLUMNS, metadata_values
+from server.store.schema import METADATA_COLUMNS, METADATA_SET_COLUMNS, metadata_values, path_key
 
 if TYPE_CHECKING:
     from server.images.fingerprint import Perceptual
     from server.images.metadata import PhotoMetadata
 
 
-class CollectionWriter:
-    """Changes to one collection, batched into atomic commits. Obtain through `Collection.writer()`."""
+@dataclass(frozen=True)
+class NewImage:
+    path: Path
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+    metadata: "PhotoMetadata | None" = None
+    perceptual: "Perceptual | None" = None  # None: taken from a row of the same content, if one has it
 
-    def __init__(self, collection: Collection) -> None:
-        self._collection = collection
-        self._conn = connect(collection.folder / "catalog.sqlite")
+
+ApplyCommit = Callable[[sqlite3.Connection, dict[int, npt.NDArray[np.float32]], set[int]], None]
+"""Commits the open transaction and applies its vectors (added, and stale ids) to the index, atomically for readers."""
+
+
+class CollectionWriter:
+    """Changes to one collection, batched into atomic commits. Obtain through `Collection.writer()`, which hands in
+    the catalog connection, the vectors' dimension and how a commit is applied to its index."""
+
+    def __init__(self, conn: sqlite3.Connection, dim: int, apply: ApplyCommit) -> None:
+        self._conn = conn
+        self._dim = dim
+        self._apply = apply
         self._added: dict[int, npt.NDArray[np.float32]] = {}
         self._stale: set[int] = set()  # ids whose current vector must leave the index (replaced or removed)
         self._open = False
@@ -34,7 +53,7 @@ class CollectionWriter:
             self._open = True
 
     def _row(self, image: NewImage, vector: npt.NDArray[np.float32]) -> tuple[Any, ...]:
-        blob = _vector_blob(vector, self._collection.manifest.dim)
+        blob = _vector_blob(vector, self._dim)
         return (
             path_key(image.path),
             image.size,
@@ -127,7 +146,7 @@ class CollectionWriter:
 
     def commit(self) -> None:
         if self._open:
-            self._collection._apply_commit(self._conn, self._added, self._stale)
+            self._apply(self._conn, self._added, self._stale)
             self._open = False
         self._added = {}
         self._stale = set()
