@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import emit, machine, make_photos, percentiles
-from server.encoders.torch_engine import TransformersEncoder, normalize
+from server.encoders.protocol import normalize
+from server.encoders.torch_engine import TransformersEncoder
 from server.search.composition import Extras
 from server.search.searcher import Searcher
 from server.store.collection import CollectionStore

@@ -20,8 +20,10 @@ import numpy as np
 
 from bench.common import emit, machine, percentiles, whole_process
 from bench.search import clustered, fill
-from server.encoders.onnx_engine import OnnxEncoder, read_export
-from server.encoders.torch_engine import Encoder, TransformersEncoder
+from server.encoders.onnx_engine import OnnxEncoder
+from server.encoders.onnx_export import read_export
+from server.encoders.protocol import Encoder
+from server.encoders.torch_engine import TransformersEncoder
 from server.search.searcher import Searcher
 from server.store.collection import CollectionStore
 

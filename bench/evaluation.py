@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.common import emit, machine
-from server.encoders.torch_engine import normalize
+from server.encoders.protocol import normalize
 from server.evaluation.evaluate import evaluate
 from server.store.collection import CollectionStore
 from server.store.writer import NewImage

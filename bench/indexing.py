@@ -19,7 +19,8 @@ import numpy as np
 
 from bench.common import emit, machine, make_photos, peak_rss_mb
 from server.config import Settings
-from server.encoders.torch_engine import TransformersEncoder, normalize
+from server.encoders.protocol import normalize
+from server.encoders.torch_engine import TransformersEncoder
 from server.service import ClipSearch
 
 BATCH = 32

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from server.config import Settings
 from server.encoders.onnx_engine import OnnxEncoder, resolve_engine
 from server.encoders.pool import EncoderPool
-from server.encoders.torch_engine import Encoder, TransformersEncoder
+from server.encoders.protocol import Encoder
+from server.encoders.torch_engine import TransformersEncoder
 from server.errors import ClipSearchError, CollectionMismatch, FileMissing, InvalidArgument, ModelUnavailable
 from server.evaluation.evaluate import evaluate as evaluate_collection
 from server.images.thumbnails import ThumbnailCache

@@ -18,7 +18,8 @@ from mcp import Client
 from PIL import Image
 
 from server.config import Settings
-from server.encoders.torch_engine import TransformersEncoder, normalize
+from server.encoders.protocol import normalize
+from server.encoders.torch_engine import TransformersEncoder
 from server.mcp_server.server import build_server
 from server.service import ClipSearch
 

@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 
 from conftest import COLORS, FakeEncoder
-from server.encoders.torch_engine import normalize
+from server.encoders.protocol import normalize
 from server.errors import CollectionNotFound, InvalidArgument
 from server.mcp_server.server import build_server
 from server.service import ClipSearch

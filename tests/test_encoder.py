@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import server.encoders.protocol as protocol_module
 import server.encoders.torch_engine as encoder_module
-from server.encoders.torch_engine import TransformersEncoder, normalize
+from server.encoders.protocol import normalize
+from server.encoders.torch_engine import TransformersEncoder
 from server.errors import ModelUnavailable
 
 PROJECTION_DIM = 24  # conftest.write_tiny_clip
@@ -325,7 +327,7 @@ def test_folder_without_tokenizer_files_raises_model_unavailable(tiny_clip: Path
 def test_texts_seen_lately_are_not_embedded_again_and_the_cache_stays_bounded(
     encoder: TransformersEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(encoder_module, "TEXT_CACHE_SIZE", 3)
+    monkeypatch.setattr(protocol_module, "TEXT_CACHE_SIZE", 3)
     embedded: list[str] = []
     real = encoder._embed_texts
 

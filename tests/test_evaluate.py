@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score
 
 from conftest import FakeEncoder, save_color
-from server.encoders.torch_engine import normalize
+from server.encoders.protocol import normalize
 from server.errors import GroundTruthError, InvalidArgument, PathNotAllowed
 from server.evaluation.evaluate import Direction, Evaluation, evaluate
 from server.evaluation.ground_truth import folder_label, label_text

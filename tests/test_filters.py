@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from conftest import FakeEncoder
-from server.encoders.torch_engine import normalize
+from server.encoders.protocol import normalize
 from server.images.metadata import PhotoMetadata
 from server.mcp_server.server import build_server
 from server.search.filtered import select_ids

@@ -19,9 +19,10 @@ from PIL import Image
 from bench.checkpoint import write_random_clip
 from bench.families import write_random_metaclip2, write_random_siglip, write_random_siglip2
 from conftest import COLORS, save_color
-from server.encoders import onnx_engine
+from server.encoders import onnx_engine, onnx_export
 from server.encoders.fast_tokenizers import NoFastTokenizer
-from server.encoders.onnx_engine import OnnxEncoder, _token_arrays, read_export, resolve_engine
+from server.encoders.onnx_engine import OnnxEncoder, resolve_engine
+from server.encoders.onnx_export import read_export, token_arrays
 from server.encoders.torch_engine import TransformersEncoder
 from server.errors import InvalidArgument, ModelUnavailable
 
@@ -100,7 +101,7 @@ def test_a_model_whose_tokenizer_has_no_tokenizers_version_stays_on_torch_and_sa
     def no_version(tokenizer: object) -> object:
         raise NoFastTokenizer("its tokenizer has no `tokenizers` version (as a new family's might not)")
 
-    monkeypatch.setattr(onnx_engine, "fast_tokenizer", no_version)
+    monkeypatch.setattr(onnx_export, "fast_tokenizer", no_version)
     folder = tiny
     quiet = OnnxEncoder(TransformersEncoder(str(folder)), cache=tmp_path / "cache")
     with caplog.at_level(logging.WARNING, logger="server.encoders.onnx_engine"):
@@ -114,7 +115,7 @@ def test_a_model_whose_tokenizer_has_no_tokenizers_version_stays_on_torch_and_sa
 def test_tokenisation_gives_exactly_the_ids_of_the_transformers_tokenizer(exported: OnnxEncoder):
     parts = exported.reference.torch_parts()
     theirs = parts.tokens(varied_texts())
-    ours = _token_arrays(exported._text_tokenizer(), varied_texts(), parts.family.lowercase)
+    ours = token_arrays(exported._text_tokenizer(), varied_texts(), parts.family.lowercase)
     assert ours["input_ids"].tolist() == [list(ids) for ids in theirs["input_ids"]]
     if "attention_mask" in theirs:
         assert ours["attention_mask"].tolist() == [list(m) for m in theirs["attention_mask"]]
@@ -276,7 +277,7 @@ def test_a_new_export_replaces_the_same_models_exports_of_earlier_formats(tiny: 
 
     encoder.encode_texts(["a"])
 
-    assert encoder.engine == "onnx" and encoder.folder.name == f"{identity}-f{onnx_engine.EXPORT_FORMAT}"
+    assert encoder.engine == "onnx" and encoder.folder.name == f"{identity}-f{onnx_export.EXPORT_FORMAT}"
     assert not older.exists() and other_model.exists()
     assert (encoder.folder / "text.onnx.data").stat().st_size > (encoder.folder / "text.onnx").stat().st_size
 
@@ -284,7 +285,7 @@ def test_a_new_export_replaces_the_same_models_exports_of_earlier_formats(tiny: 
 def test_an_export_the_machine_has_too_little_memory_for_is_refused_before_it_starts(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
-    monkeypatch.setattr(onnx_engine, "available_memory", lambda: 1_000_000)  # 1 MB free
+    monkeypatch.setattr(onnx_export, "available_memory", lambda: 1_000_000)  # 1 MB free
     quiet = OnnxEncoder(TransformersEncoder(str(tiny)), cache=tmp_path / "cache")
     with caplog.at_level(logging.WARNING, logger="server.encoders.onnx_engine"):
         assert quiet.encode_texts(["a red car"]).shape == (1, quiet.dim)

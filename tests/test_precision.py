@@ -17,8 +17,9 @@ from PIL import Image
 
 from conftest import COLORS, FIXTURES, SAMPLES, install_previous_collection, save_color
 from server.config import Settings
-from server.encoders import onnx_engine
-from server.encoders.onnx_engine import OnnxEncoder, read_export
+from server.encoders import onnx_export
+from server.encoders.onnx_engine import OnnxEncoder
+from server.encoders.onnx_export import read_export
 from server.encoders.torch_engine import TransformersEncoder
 from server.errors import CollectionMismatch, InvalidArgument, ModelUnavailable
 from server.mcp_server.server import build_server
@@ -55,19 +56,19 @@ def test_int8_towers_are_quantised_from_the_fp32_export_and_stay_close_to_it(tin
 
     assert int8.engine == "onnx" and int8.folder != fp32.folder
     export = read_export(int8.folder)
-    assert export is not None and export.precision == "int8" and export.min_cosine >= onnx_engine.INT8_MIN_COSINE
+    assert export is not None and export.precision == "int8" and export.min_cosine >= onnx_export.INT8_MIN_COSINE
     assert read_export(fp32.folder) is not None  # made first: int8 is quantised from it
     for weights in ("text.onnx.data", "vision.onnx.data"):  # the weights, memory-mapped, beside each tower
         assert (int8.folder / weights).stat().st_size < (fp32.folder / weights).stat().st_size / 2
     cosines = np.concatenate([(texts8 * texts32).sum(axis=1), (images8 * images32).sum(axis=1)])
-    assert cosines.min() >= onnx_engine.INT8_MIN_COSINE
+    assert cosines.min() >= onnx_export.INT8_MIN_COSINE
     assert np.abs(texts8 - texts32).max() > 1e-4  # really quantised, not the fp32 towers under another name
 
 
 def test_int8_that_strays_too_far_from_fp32_is_refused_and_creates_no_collection(
     service: ClipSearch, photos: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(onnx_engine, "INT8_MIN_COSINE", 1.01)  # no quantisation can meet it
+    monkeypatch.setattr(onnx_export, "INT8_MIN_COSINE", 1.01)  # no quantisation can meet it
     with pytest.raises(ModelUnavailable, match="without --precision int8"):
         service.index_folder(photos, "strict", precision="int8")
     assert service.store.names() == []

@@ -4,7 +4,7 @@ A fast tokenizer is used as it is; a slow (SentencePiece) one goes through trans
 that converter does not know, is built here: its SentencePiece model as SentencePiece runs it (transformers' own
 `SpmConverter.build_tokenizer_from_spm_proto`), behind SigLIP's text canonicalisation (lower-case, ASCII punctuation
 removed, runs of whitespace made one space, stripped) and followed by its end-of-sequence token. Whatever is built,
-the export compares its ids with the original tokenizer's before trusting it (`onnx_engine._check_tokens`)."""
+the export compares its ids with the original tokenizer's before trusting it (`onnx_export._check_tokens`)."""
 
 import string
 from typing import Any

@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from server.encoders.torch_engine import Encoder
+from server.encoders.protocol import Encoder
 
 MAX_LOADED_MODELS = 2  # a ViT-B/32 takes ~0.6 GB, a SigLIP 2 base ~1.5 GB of memory
 

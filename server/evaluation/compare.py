@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.encoders.torch_engine import Encoder
+from server.encoders.protocol import Encoder
 from server.errors import ClipSearchError, InvalidArgument
 from server.evaluation.evaluate import Evaluation
 from server.images.decode import load_image

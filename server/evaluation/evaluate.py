@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from server.encoders.torch_engine import Encoder
+from server.encoders.protocol import Encoder
 from server.errors import ClipSearchError, GroundTruthError, InvalidArgument
 from server.evaluation.ground_truth import (
     DEFAULT_TEMPLATE,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from server.encoders.torch_engine import Encoder
+from server.encoders.protocol import Encoder
 from server.errors import ClipSearchError, FileMissing, IndexingCancelled
 from server.images.decode import content_hash, decode, is_raw_name, read_file
 from server.images.fingerprint import Perceptual, perceptual

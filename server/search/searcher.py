@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from server.encoders.torch_engine import Encoder
+from server.encoders.protocol import Encoder
 from server.errors import FileMissing, InvalidArgument
 from server.images.decode import load_image
 from server.library.duplicates import collapse
