@@ -1,21 +1,33 @@
-"""Shared fixtures: a tiny real CLIP checkpoint on disk, a deterministic fake encoder, and image folders."""
+"""Shared fixtures and helpers: a tiny real CLIP checkpoint on disk, a deterministic fake encoder, image folders,
+MCP clients of our server, a bounded wait, services for the CLI, and `python` in a child process."""
 
 import os
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import mcp.types as types
 import numpy as np
 import numpy.typing as npt
 import pytest
+from mcp import Client
+from mcp.client.extension import advertise
+from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from PIL import Image
 
 from bench.checkpoint import write_random_clip
 from bench.fakehub import FakeHub, serve
 from server.config import Settings
-from server.encoders.torch_engine import normalize
+from server.encoders.protocol import normalize
+from server.indexing.background import Background
+from server.mcp_server.server import build_server
 from server.service import ClipSearch
-from server.store.collection import Collection, NewImage
+from server.store.collection import Collection
+from server.store.writer import NewImage
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # ONNX exports of the test checkpoints go to one folder per test run, never the user's cache.
@@ -183,3 +195,95 @@ def cached_model(fake_hub: FakeHub) -> Path:
     folder = locate(HUB_NAME).folder
     fake_hub.requests.clear()
     return folder
+
+
+# --- MCP clients of our server ------------------------------------------------------------------------------------
+
+
+def mcp_client(
+    service: ClipSearch,
+    roots: Sequence[Path] = (),
+    *,
+    background: Background | None = None,
+    apps: bool = False,
+    **options: Any,
+) -> Client:
+    """An in-memory client of `build_server(service, roots, background=...)`, to use as `async with`; `apps`
+    negotiates MCP Apps, `options` go to the client (`list_roots_callback`, ...)."""
+    server = build_server(service, roots=roots, background=background)
+    return apps_client(server, **options) if apps else Client(server, **options)
+
+
+def apps_client(server: Any, **options: Any) -> Client:
+    """A client that negotiated MCP Apps, as Claude, ChatGPT or VS Code do."""
+    return Client(server, extensions=[advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})], **options)
+
+
+async def call(client: Client, name: str, **arguments: Any) -> types.CallToolResult:
+    return await client.call_tool(name, arguments)
+
+
+def error_text(result: types.CallToolResult) -> str:
+    """The message of a tool call that must have failed."""
+    assert result.is_error, result
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+def until(condition: Callable[[], object], what: str, seconds: float = 20.0) -> None:
+    """Wait for `condition()` to hold, failing the test (naming `what`) after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(0.02)
+
+
+# --- services for the CLI (`main(argv, make_service=...)`) -------------------------------------------------------
+
+
+def with_encoder(make_encoder: Callable[[], Any] = FakeEncoder) -> Callable[..., ClipSearch]:
+    """The real service over a fresh `make_encoder()` instead of a model."""
+    return lambda settings, **options: ClipSearch(settings, encoder=make_encoder(), **options)
+
+
+def serving(service: ClipSearch) -> Callable[..., ClipSearch]:
+    """This one service, whatever settings the command was given."""
+    return lambda settings, **options: service
+
+
+# --- python in a child process -------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPORTED = "print(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)), file=sys.stderr)"
+
+
+def run_python(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 300, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`python *args` in a child process with `env` (default: this one's), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=check
+    )
+
+
+def clipsearch(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m server *args`: the command as a person runs it."""
+    return run_python("-m", "server", *args, env=env)
+
+
+def clipsearch_imports(
+    *args: str, env: Mapping[str, str], modules: tuple[str, ...] = ("torch", "transformers")
+) -> subprocess.CompletedProcess[str]:
+    """The command run in a child process that then lists, as JSON on stderr's last line, which of `modules` it
+    imported (read it with `imported`)."""
+    probe = (
+        "import sys, json; from server.cli.main import main; code = main(sys.argv[1:]); "
+        f"{IMPORTED.format(modules=modules)}; sys.exit(code)"
+    )
+    return run_python("-c", probe, *args, env=env)
+
+
+def imported(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """The modules a `clipsearch_imports` run imported."""
+    import json
+
+    return json.loads(done.stderr.strip().splitlines()[-1])

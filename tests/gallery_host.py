@@ -19,9 +19,8 @@ import anyio
 import mcp.types as types
 import pytest
 from mcp import Client
-from mcp.client.extension import advertise
-from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 
+from conftest import apps_client
 from server.mcp_server.gallery import GALLERY_URI
 
 BROWSER_DIR = Path(__file__).parent / "browser"
@@ -76,11 +75,6 @@ async def wait_until(frame: Any, condition: str, timeout_ms: int = 20_000) -> No
         if time.monotonic() > deadline:
             raise TimeoutError(f"the view never reached: {condition}")
         await anyio.sleep(0.02)
-
-
-def apps_client(server: Any) -> Client:
-    """A client that negotiated MCP Apps, as Claude, ChatGPT or VS Code do."""
-    return Client(server, extensions=[advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})])
 
 
 def wire(result: types.CallToolResult) -> dict[str, Any]:

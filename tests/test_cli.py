@@ -1,14 +1,17 @@
 """The `clipsearch` command over a real (tiny) CLIP checkpoint, as a person or a script would run it."""
 
+import argparse
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import clipsearch, run_python, serving
+from server.cli.commands import COMMANDS
 from server.cli.main import main
+from server.cli.parser import build_parser
+from server.service import ClipSearch
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -86,23 +89,29 @@ def test_unavailable_model_names_the_model_and_the_fix(
 def test_python_dash_m_server_runs_the_cli(tiny_clip: Path, tmp_path: Path):
     folder = tmp_path / "photos"
     shutil.copytree(SAMPLES / "textures", folder)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "index",
-            str(folder),
-            "--model",
-            str(tiny_clip),
-            "--index-dir",
-            str(tmp_path / "idx"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = clipsearch("index", str(folder), "--model", str(tiny_clip), "--index-dir", str(tmp_path / "idx"), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["indexed_total"] == 3
+
+
+def test_every_subcommand_is_dispatched_through_the_table() -> None:
+    [subcommands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(subcommands.choices) == set(COMMANDS)
+
+
+def test_the_command_runs_on_the_service_it_is_handed(
+    fake_service: ClipSearch, color_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_service.index_folder(color_folder, "handed")
+    assert main(["collections", "--json"], make_service=serving(fake_service)) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [(c["name"], c["images"], c["model"]) for c in listing["collections"]] == [
+        ("handed", 15, "fake-color-encoder")
+    ]
+
+
+def test_the_parser_and_main_load_none_of_the_heavy_libraries() -> None:
+    heavy = ("numpy", "PIL", "torch", "faiss", "onnxruntime", "mcp", "pydantic")
+    code = f"import sys, server.cli.main; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = run_python("-c", code, check=True)
+    assert done.stdout.strip() == "[]"  # `clipsearch --help` answers before any of them would load

@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from mcp import Client
 
-from conftest import COLORS, FakeEncoder
+from conftest import COLORS, FakeEncoder, mcp_client, serving
 from server.encoders.protocol import normalize
 from server.errors import CollectionNotFound, InvalidArgument
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 
@@ -41,7 +39,7 @@ def two_models(fake_service: ClipSearch, color_folder: Path) -> ClipSearch:
 async def test_tool_compares_two_models_side_by_side_with_each_ones_exact_figures(
     two_models: ClipSearch, color_folder: Path
 ) -> None:
-    async with Client(build_server(two_models, roots=[color_folder])) as client:
+    async with mcp_client(two_models, [color_folder]) as client:
         result = await client.call_tool("evaluate_retrieval", {"collections": ["sharp", "washed"], "plots": True})
 
     assert not result.is_error, result.content
@@ -89,13 +87,11 @@ def test_too_many_repeated_or_unknown_collections_are_refused(two_models: ClipSe
 
 
 def test_cli_eval_with_two_collections_prints_them_side_by_side(
-    two_models: ClipSearch, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    two_models: ClipSearch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import server.cli.main
-    import server.service
+    from server.cli.main import main
 
-    monkeypatch.setattr(server.service, "ClipSearch", lambda *args, **kwargs: two_models)
-    assert server.cli.main.main(["eval", "-c", "sharp", "-c", "washed"]) == 0
+    assert main(["eval", "-c", "sharp", "-c", "washed"], make_service=serving(two_models)) == 0
     out = capsys.readouterr().out
 
     assert f"Models compared on the same {3 * len(COLORS)} images" in out

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mcp import Client
 from PIL import Image, ImageOps
 
+from conftest import mcp_client
 from server.cli.main import main
 from server.config import Settings
 from server.errors import InvalidArgument
 from server.images.decode import load_image
 from server.limits import MAX_TERMS
-from server.mcp_server.server import build_server
 from server.search.composition import Extras, split_infix, weighted
 from server.service import ClipSearch
 
@@ -89,9 +88,12 @@ def test_composed_search_equals_the_rclip_formula_by_brute_force(tiny_service: C
     )
 
 
-def test_terms_that_cancel_exactly_are_refused_and_too_many_terms_too(tiny_service: ClipSearch) -> None:
+def test_terms_that_cancel_exactly_are_refused(tiny_service: ClipSearch) -> None:
     with pytest.raises(InvalidArgument, match="cancel each other out"):
         tiny_service.search_text("a cat", extras=Extras(not_texts=("a cat",)))
+
+
+def test_too_many_terms_are_refused(tiny_service: ClipSearch) -> None:
     with pytest.raises(InvalidArgument, match=f"at most {MAX_TERMS} terms"):
         tiny_service.search_text("a cat", extras=Extras(and_texts=tuple(f"t{i}" for i in range(MAX_TERMS))))
 
@@ -103,12 +105,8 @@ def test_a_composed_image_search_combines_with_filters(tiny_service: ClipSearch)
 
 
 @pytest.mark.anyio
-async def test_tools_take_composed_terms_and_refuse_image_terms_outside_the_roots(
-    tiny_service: ClipSearch, tmp_path: Path
-) -> None:
-    secret = tmp_path / "secret.jpg"
-    shutil.copy(SAMPLES / "cat" / "chelsea.jpg", secret)
-    async with Client(build_server(tiny_service, roots=[SAMPLES])) as client:
+async def test_tools_take_composed_terms(tiny_service: ClipSearch) -> None:
+    async with mcp_client(tiny_service, [SAMPLES]) as client:
         by_text = await client.call_tool(
             "search_images_by_text", {"query": "a cat", "and_texts": ["2:coffee"], "not_texts": ["space"], "k": 3}
         )
@@ -119,12 +117,22 @@ async def test_tools_take_composed_terms_and_refuse_image_terms_outside_the_root
                 "not_images": [str(SAMPLES / "coffee" / "coffee.jpg")],
             },
         )
-        outside = await client.call_tool("search_images_by_text", {"query": "a cat", "and_images": [str(secret)]})
-        too_many = await client.call_tool("search_images_by_text", {"query": "a", "and_texts": ["b"] * MAX_TERMS})
 
     assert not by_text.is_error and by_text.structured_content["query"] == "a cat + 2:coffee - space"  # type: ignore[index]
     assert len(by_text.structured_content["results"]) == 3  # type: ignore[index]
     assert not by_image.is_error, by_image.content
+
+
+@pytest.mark.anyio
+async def test_tools_refuse_image_terms_outside_the_roots_or_too_many_terms(
+    tiny_service: ClipSearch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.jpg"
+    shutil.copy(SAMPLES / "cat" / "chelsea.jpg", secret)
+    async with mcp_client(tiny_service, [SAMPLES]) as client:
+        outside = await client.call_tool("search_images_by_text", {"query": "a cat", "and_images": [str(secret)]})
+        too_many = await client.call_tool("search_images_by_text", {"query": "a", "and_texts": ["b"] * MAX_TERMS})
+
     assert outside.is_error and "outside the folders" in outside.content[0].text  # type: ignore[union-attr]
     assert too_many.is_error
 
@@ -157,7 +165,7 @@ async def test_image_terms_are_read_under_the_roots_the_client_declares(tiny_ser
         return types.ListRootsResult(roots=[types.Root(uri=SAMPLES.resolve().as_uri(), name="samples")])
 
     term = str(SAMPLES / "space" / "rocket.jpg")
-    async with Client(build_server(tiny_service), list_roots_callback=list_roots) as client:
+    async with mcp_client(tiny_service, list_roots_callback=list_roots) as client:
         result = await client.call_tool("search_images_by_text", {"query": "a cat", "and_images": [term], "k": 2})
 
     assert not result.is_error, result.content

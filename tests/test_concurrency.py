@@ -16,13 +16,11 @@ import mcp.types as types
 import numpy as np
 import numpy.typing as npt
 import pytest
-from mcp import Client
 
-from conftest import COLORS, FakeEncoder, save_color
+from conftest import COLORS, FakeEncoder, mcp_client, save_color
 from server.config import Settings
 from server.errors import CollectionBusy
 from server.indexing.indexer import Indexer
-from server.mcp_server.server import build_server
 from server.paths import PathGuard
 from server.service import ClipSearch
 from server.store.collection import CollectionStore
@@ -67,11 +65,6 @@ async def wait_until_held(encoder: GatedEncoder) -> None:
     assert reached, "the indexing run never reached its held batch"
 
 
-def error_text(result: types.CallToolResult) -> str:
-    assert result.is_error, result
-    return result.content[0].text
-
-
 def images_in(folder: Path) -> set[str]:
     return {str(p) for p in folder.rglob("*.jpg")}
 
@@ -98,7 +91,7 @@ async def test_a_second_index_call_for_a_folder_being_indexed_returns_the_same_j
     encoder.armed = True
     outcome: dict[str, types.CallToolResult] = {}
     arguments = {"folder": str(color_folder), "collection": "photos"}
-    async with Client(build_server(service, roots=[color_folder])) as client:
+    async with mcp_client(service, [color_folder]) as client:
 
         async def first_run() -> None:
             outcome["first"] = await client.call_tool("index_folder", arguments)
@@ -134,7 +127,7 @@ async def test_options_of_a_second_call_do_not_change_the_running_job_or_the_col
     service = gated_service(index_dir, encoder)
     encoder.armed = True
     outcome: dict[str, types.CallToolResult] = {}
-    async with Client(build_server(service, roots=[color_folder])) as client:
+    async with mcp_client(service, [color_folder]) as client:
 
         async def first_run() -> None:
             outcome["first"] = await client.call_tool("index_folder", {"folder": str(color_folder)})
@@ -216,7 +209,7 @@ async def test_searches_answer_from_committed_state_while_an_index_run_is_held(c
     service = gated_service(index_dir, encoder, batch_size=2, commit_every=2)
     old = images_in(color_folder)
     outcome: dict[str, Any] = {}
-    async with Client(build_server(service, roots=[color_folder])) as client:
+    async with mcp_client(service, [color_folder]) as client:
         first = await client.call_tool("index_folder", {"folder": str(color_folder)})
         assert first.structured_content["indexed_total"] == 15
         new = sorted(str(save_color(color_folder / "later" / f"{name}.jpg", rgb)) for name, rgb in COLORS.items())
@@ -262,7 +255,7 @@ async def test_many_tool_calls_in_flight_through_one_client_all_get_their_own_an
         requests.append(("list_collections", {}))
         requests.append(("search_similar_images", {"image_path": str(example), "k": 3}))
     results: dict[int, types.CallToolResult] = {}
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         await client.call_tool("index_folder", {"folder": str(color_folder)})
 
         async def one(i: int, tool: str, arguments: dict[str, Any]) -> None:

@@ -7,14 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mcp import Client
 from PIL import Image
 
-from conftest import FIXTURES, SAMPLES, install_previous_collection
+from conftest import FIXTURES, SAMPLES, install_previous_collection, mcp_client, serving
 from server.cli.main import main
 from server.errors import InvalidArgument
 from server.library.duplicates import DuplicateQuery, non_keepers
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 
@@ -103,10 +101,10 @@ def test_bad_arguments_are_refused(fake_service: ClipSearch, library: Path) -> N
 
 
 @pytest.mark.anyio
-async def test_tool_reports_groups_and_cli_prints_the_non_keepers_nul_separated(
-    fake_service: ClipSearch, library: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+async def test_the_tool_reports_the_groups_and_refuses_a_folder_outside_the_roots(
+    fake_service: ClipSearch, library: Path
 ) -> None:
-    async with Client(build_server(fake_service, roots=[library])) as client:
+    async with mcp_client(fake_service, [library]) as client:
         await client.call_tool("index_folder", {"folder": str(library)})
         result = await client.call_tool("find_duplicates", {})
         outside = await client.call_tool("find_duplicates", {"folder": "/etc"})
@@ -116,10 +114,13 @@ async def test_tool_reports_groups_and_cli_prints_the_non_keepers_nul_separated(
     assert "keep " in result.content[0].text  # type: ignore[union-attr]
     assert outside.is_error and "outside the folders" in outside.content[0].text  # type: ignore[union-attr]
 
-    import server.service
 
-    monkeypatch.setattr(server.service, "ClipSearch", lambda *args, **kwargs: fake_service)
-    assert main(["duplicates", "--print0"]) == 0
+def test_the_cli_prints_the_non_keepers_nul_separated(
+    fake_service: ClipSearch, library: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    fake_service.index_folder(library)
+
+    assert main(["duplicates", "--print0"], make_service=serving(fake_service)) == 0
     printed = capsysbinary.readouterr().out.split(b"\0")
     report = fake_service.find_duplicates()
     assert [p.decode() for p in printed[:-1]] == non_keepers(report) and printed[-1] == b""
@@ -174,7 +175,7 @@ async def test_a_diverse_search_folds_a_burst_into_its_best_shot_and_still_fills
 ) -> None:
     fake_service.index_folder(library)
     rocket = str(library / "space" / "rocket.jpg")
-    async with Client(build_server(fake_service, roots=[library])) as client:
+    async with mcp_client(fake_service, [library]) as client:
         plain = await client.call_tool("search_similar_images", {"image_path": rocket, "k": 5})
         diverse = await client.call_tool("search_similar_images", {"image_path": rocket, "k": 5, "diverse": True})
 

@@ -5,11 +5,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mcp import Client
 
-from conftest import FakeEncoder
+from conftest import FakeEncoder, mcp_client
 from server.encoders.pool import EncoderPool
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 
@@ -80,7 +78,7 @@ def test_a_models_int8_and_fp32_encoders_are_kept_apart_and_int8_copies_share_on
 async def test_a_bad_model_request_is_a_tool_error_before_any_job(
     fake_service: ClipSearch, color_folder: Path, model: str, message: str
 ) -> None:
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         refused = await client.call_tool("index_folder", {"folder": str(color_folder), "model": model})
         jobs = await client.call_tool("index_status", {})
 
@@ -93,7 +91,7 @@ async def test_an_unknown_model_offline_fails_the_job_naming_the_model(
     fake_service: ClipSearch, color_folder: Path, hf_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         failed = await client.call_tool(
             "index_folder", {"folder": str(color_folder), "collection": "new", "model": "nobody/no-such-model"}
         )

@@ -9,11 +9,9 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 import pytest
-from mcp import Client
 
-from conftest import FakeEncoder, fill, image
+from conftest import FakeEncoder, fill, image, mcp_client, with_encoder
 from server.errors import InvalidArgument
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 from server.store import faiss_index
 from server.store.collection import Collection, CollectionStore
@@ -440,17 +438,15 @@ def test_a_refused_index_type_leaves_no_new_collection_behind(fake_service: Clip
 
 
 def test_cli_index_type_option_sets_the_collection_index(
-    color_folder: Path, index_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    color_folder: Path, index_dir: Path, capsys: pytest.CaptureFixture[str]
 ):
     from server.cli.main import main
 
-    monkeypatch.setattr(
-        "server.service.ClipSearch", lambda settings, **options: ClipSearch(settings, encoder=FakeEncoder(), **options)
-    )
+    fake = with_encoder()
     common = ["--index-dir", str(index_dir), "--model", FakeEncoder.model_name]
-    assert main(["index", str(color_folder), "--index-type", "ivf", "--json", *common]) == 0
+    assert main(["index", str(color_folder), "--index-type", "ivf", "--json", *common], make_service=fake) == 0
     capsys.readouterr()
-    assert main(["collections", "--json", *common]) == 0
+    assert main(["collections", "--json", *common], make_service=fake) == 0
     listing = json.loads(capsys.readouterr().out)
     assert [(c["name"], c["index_type"]) for c in listing["collections"]] == [("default", "ivf")]
     with pytest.raises(SystemExit) as exit_info:
@@ -463,7 +459,7 @@ def test_cli_index_type_option_sets_the_collection_index(
 async def test_mcp_index_type_is_validated_and_reported_by_list_collections(
     fake_service: ClipSearch, color_folder: Path
 ):
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         refused = await client.call_tool("index_folder", {"folder": str(color_folder), "index_type": "hnsw"})
         indexed = await client.call_tool("index_folder", {"folder": str(color_folder), "index_type": "ivf"})
         listing = await client.call_tool("list_collections", {})

@@ -9,12 +9,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from mcp import Client
 
-from conftest import FakeEncoder
+from conftest import FakeEncoder, mcp_client, with_encoder
 from server.encoders.protocol import normalize
 from server.images.metadata import PhotoMetadata
-from server.mcp_server.server import build_server
 from server.search.filtered import select_ids
 from server.search.filters import ResultOrder, SearchFilter, distance_km
 from server.search.searcher import Searcher
@@ -210,7 +208,7 @@ async def test_bad_filter_values_are_tool_errors_that_say_what_to_fix(
         "min_score": {"min_score": 2},
         "offset": {"offset": 20_000},
     }
-    async with Client(build_server(fake_service, roots=[tmp_path])) as client:
+    async with mcp_client(fake_service, [tmp_path]) as client:
         results = {
             expected: await client.call_tool("search_images_by_text", {"query": "red", **arguments})
             for expected, arguments in cases.items()
@@ -223,25 +221,22 @@ async def test_bad_filter_values_are_tool_errors_that_say_what_to_fix(
 
 @pytest.mark.anyio
 async def test_filters_reach_both_search_tools_and_the_cli(
-    fake_service: ClipSearch, color_folder: Path, capsys: pytest.CaptureFixture[str], index_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    fake_service: ClipSearch, color_folder: Path, capsys: pytest.CaptureFixture[str], index_dir: Path
+) -> None:
     fake_service.index_folder(color_folder)
     red = color_folder / "red"
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         text = await client.call_tool("search_images_by_text", {"query": "blue", "k": 15, "folder": str(red)})
         image = await client.call_tool(
             "search_similar_images",
             {"image_path": str(red / "red_0.jpg"), "k": 15, "folder": str(color_folder / "blue")},
         )
-    monkeypatch.setattr(
-        "server.service.ClipSearch", lambda settings, **options: ClipSearch(settings, encoder=FakeEncoder(), **options)
-    )
     from server.cli.main import main
 
     code = main(
         ["search", "blue", "-k", "15", "--folder", str(red), "--json", "--index-dir", str(index_dir), "--model",
-         FakeEncoder.model_name]
+         FakeEncoder.model_name],
+        make_service=with_encoder(),
     )  # fmt: skip
     cli = capsys.readouterr().out
 

@@ -4,7 +4,6 @@ output is the point; a local fake hub, no network."""
 
 import os
 import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -13,9 +12,8 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from bench.fakehub import FakeHub
-from conftest import HUB_NAME
+from conftest import HUB_NAME, clipsearch, mcp_client
 from server.config import Settings
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,21 +28,15 @@ def online_env(hf_home: Path, endpoint: str, index_dir: Path) -> dict[str, str]:
     return env
 
 
-def clipsearch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server", *args], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-
-
 def test_first_run_announces_the_download_once_then_later_runs_print_nothing_extra(
     fake_hub: FakeHub, hf_home: Path, tmp_path: Path, tiny_clip: Path
 ) -> None:
     env = online_env(hf_home, fake_hub.endpoint, tmp_path / "index")
 
-    first = clipsearch(env, "index", str(SAMPLES))
+    first = clipsearch("index", str(SAMPLES), env=env)
     requests_after_first = len(fake_hub.requests)
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the network is gone now: nothing listens there
-    second = clipsearch(env, "search", "a rocket", "-k", "2")
+    second = clipsearch("search", "a rocket", "-k", "2", env=env)
 
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     lines = first.stderr.splitlines()
@@ -65,8 +57,8 @@ def test_first_run_announces_the_download_once_then_later_runs_print_nothing_ext
 def test_cached_model_without_network_prints_no_warnings(cached_model: Path, hf_home: Path, tmp_path: Path) -> None:
     env = online_env(hf_home, "http://127.0.0.1:9", tmp_path / "index")
 
-    indexed = clipsearch(env, "index", str(SAMPLES))
-    searched = clipsearch(env, "search", "a cat", "-k", "3")
+    indexed = clipsearch("index", str(SAMPLES), env=env)
+    searched = clipsearch("search", "a cat", "-k", "3", env=env)
 
     assert indexed.returncode == searched.returncode == 0
     assert indexed.stderr == searched.stderr == ""
@@ -75,7 +67,7 @@ def test_cached_model_without_network_prints_no_warnings(cached_model: Path, hf_
 def test_missing_model_without_network_is_one_error_line(hf_home: Path, tmp_path: Path) -> None:
     env = online_env(hf_home, "http://127.0.0.1:9", tmp_path / "index")
 
-    result = clipsearch(env, "index", str(SAMPLES))
+    result = clipsearch("index", str(SAMPLES), env=env)
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
@@ -96,7 +88,7 @@ async def test_mcp_call_waiting_for_the_download_reports_its_progress(
         if message and message.startswith("downloading the model"):
             fake_hub.chunk_delay.set()  # type: ignore[union-attr]
 
-    async with Client(build_server(service, roots=[SAMPLES])) as client:
+    async with mcp_client(service, [SAMPLES]) as client:
         result = await client.call_tool(
             "index_folder", {"folder": str(SAMPLES)}, read_timeout_seconds=120, progress_callback=on_progress
         )
@@ -118,7 +110,7 @@ async def test_stdio_server_speaks_as_a_server_in_its_errors(tiny_clip: Path, tm
     other = write_random_clip(tmp_path / "other-clip", "tiny", seed=1)
     index = tmp_path / "index"
     env = {**os.environ, "CLIPSEARCH_INDEX_DIR": str(index), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    assert clipsearch({**env, "CLIPSEARCH_MODEL": str(model)}, "index", str(SAMPLES)).returncode == 0
+    assert clipsearch("index", str(SAMPLES), env={**env, "CLIPSEARCH_MODEL": str(model)}).returncode == 0
     shutil.copy(other / "model.safetensors", model / "model.safetensors")  # the collection's model is not the same
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "server", "serve", "--root", str(SAMPLES), "--model", str(other)], env=env

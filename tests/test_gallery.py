@@ -11,11 +11,10 @@ from typing import Any
 import mcp.types as types
 import pytest
 from mcp import Client
-from mcp.client.extension import advertise
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
 from PIL import Image
 
-from conftest import COLORS, save_color
+from conftest import COLORS, apps_client, call, mcp_client, save_color
 from server.images.thumbnails import ThumbnailCache
 from server.mcp_server.gallery import GALLERY_NOTE, GALLERY_URI, gallery_html
 from server.mcp_server.server import build_server
@@ -24,15 +23,6 @@ from server.service import ClipSearch
 pytestmark = pytest.mark.anyio
 
 UI_BOUND = {"search_images_by_text", "search_similar_images", "find_duplicates", "evaluate_retrieval"}
-
-
-def apps_client(server: Any) -> Client:
-    """A client that negotiated MCP Apps, as Claude, ChatGPT or VS Code do."""
-    return Client(server, extensions=[advertise(EXTENSION_ID, {"mimeTypes": [APP_MIME_TYPE]})])
-
-
-async def call(client: Client, name: str, **arguments: Any) -> types.CallToolResult:
-    return await client.call_tool(name, arguments)
 
 
 def untimed(data: dict[str, Any] | None) -> dict[str, Any]:
@@ -45,7 +35,7 @@ def text_of(result: types.CallToolResult) -> str:
 
 
 async def test_only_the_result_tools_point_at_the_gallery_and_get_thumbnails_is_app_only(fake_service: ClipSearch):
-    async with apps_client(build_server(fake_service)) as client:
+    async with mcp_client(fake_service, apps=True) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     bound = {name for name, t in tools.items() if (t.meta or {}).get("ui", {}).get("resourceUri") == GALLERY_URI}
     assert bound == UI_BOUND | {"get_thumbnails"}
@@ -55,13 +45,13 @@ async def test_only_the_result_tools_point_at_the_gallery_and_get_thumbnails_is_
 
 
 async def test_hosts_without_apps_are_not_offered_the_app_only_tool(fake_service: ClipSearch):
-    async with Client(build_server(fake_service)) as client:
+    async with mcp_client(fake_service) as client:
         names = {t.name for t in (await client.list_tools()).tools}
     assert "get_thumbnails" not in names and names >= UI_BOUND
 
 
 async def test_the_view_is_served_as_an_mcp_app_and_is_small_and_self_contained(fake_service: ClipSearch):
-    async with apps_client(build_server(fake_service)) as client:
+    async with mcp_client(fake_service, apps=True) as client:
         listed = {str(r.uri): r for r in (await client.list_resources()).resources}
         read = await client.read_resource(GALLERY_URI)
         capabilities = client.server_capabilities
@@ -113,7 +103,7 @@ async def test_get_thumbnails_returns_jpegs_in_order_and_a_reason_for_each_path_
     broken.write_bytes(b"not a jpeg")
     outside = save_color(tmp_path / "private" / "secret.jpg", COLORS["blue"])
     paths = [str(red), str(folder / "gone.jpg"), str(broken), str(outside), str(red)]
-    async with apps_client(build_server(fake_service, roots=[folder])) as client:
+    async with mcp_client(fake_service, [folder], apps=True) as client:
         page = await call(client, "get_thumbnails", paths=paths, side=128)
     got = page.structured_content["thumbnails"]
     assert [t["path"] for t in got] == paths
@@ -127,7 +117,7 @@ async def test_get_thumbnails_returns_jpegs_in_order_and_a_reason_for_each_path_
 
 
 async def test_get_thumbnails_refuses_too_many_paths_or_a_silly_size(fake_service: ClipSearch, tmp_path: Path):
-    async with apps_client(build_server(fake_service, roots=[tmp_path])) as client:
+    async with mcp_client(fake_service, [tmp_path], apps=True) as client:
         many = await call(client, "get_thumbnails", paths=[str(tmp_path / f"{i}.jpg") for i in range(49)])
         huge = await call(client, "get_thumbnails", paths=[str(tmp_path / "a.jpg")], side=4000)
     assert many.is_error and huge.is_error

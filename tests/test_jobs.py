@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,12 @@ import numpy.typing as npt
 import pytest
 from mcp import Client
 
-from conftest import COLORS, FakeEncoder, save_color
+from conftest import COLORS, FakeEncoder, call, mcp_client, save_color, until
 from server.config import Settings
 from server.indexing.background import Background
 from server.indexing.indexer import Indexer
 from server.indexing.jobs import JobManager, JobRecord
 from server.indexing.watch import FolderWatcher
-from server.mcp_server.server import build_server
 from server.paths import PathGuard
 from server.service import ClipSearch
 from server.store.collection import CollectionStore
@@ -69,17 +67,6 @@ def committed(service: ClipSearch) -> int:
     return service.collection("default").count() if service.store.exists("default") else 0
 
 
-def until(condition: Any, what: str, seconds: float = WAIT) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-async def call(client: Client, name: str, **arguments: Any) -> types.CallToolResult:
-    return await client.call_tool(name, arguments)
-
-
 def text(result: types.CallToolResult) -> str:
     return result.content[0].text  # type: ignore[union-attr]
 
@@ -114,9 +101,7 @@ def jobs(service: ClipSearch) -> JobManager:
 async def test_index_folder_answers_at_once_and_index_status_follows_the_job_to_the_same_counts_as_a_direct_run(
     service: ClipSearch, jobs: JobManager, encoder: SteppedEncoder, color_folder: Path, tmp_path: Path
 ) -> None:
-    async with Client(
-        build_server(service, roots=[color_folder], background=Background(jobs, FolderWatcher(jobs)))
-    ) as client:
+    async with mcp_client(service, [color_folder], background=Background(jobs, FolderWatcher(jobs))) as client:
         started = await call(client, "index_folder", folder=str(color_folder), wait_seconds=0)
         job_id = started.structured_content["job_id"]
         encoder.allow(2)
@@ -140,7 +125,7 @@ async def test_index_folder_answers_at_once_and_index_status_follows_the_job_to_
 
 async def test_small_folder_is_done_within_the_call_with_the_whole_report(index_dir: Path, color_folder: Path) -> None:
     service = stepped_service(index_dir, FakeEncoder())
-    async with Client(build_server(service, roots=[color_folder])) as client:
+    async with mcp_client(service, [color_folder]) as client:
         result = await call(client, "index_folder", folder=str(color_folder))
 
     content = result.structured_content
@@ -174,9 +159,7 @@ async def test_a_job_for_another_folder_of_the_collection_waits_for_the_running_
 async def test_cancel_stops_within_a_batch_and_a_later_run_finishes_without_embedding_twice(
     service: ClipSearch, jobs: JobManager, encoder: SteppedEncoder, color_folder: Path
 ) -> None:
-    async with Client(
-        build_server(service, roots=[color_folder], background=Background(jobs, FolderWatcher(jobs)))
-    ) as client:
+    async with mcp_client(service, [color_folder], background=Background(jobs, FolderWatcher(jobs))) as client:
         started = await call(client, "index_folder", folder=str(color_folder), wait_seconds=0)
         job_id = started.structured_content["job_id"]
         encoder.allow(1)
@@ -205,9 +188,7 @@ async def test_cancelling_a_queued_job_ends_it_before_it_starts(
     guard = PathGuard([color_folder, other])
     running = jobs.start(color_folder, "default", guard=guard)
     queued = jobs.start(other, "default", guard=guard)
-    async with Client(
-        build_server(service, roots=[color_folder, other], background=Background(jobs, FolderWatcher(jobs)))
-    ) as client:
+    async with mcp_client(service, [color_folder, other], background=Background(jobs, FolderWatcher(jobs))) as client:
         result = await call(client, "cancel_indexing", job_id=queued.job_id)
     encoder.open()
     until(lambda: jobs.status(running.job_id).state == "done", "the running job to finish")
@@ -224,7 +205,7 @@ async def test_unknown_or_malformed_job_ids_are_tool_errors_naming_the_valid_one
     index_dir: Path, color_folder: Path
 ) -> None:
     service = stepped_service(index_dir, FakeEncoder())
-    async with Client(build_server(service, roots=[color_folder])) as client:
+    async with mcp_client(service, [color_folder]) as client:
         none_yet = await call(client, "index_status", job_id="j-20260101-000000-abcdef")
         done = await call(client, "index_folder", folder=str(color_folder))
         unknown = await call(client, "cancel_indexing", job_id="j-20260101-000000-abcdef")
@@ -242,7 +223,7 @@ async def test_index_folder_outside_the_roots_or_missing_is_refused_before_any_j
     index_dir: Path, color_folder: Path, tmp_path: Path
 ) -> None:
     service = stepped_service(index_dir, FakeEncoder())
-    async with Client(build_server(service, roots=[color_folder])) as client:
+    async with mcp_client(service, [color_folder]) as client:
         outside = await call(client, "index_folder", folder=str(tmp_path))
         missing = await call(client, "index_folder", folder=str(color_folder / "nope"))
         listing = await call(client, "index_status")
@@ -420,8 +401,9 @@ CLI = """
 import sys, time
 sys.path[:0] = [{root!r}, {tests!r}]
 from conftest import FakeEncoder
-import server.service
+from server.cli.main import main
 from server.indexing.indexer import Indexer
+from server.service import ClipSearch
 
 class SlowEncoder(FakeEncoder):
     def encode_pixels(self, batch):
@@ -429,13 +411,13 @@ class SlowEncoder(FakeEncoder):
         time.sleep(0.2)
         return super().encode_pixels(batch)
 
-real = server.service.ClipSearch
-def fake(settings, **options):
+def slow_service(settings, **options):
     encoder = SlowEncoder()
-    return real(settings, encoder=encoder, indexer=Indexer(encoder, workers=1, batch_size=2, commit_every=2), **options)
-server.service.ClipSearch = fake
-from server.cli.main import main
-sys.exit(main(["index", {folder!r}, "--index-dir", {index!r}, "--model", "fake-color-encoder"]))
+    indexer = Indexer(encoder, workers=1, batch_size=2, commit_every=2)
+    return ClipSearch(settings, encoder=encoder, indexer=indexer, **options)
+
+argv = ["index", {folder!r}, "--index-dir", {index!r}, "--model", "fake-color-encoder"]
+sys.exit(main(argv, make_service=slow_service))
 """
 
 

@@ -7,11 +7,9 @@ from typing import Any
 
 import mcp.types as types
 import pytest
-from mcp import Client
 from PIL import Image
 
-from conftest import COLORS, FakeEncoder, save_color
-from server.mcp_server.server import build_server
+from conftest import COLORS, FakeEncoder, call, error_text, mcp_client, save_color
 from server.service import ClipSearch
 
 pytestmark = pytest.mark.anyio
@@ -45,17 +43,8 @@ TOOLS = {
 }
 
 
-async def call(client: Client, name: str, **arguments: Any) -> types.CallToolResult:
-    return await client.call_tool(name, arguments)
-
-
-def error_text(result: types.CallToolResult) -> str:
-    assert result.is_error, result
-    return result.content[0].text
-
-
 async def test_all_tools_are_listed_with_input_and_output_schemas_and_closed_world(fake_service: ClipSearch):
-    async with Client(build_server(fake_service)) as client:
+    async with mcp_client(fake_service) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     for tool in tools.values():
@@ -90,7 +79,7 @@ async def test_index_then_text_search_returns_k_results_best_first(fake_service:
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, total))
 
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         indexed = await client.call_tool("index_folder", {"folder": str(color_folder)}, progress_callback=on_progress)
         assert not indexed.is_error
         assert indexed.structured_content["indexed_total"] == 15
@@ -107,7 +96,7 @@ async def test_index_then_text_search_returns_k_results_best_first(fake_service:
 
 async def test_similar_search_with_an_indexed_image_returns_it_first(fake_service: ClipSearch, color_folder: Path):
     query = color_folder / "green" / "green_1.jpg"
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         await call(client, "index_folder", folder=str(color_folder))
         found = await call(client, "search_similar_images", image_path=str(query), k=3)
     first = found.structured_content["results"][0]
@@ -119,7 +108,7 @@ async def test_similar_search_accepts_an_image_outside_the_collection(
     fake_service: ClipSearch, color_folder: Path, tmp_path: Path
 ):
     outside = save_color(tmp_path / "queries" / "q.png", COLORS["blue"], fmt="PNG")
-    async with Client(build_server(fake_service, roots=[color_folder, tmp_path / "queries"])) as client:
+    async with mcp_client(fake_service, [color_folder, tmp_path / "queries"]) as client:
         await call(client, "index_folder", folder=str(color_folder))
         found = await call(client, "search_similar_images", image_path=str(outside), k=3)
     assert all("/blue/" in r["path"] for r in found.structured_content["results"])
@@ -128,7 +117,7 @@ async def test_similar_search_accepts_an_image_outside_the_collection(
 async def test_thumbnails_come_back_as_small_jpeg_images(fake_service: ClipSearch, tmp_path: Path):
     folder = tmp_path / "big"
     save_color(folder / "wide.jpg", COLORS["red"], size=(900, 400))
-    async with Client(build_server(fake_service, roots=[folder])) as client:
+    async with mcp_client(fake_service, [folder]) as client:
         await call(client, "index_folder", folder=str(folder))
         found = await call(client, "search_images_by_text", query="red", k=1, thumbnails=1)
     images = [c for c in found.content if isinstance(c, types.ImageContent)]
@@ -137,16 +126,21 @@ async def test_thumbnails_come_back_as_small_jpeg_images(fake_service: ClipSearc
     assert thumb.format == "JPEG" and max(thumb.size) == 256 and thumb.size[0] > thumb.size[1]
 
 
-async def test_evaluate_and_list_collections_report_structured_figures(fake_service: ClipSearch, color_folder: Path):
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+async def test_evaluate_retrieval_reports_structured_figures(fake_service: ClipSearch, color_folder: Path):
+    async with mcp_client(fake_service, [color_folder]) as client:
         await call(client, "index_folder", folder=str(color_folder), collection="colors")
         evaluation = await call(client, "evaluate_retrieval", collection="colors", ks=[1, 3])
-        listing = await call(client, "list_collections")
     report = evaluation.structured_content
     # Colour clusters are perfectly separable for the fake encoder: every metric is exactly 1.
     assert report["image_to_image"]["map"] == pytest.approx(1.0)
     assert report["text_to_image"]["recall_at"] == {"1": pytest.approx(1 / 3), "3": pytest.approx(1.0)}
     assert report["image_to_image"]["queries"] == 15 and report["text_to_image"]["queries"] == 5
+
+
+async def test_list_collections_reports_each_collections_model_and_size(fake_service: ClipSearch, color_folder: Path):
+    async with mcp_client(fake_service, [color_folder]) as client:
+        await call(client, "index_folder", folder=str(color_folder), collection="colors")
+        listing = await call(client, "list_collections")
     assert listing.structured_content["collections"] == [
         {
             "name": "colors",
@@ -176,7 +170,7 @@ async def test_evaluate_and_list_collections_report_structured_figures(fake_serv
 async def test_bad_arguments_come_back_as_readable_tool_errors(
     fake_service: ClipSearch, color_folder: Path, tool: str, arguments: dict[str, Any], expected: str
 ):
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         await call(client, "index_folder", folder=str(color_folder))
         result = await call(client, tool, **arguments)
     assert expected in error_text(result)
@@ -185,7 +179,7 @@ async def test_bad_arguments_come_back_as_readable_tool_errors(
 async def test_missing_folder_and_unreadable_query_image_are_tool_errors(fake_service: ClipSearch, tmp_path: Path):
     (tmp_path / "not-an-image.jpg").write_text("hello", encoding="utf-8")
     save_color(tmp_path / "photos" / "a.jpg", COLORS["red"])
-    async with Client(build_server(fake_service, roots=[tmp_path])) as client:
+    async with mcp_client(fake_service, [tmp_path]) as client:
         missing = await call(client, "index_folder", folder=str(tmp_path / "absent"))
         await call(client, "index_folder", folder=str(tmp_path / "photos"))
         unreadable = await call(client, "search_similar_images", image_path=str(tmp_path / "not-an-image.jpg"))
@@ -203,7 +197,7 @@ async def test_paths_outside_the_roots_are_refused_before_anything_is_read(
     outside = save_color(tmp_path / "private" / "secret.jpg", COLORS["blue"])
     escape = color_folder / "escape.jpg"
     escape.symlink_to(outside)
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         opened.clear()
         direct = await call(client, "search_similar_images", image_path=str(outside))
         dotdot = await call(client, "search_similar_images", image_path=f"{color_folder}/../private/secret.jpg")
@@ -215,7 +209,7 @@ async def test_paths_outside_the_roots_are_refused_before_anything_is_read(
 
 
 async def test_without_any_roots_file_tools_say_how_to_configure_them(fake_service: ClipSearch, color_folder: Path):
-    async with Client(build_server(fake_service)) as client:
+    async with mcp_client(fake_service) as client:
         result = await call(client, "index_folder", folder=str(color_folder))
     message = error_text(result)
     assert "--root" in message and "CLIPSEARCH_ROOTS" in message
@@ -226,7 +220,7 @@ async def test_roots_declared_by_the_client_are_honoured(fake_service: ClipSearc
         return types.ListRootsResult(roots=[types.Root(uri=color_folder.as_uri(), name="photos")])
 
     elsewhere = save_color(tmp_path / "elsewhere" / "x.jpg", COLORS["red"])
-    async with Client(build_server(fake_service), list_roots_callback=list_roots) as client:
+    async with mcp_client(fake_service, list_roots_callback=list_roots) as client:
         allowed = await call(client, "index_folder", folder=str(color_folder))
         refused = await call(client, "search_similar_images", image_path=str(elsewhere))
     assert allowed.structured_content["indexed_total"] == 15
@@ -238,7 +232,7 @@ async def test_unexpected_exceptions_do_not_leak_their_text(fake_service: ClipSe
         raise RuntimeError("internal secret detail")
 
     monkeypatch.setattr(fake_service, "list_collections", explode)
-    async with Client(build_server(fake_service)) as client:
+    async with mcp_client(fake_service) as client:
         result = await call(client, "list_collections")
     assert result.is_error
     assert "internal secret detail" not in result.content[0].text
@@ -252,7 +246,7 @@ async def test_thumbnails_of_results_outside_the_roots_are_not_read(
     fake_service.index_folder(elsewhere)  # indexed from the terminal, outside what the server may read
     allowed = tmp_path / "allowed"
     allowed.mkdir()
-    async with Client(build_server(fake_service, roots=[allowed])) as client:
+    async with mcp_client(fake_service, [allowed]) as client:
         opened.clear()
         found = await call(client, "search_images_by_text", query="red", k=1, thumbnails=1)
     assert not found.is_error
@@ -266,7 +260,7 @@ async def test_ground_truth_file_outside_the_roots_is_refused(
 ):
     secret = tmp_path / "secret.json"
     secret.write_text('{"text_queries": [{"query": "red", "relevant": ["x.jpg"]}]}', encoding="utf-8")
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         await call(client, "index_folder", folder=str(color_folder))
         result = await call(client, "evaluate_retrieval", ground_truth=str(secret))
     assert "outside the folders this server may read" in error_text(result)
@@ -275,7 +269,7 @@ async def test_ground_truth_file_outside_the_roots_is_refused(
 async def test_evaluation_plots_come_back_as_images_and_stay_in_the_index_dir(
     fake_service: ClipSearch, color_folder: Path, index_dir: Path
 ):
-    async with Client(build_server(fake_service, roots=[color_folder])) as client:
+    async with mcp_client(fake_service, [color_folder]) as client:
         await call(client, "index_folder", folder=str(color_folder))
         result = await call(client, "evaluate_retrieval", plots=True)
     images = [c for c in result.content if isinstance(c, types.ImageContent)]

@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from mcp import Client
 
+from conftest import mcp_client
 from server.cli.main import main
 from server.config import Settings
-from server.mcp_server.server import build_server
 from server.models.recommended import RECOMMENDED, list_models
 from server.service import ClipSearch
 
@@ -50,7 +49,7 @@ def test_cli_lists_the_models_as_a_table_and_as_json(
 @pytest.mark.anyio
 async def test_list_models_tool_is_read_only_and_says_the_default(hf_home: Path, tmp_path: Path) -> None:
     service = ClipSearch(Settings(index_dir=tmp_path, model=DEFAULT))
-    async with Client(build_server(service)) as client:
+    async with mcp_client(service) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         result = await client.call_tool("list_models", {})
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bench.checkpoint import write_random_clip
 from bench.families import write_random_metaclip2, write_random_siglip, write_random_siglip2
-from conftest import COLORS, save_color
+from conftest import COLORS, clipsearch, clipsearch_imports, imported, save_color
 from server.encoders import onnx_engine, onnx_export
 from server.encoders.fast_tokenizers import NoFastTokenizer
 from server.encoders.onnx_engine import OnnxEncoder, resolve_engine
@@ -180,16 +180,6 @@ def test_engine_choice(monkeypatch: pytest.MonkeyPatch):
         resolve_engine("onnx")
 
 
-def clipsearch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "import sys; from server.cli.main import main; sys.exit(main(sys.argv[1:]))", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
 def test_search_never_imports_torch_and_gives_the_torch_engines_results(tiny: Path, tmp_path: Path):
     photos = tmp_path / "photos"
     for name, rgb in COLORS.items():
@@ -197,22 +187,11 @@ def test_search_never_imports_torch_and_gives_the_torch_engines_results(tiny: Pa
     env = {**os.environ, "CLIPSEARCH_CACHE": str(tmp_path / "cache"), "CLIPSEARCH_INDEX_DIR": str(tmp_path / "idx")}
     indexed = clipsearch("index", str(photos), "--model", str(tiny), env=env)
     assert indexed.returncode == 0, indexed.stderr
-    probe = (
-        "import sys, json; from server.cli.main import main; code = main(sys.argv[1:]); "
-        "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)), file=sys.stderr); "
-        "sys.exit(code)"
-    )
     runs = {}
     for engine in ("onnx", "torch"):
-        done = subprocess.run(
-            [sys.executable, "-c", probe, "search", "a red photo", "-k", "5", "--json", "--engine", engine],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
+        done = clipsearch_imports("search", "a red photo", "-k", "5", "--json", "--engine", engine, env=env)
         assert done.returncode == 0, done.stderr
-        runs[engine] = (json.loads(done.stdout), json.loads(done.stderr.strip().splitlines()[-1]))
+        runs[engine] = (json.loads(done.stdout), imported(done))
     (onnx_hits, onnx_imports), (torch_hits, torch_imports) = runs["onnx"], runs["torch"]
     assert onnx_imports == [] and torch_imports == ["torch", "transformers"]
     assert [h["path"] for h in onnx_hits["results"]] == [h["path"] for h in torch_hits["results"]]

@@ -6,23 +6,29 @@ write."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from mcp import Client
 from PIL import Image
 
-from conftest import COLORS, FIXTURES, SAMPLES, install_previous_collection, save_color
+from conftest import (
+    COLORS,
+    FIXTURES,
+    SAMPLES,
+    clipsearch,
+    clipsearch_imports,
+    imported,
+    install_previous_collection,
+    mcp_client,
+    save_color,
+)
 from server.config import Settings
 from server.encoders import onnx_export
 from server.encoders.onnx_engine import OnnxEncoder
 from server.encoders.onnx_export import read_export
 from server.encoders.torch_engine import TransformersEncoder
 from server.errors import CollectionMismatch, InvalidArgument, ModelUnavailable
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 from server.store.manifest import SCHEMA_VERSION
 
@@ -122,7 +128,7 @@ def test_int8_with_the_torch_engine_asked_for_by_name_says_which_engine_to_use(
 
 @pytest.mark.anyio
 async def test_index_folder_over_mcp_takes_a_precision_for_a_new_collection(service: ClipSearch, photos: Path):
-    async with Client(build_server(service, roots=[photos])) as client:
+    async with mcp_client(service, [photos]) as client:
         made = await client.call_tool("index_folder", {"folder": str(photos), "collection": "p8", "precision": "int8"})
         again = await client.call_tool("index_folder", {"folder": str(photos), "collection": "p8", "precision": "fp32"})
         bad = await client.call_tool("index_folder", {"folder": str(photos), "precision": "int4"})
@@ -138,29 +144,11 @@ def test_searching_an_int8_collection_from_the_terminal_imports_neither_torch_no
     tiny_clip: Path, tmp_path: Path, photos: Path
 ):
     env = {**os.environ, "CLIPSEARCH_INDEX_DIR": str(tmp_path / "idx"), "CLIPSEARCH_MODEL": str(tiny_clip)}
-    script = "import sys; from server.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    indexed = subprocess.run(
-        [sys.executable, "-c", script, "index", str(photos), "-c", "p8", "--precision", "int8"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    indexed = clipsearch("index", str(photos), "-c", "p8", "--precision", "int8", env=env)
     assert indexed.returncode == 0, indexed.stderr
-    probe = (
-        "import sys, json; from server.cli.main import main; code = main(sys.argv[1:]); "
-        "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)), file=sys.stderr); "
-        "sys.exit(code)"
-    )
-    searched = subprocess.run(
-        [sys.executable, "-c", probe, "search", "a red photo", "-c", "p8", "-k", "3", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    searched = clipsearch_imports("search", "a red photo", "-c", "p8", "-k", "3", "--json", env=env)
     assert searched.returncode == 0, searched.stderr
-    assert json.loads(searched.stderr.strip().splitlines()[-1]) == []
+    assert imported(searched) == []
     assert len(json.loads(searched.stdout)["results"]) == 3
 
 

@@ -17,12 +17,10 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from mcp import Client
 from pydantic import BaseModel
 
-from conftest import COLORS, FakeEncoder, save_color
+from conftest import COLORS, FakeEncoder, mcp_client, save_color
 from server.config import Settings
-from server.mcp_server.server import build_server
 from server.results import CollectionList, EvaluationReport, IndexReport, SearchResponse
 from server.service import ClipSearch
 from server.store.collection import CollectionStore
@@ -459,7 +457,7 @@ def test_every_tool_answers_any_arguments_with_a_result_or_a_readable_error(tmp_
     with (
         error_records() as errors,
         start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(Client(build_server(service, roots=[world.root]))) as client,
+        portal.wrap_async_context_manager(mcp_client(service, [world.root])) as client,
     ):
         seeded = portal.call(client.call_tool, "index_folder", {"folder": str(world.root)})
         assert seeded.structured_content["indexed_total"] == len(world.images)
@@ -498,7 +496,7 @@ def call_once(world: World, tool: str, arguments: dict[str, Any]) -> tuple[types
     with (
         error_records() as errors,
         start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(Client(build_server(service, roots=[world.root]))) as client,
+        portal.wrap_async_context_manager(mcp_client(service, [world.root])) as client,
     ):
         assert not portal.call(client.call_tool, "index_folder", {"folder": str(world.root)}).is_error
         result = portal.call(client.call_tool, tool, arguments)

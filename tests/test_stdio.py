@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
+from conftest import run_python
+
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 pytestmark = pytest.mark.anyio
@@ -44,12 +46,10 @@ async def test_stdio_server_lists_tools_indexes_and_searches(tiny_clip: Path, tm
 
 
 def test_the_mcp_server_module_loads_none_of_the_heavy_libraries() -> None:
-    import subprocess
-
     code = (
         "import sys, server.mcp_server.server; "
         "print(sorted(m for m in ('numpy', 'PIL', 'torch', 'faiss') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SAMPLES.parent)
+    done = run_python("-c", code, cwd=SAMPLES.parent, check=True)
 
     assert done.stdout.strip() == "[]"  # the handshake never waits for them

@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mcp import Client
 from PIL import Image
 from test_metadata import exif_with, jpeg
 
-from server.mcp_server.server import build_server
+from conftest import mcp_client
 from server.service import ClipSearch
 
 
@@ -37,7 +36,7 @@ async def test_a_photo_comes_back_upright_within_bounds_with_its_metadata_and_co
     photo = folder / "sign.jpg"
     photo.write_bytes(jpeg(exif, size=(800, 600)))  # stored sideways: upright it is 600×800
     fake_service.index_folder(folder)
-    async with Client(build_server(fake_service, roots=[folder])) as client:
+    async with mcp_client(fake_service, [folder]) as client:
         result = await client.call_tool("view_image", {"path": str(photo), "max_side": 400})
 
     assert not result.is_error, result.content
@@ -55,7 +54,7 @@ async def test_a_large_noisy_photo_stays_under_one_megabyte(fake_service: ClipSe
     photo = tmp_path / "noise.png"
     pixels = np.random.default_rng(0).integers(0, 256, (1800, 2400, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(photo)
-    async with Client(build_server(fake_service, roots=[tmp_path])) as client:
+    async with mcp_client(fake_service, [tmp_path]) as client:
         result = await client.call_tool("view_image", {"path": str(photo), "max_side": 2048})
 
     assert not result.is_error, result.content
@@ -83,7 +82,7 @@ async def test_bad_paths_and_sizes_are_refused_and_nothing_outside_the_roots_is_
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", spying_open)
-    async with Client(build_server(fake_service, roots=[inside])) as client:
+    async with mcp_client(fake_service, [inside]) as client:
         calls = {
             "outside": {"path": str(secret)},
             "folder": {"path": str(inside)},

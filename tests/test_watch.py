@@ -7,26 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp import Client
 
-from conftest import COLORS, FakeEncoder, save_color
+from conftest import COLORS, FakeEncoder, mcp_client, save_color, until
 from server.config import Settings
 from server.indexing.background import Background
 from server.indexing.indexer import Indexer
 from server.indexing.jobs import JobManager
 from server.indexing.watch import FolderWatcher
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 WAIT = 10.0  # the issue's bound for a change to show up in searches
 SETTLE = 0.3
-
-
-def until(condition: Any, what: str, seconds: float = WAIT) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -63,12 +54,12 @@ def test_added_deleted_and_renamed_photos_are_applied_within_seconds_and_a_renam
     embedded = encoder.images_encoded
 
     save_color(color_folder / "blue" / "new_blue.jpg", COLORS["blue"])
-    until(lambda: "new_blue.jpg" in paths_in(service), "the new photo to be indexed")
+    until(lambda: "new_blue.jpg" in paths_in(service), "the new photo to be indexed", seconds=WAIT)
     hits = service.search_text("blue", k=4).results
     (color_folder / "red" / "red_0.jpg").unlink()
-    until(lambda: "red_0.jpg" not in paths_in(service), "the deleted photo to leave the collection")
+    until(lambda: "red_0.jpg" not in paths_in(service), "the deleted photo to leave the collection", seconds=WAIT)
     (color_folder / "green" / "green_0.jpg").rename(color_folder / "green" / "renamed.jpg")
-    until(lambda: "renamed.jpg" in paths_in(service), "the renamed photo to be indexed")
+    until(lambda: "renamed.jpg" in paths_in(service), "the renamed photo to be indexed", seconds=WAIT)
 
     assert "new_blue.jpg" in {Path(h.path).name for h in hits}
     assert "green_0.jpg" not in paths_in(service) and len(paths_in(service)) == 15
@@ -98,8 +89,12 @@ def test_reads_by_the_indexer_itself_start_no_further_jobs(
 ) -> None:
     watcher.watch(color_folder, "default")
     save_color(color_folder / "red" / "trigger.jpg", COLORS["red"])
-    until(lambda: service.store.exists("default") and "trigger.jpg" in paths_in(service), "the first watched run")
-    until(lambda: all(j.state == "done" for j in jobs.recent().jobs), "the run to end")
+    until(
+        lambda: service.store.exists("default") and "trigger.jpg" in paths_in(service),
+        "the first watched run",
+        seconds=WAIT,
+    )
+    until(lambda: all(j.state == "done" for j in jobs.recent().jobs), "the run to end", seconds=WAIT)
     count = len(jobs.recent().jobs)
 
     time.sleep(4 * SETTLE)  # quiet time in which a self-triggered run would have started
@@ -115,7 +110,7 @@ def test_a_watched_folder_that_vanishes_stops_its_watch_and_removes_nothing(
     watcher.watch(color_folder, "default")
 
     color_folder.rename(tmp_path / "moved-away")
-    until(lambda: watcher.watched()[0].state == "stopped", "the watch to notice")
+    until(lambda: watcher.watched()[0].state == "stopped", "the watch to notice", seconds=WAIT)
 
     [watched] = watcher.watched()
     assert watched.note is not None and "nothing was removed" in watched.note
@@ -126,11 +121,11 @@ def test_a_watched_folder_that_vanishes_stops_its_watch_and_removes_nothing(
 async def test_index_folder_watch_true_keeps_the_folder_in_sync_and_false_stops_it(
     service: ClipSearch, jobs: JobManager, watcher: FolderWatcher, color_folder: Path
 ) -> None:
-    async with Client(build_server(service, roots=[color_folder], background=Background(jobs, watcher))) as client:
+    async with mcp_client(service, [color_folder], background=Background(jobs, watcher)) as client:
         watched = await client.call_tool("index_folder", {"folder": str(color_folder), "watch": True})
         status = await client.call_tool("index_status", {})
         save_color(color_folder / "white" / "new_white.jpg", COLORS["white"])
-        until(lambda: "new_white.jpg" in paths_in(service), "the new photo to be indexed")
+        until(lambda: "new_white.jpg" in paths_in(service), "the new photo to be indexed", seconds=WAIT)
         stopped = await client.call_tool("index_folder", {"folder": str(color_folder), "watch": False})
         after = await client.call_tool("index_status", {})
 
@@ -144,13 +139,10 @@ async def test_index_folder_watch_true_keeps_the_folder_in_sync_and_false_stops_
 CLI = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]
-from conftest import FakeEncoder
-import server.service
-
-real = server.service.ClipSearch
-server.service.ClipSearch = lambda settings, **options: real(settings, encoder=FakeEncoder(), **options)
+from conftest import with_encoder
 from server.cli.main import main
-sys.exit(main(["index", {folder!r}, "--watch", "--json", "--index-dir", {index!r}, "--model", "fake-color-encoder"]))
+argv = ["index", {folder!r}, "--watch", "--json", "--index-dir", {index!r}, "--model", "fake-color-encoder"]
+sys.exit(main(argv, make_service=with_encoder()))
 """
 
 
@@ -198,7 +190,9 @@ def test_serve_watch_resumes_watching_every_recorded_folder_under_the_roots(
     (color_folder / "red" / "red_1.jpg").unlink()  # changed while no server ran
 
     Background(jobs, watcher).start_up(PathGuard([color_folder]), resume=False, watch=True)
-    until(lambda: "red_1.jpg" not in paths_in(service), "the change made while no server ran to be applied")
+    until(
+        lambda: "red_1.jpg" not in paths_in(service), "the change made while no server ran to be applied", seconds=WAIT
+    )
 
     assert [(w.folder, w.state) for w in watcher.watched()] == [(str(color_folder), "watching")]
     assert "x.jpg" in paths_in(service)  # a folder outside the roots is neither watched nor touched

@@ -1,0 +1,171 @@
+"""The `clipsearch` command line: every subcommand, option and default, bounds and choices from server/limits.py.
+
+Imports nothing heavy, so `clipsearch --help` answers at once; each option's `dest` is the MCP parameter's name."""
+
+import argparse
+from pathlib import Path
+
+from server.limits import (
+    DEFAULT_COLLECTION,
+    DEFAULT_K,
+    DEFAULT_KS,
+    DEFAULT_MAX_GROUPS,
+    DEFAULT_NEAR_BITS,
+    DEFAULT_TEMPLATE,
+    DEFAULT_THRESHOLD,
+    ENGINES,
+    GROUP_OFFSET,
+    GROUPS,
+    INDEX_TYPES,
+    MAX_BITS,
+    MAX_COMPARED,
+    MIN_SCORE,
+    OFFSET,
+    PRECISIONS,
+    RADIUS_KM,
+    SORTS,
+    THRESHOLD,
+    TOP_K,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `clipsearch`; `args.command` names the subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--model",
+        help="Model for new collections: hub id or local folder (env CLIPSEARCH_MODEL; see 'clipsearch models'); "
+        "a collection always searches with the model it was built with",
+    )
+    common.add_argument("--index-dir", help="Where collections live (env CLIPSEARCH_INDEX_DIR)")
+    common.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="What runs the model: auto (ONNX Runtime on CPU, torch on CUDA), onnx or torch (env CLIPSEARCH_ENGINE)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="Log progress details to stderr")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="Print the structured result as JSON")
+    named = argparse.ArgumentParser(add_help=False)
+    named.add_argument("--collection", "-c", default=DEFAULT_COLLECTION, help="Collection name (default: %(default)s)")
+    topk = argparse.ArgumentParser(add_help=False)
+    topk.add_argument("-k", type=TOP_K.arg(int), default=DEFAULT_K, help="Number of results (default: %(default)s)")
+    topk.add_argument("--folder", help="Only images under this folder")
+    topk.add_argument("--after", help="Only photos taken on/after this date or datetime (ISO 8601)")
+    topk.add_argument("--before", help="Only photos taken before this datetime, or on/before this date")
+    topk.add_argument("--camera", help="Only photos whose camera make/model contains this (any case)")
+    topk.add_argument("--near", metavar="LAT,LON", type=_place, help="Only photos taken near this place")
+    topk.add_argument("--radius-km", type=RADIUS_KM.arg(float), help="Distance around --near, in kilometres")
+    topk.add_argument("--min-score", type=MIN_SCORE.arg(float), help="Drop results under this cosine similarity")
+    topk.add_argument("--sort", choices=SORTS, default="score", help="Order of the k most relevant")
+    topk.add_argument("--offset", type=OFFSET.arg(int), default=0, help="Skip this many results (paging)")
+    topk.add_argument("--diverse", action="store_true", help="Fold near-duplicates into the best of them")
+    weight = " (repeatable; a weight prefix like '2:' or '0.5:' scales it)"
+    for flag, dest, what in (
+        ("--and", "and_texts", "Also like this text"),
+        ("--not", "not_texts", "But not like this text"),
+        ("--like", "and_images", "Also like this image"),
+        ("--unlike", "not_images", "But not like this image"),
+    ):
+        topk.add_argument(flag, dest=dest, action="append", default=[], help=what + weight)
+
+    parser = argparse.ArgumentParser(prog="clipsearch", description="Search your own images by text or by example.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    index = commands.add_parser("index", parents=[common, output, named], help="Index a folder's images")
+    index.add_argument("folder")
+    index.add_argument("--no-recursive", dest="recursive", action="store_false", help="Skip subfolders")
+    index.add_argument(
+        "--keep-missing", dest="remove_missing", action="store_false", help="Keep entries for files that vanished"
+    )
+    index.add_argument(
+        "--index-type",
+        choices=INDEX_TYPES,
+        help="Search index: flat (exact), ivf (approximate), auto (ivf from 150,000 images); default: keep",
+    )
+    index.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="Vectors of a new collection: fp32 (default) or int8 (quantised, about 2x faster on a CPU); "
+        "a collection keeps its own",
+    )
+    index.add_argument(
+        "--watch", action="store_true", help="After indexing, keep the collection in sync with the folder until Ctrl-C"
+    )
+    search = commands.add_parser("search", parents=[common, output, named, topk], help="Find images by description")
+    search.add_argument("text", help="What to find; rclip's 'horse + stripes - grass' form composes texts (and images)")
+    similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
+    similar.add_argument("image")
+    evaluate = commands.add_parser("eval", parents=[common, output], help="Measure retrieval quality")
+    evaluate.add_argument(
+        "--collection",
+        "-c",
+        action="append",
+        help=f"Collection (default: {DEFAULT_COLLECTION}); give 2-{MAX_COMPARED} (-c a -c b) to compare their models "
+        "side by side",
+    )
+    evaluate.add_argument(
+        "--ground-truth", default="folders", help="'folders' (labels are subfolder names) or a ground-truth JSON file"
+    )
+    evaluate.add_argument(
+        "--ks", type=TOP_K.arg(int), nargs="+", default=list(DEFAULT_KS), help="Cut-offs k for the @k metrics"
+    )
+    evaluate.add_argument("--template", default=DEFAULT_TEMPLATE, help="Text query per label (default: %(default)r)")
+    evaluate.add_argument(
+        "--plots", metavar="DIR", type=Path, help="Write report.json, report.md, score histogram and t-SNE map to DIR"
+    )
+    duplicates = commands.add_parser(
+        "duplicates", parents=[common, output, named], help="Find exact and near-duplicate images (changes nothing)"
+    )
+    duplicates.add_argument("--folder", help="Only images under this folder")
+    duplicates.add_argument(
+        "--threshold",
+        type=THRESHOLD.arg(float),
+        default=DEFAULT_THRESHOLD,
+        help="Cosine from which images may be near twins",
+    )
+    duplicates.add_argument(
+        "--max-bits",
+        type=MAX_BITS.arg(int),
+        default=DEFAULT_NEAR_BITS,
+        help=f"Perceptual hash bits (of {MAX_BITS.most}) a near pair may differ by",
+    )
+    duplicates.add_argument("--exact-only", action="store_true", help="Only byte-identical copies")
+    duplicates.add_argument(
+        "--max-groups",
+        type=GROUPS.arg(int),
+        default=DEFAULT_MAX_GROUPS,
+        help=f"Groups to list ({GROUPS.least}-{GROUPS.most})",
+    )
+    duplicates.add_argument("--offset", type=GROUP_OFFSET.arg(int), default=0, help="Skip this many groups")
+    duplicates.add_argument(
+        "--print0", action="store_true", help="Print only the non-keepers' paths, NUL-separated (for xargs -0)"
+    )
+    commands.add_parser("collections", parents=[common, output], help="List collections")
+    commands.add_parser(
+        "models", parents=[common, output], help="List the recommended models, their published quality and cost"
+    )
+    commands.add_parser("jobs", parents=[common, output], help="List the MCP server's recent indexing jobs")
+    serve = commands.add_parser("serve", parents=[common], help="Run the MCP server on stdio")
+    serve.add_argument(
+        "--root", action="append", default=[], help="Folder the server may read (repeatable; env CLIPSEARCH_ROOTS)"
+    )
+    serve.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="Do not resume indexing jobs that were interrupted when a server stopped",
+    )
+    serve.add_argument(
+        "--watch",
+        action="store_true",
+        help="Keep every folder indexed into any collection (under --root) in sync while the server runs",
+    )
+    return parser
+
+
+def _place(text: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON in decimal degrees, got {text!r}") from exc
+    return latitude, longitude
