@@ -1,4 +1,5 @@
-"""The one facade both adapters call: settings, the lazily loaded encoder, open collections, and the operations."""
+"""The one facade both adapters call: settings, the pool of lazily loaded encoders, open collections, and the
+operations."""
 
 import contextlib
 import logging

@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mcp import Client
 from PIL import Image
 
+from conftest import mcp_client
 from server.config import Settings
 from server.encoders.protocol import normalize
 from server.encoders.torch_engine import TransformersEncoder
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -31,6 +30,18 @@ TEXTS = [
     "一只狗在雪地里",
     "猫がソファで寝ている",
     "",
+]
+
+
+__all__ = [  # what each family's module takes with `from family_suite import *`, so its tests run there
+    "family_fixtures",
+    "test_a_checkpoint_missing_weights_is_refused_not_filled_with_random_ones",
+    "test_another_model_for_the_collection_is_refused",
+    "test_family_is_told_from_the_checkpoint_files",
+    "test_indexes_and_searches_by_text_and_image_through_the_tools",
+    "test_preprocessing_equals_the_checkpoints_own_image_processor",
+    "test_texts_are_fed_as_the_family_was_trained",
+    "workspace",
 ]
 
 
@@ -121,7 +132,7 @@ async def test_indexes_and_searches_by_text_and_image_through_the_tools(workspac
     model = str(workspace / "model")
     service = ClipSearch(Settings(index_dir=tmp_path / "index", model="openai/clip-vit-base-patch32"))
     photos = sorted((workspace / "photos").rglob("*.jpg"))
-    async with Client(build_server(service, roots=[workspace])) as client:
+    async with mcp_client(service, [workspace]) as client:
         indexed = await client.call_tool(
             "index_folder", {"folder": str(workspace / "photos"), "collection": "family", "model": model}
         )
@@ -157,7 +168,7 @@ async def test_another_model_for_the_collection_is_refused(workspace: Path, tmp_
     shutil.copytree(other, workspace / "other-model")
     service = ClipSearch(Settings(index_dir=tmp_path / "index", model="openai/clip-vit-base-patch32"))
     folder = str(workspace / "photos")
-    async with Client(build_server(service, roots=[workspace])) as client:
+    async with mcp_client(service, [workspace]) as client:
         first = await client.call_tool(
             "index_folder", {"folder": folder, "collection": "family", "model": str(workspace / "model")}
         )

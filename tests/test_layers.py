@@ -12,6 +12,16 @@ SERVER = Path(__file__).resolve().parent.parent / "server"
 BOTTOM = ("errors", "config", "limits", "results", "paths", "atomic_files")
 WINGS = ("images", "models", "encoders", "store", "library", "search", "indexing", "evaluation")
 ADAPTERS = ("mcp_server", "cli")  # the CLI may start the MCP server; never the other way round
+ADAPTER_FACING = {  # what the adapters may take from the wings: value types and small services, never the machinery
+    "server.indexing.background",  # Background: jobs and the watcher
+    "server.indexing.jobs",  # job states
+    "server.search.composition",  # Extras, the infix form
+    "server.search.filters",  # SearchFilter, ResultOrder
+    "server.library.duplicates",  # DuplicateQuery, the non-keepers of a report
+    "server.models.files",  # DownloadTracker and what it reports, a client's model request
+    "server.models.recommended",  # the recommended models
+    "server.evaluation.report",  # the figures of a report as table rows
+}
 
 
 def rank(module: str) -> int:
@@ -91,6 +101,18 @@ def test_no_wing_and_no_bottom_module_imports_an_adapter_or_the_mcp_sdk() -> Non
                 named = [alias.name for alias in node.names]
             offenders += [f"{name} imports {n}" for n in named if n == "mcp" or n.startswith("mcp.")]
     assert offenders == []
+
+
+def test_the_adapters_reach_the_core_through_the_service_and_a_few_value_types() -> None:
+    known = modules()
+    reached = {
+        f"{name} -> {target}"
+        for name, path in known.items()
+        if rank(name) >= len(WINGS) + 2
+        for target in (owner(i, known) for i in imports(path, type_checking=False))
+        if 1 <= rank(target) <= len(WINGS) and target not in ADAPTER_FACING
+    }
+    assert reached == set()
 
 
 def test_nothing_imports_in_a_circle() -> None:

@@ -5,12 +5,11 @@ import argparse
 from typing import Any
 
 import pytest
-from mcp import Client
 
+from conftest import mcp_client
 from server.cli.parser import build_parser
 from server.errors import InvalidArgument
 from server.limits import GROUPS, OFFSET, RADIUS_KM, TOP_K, Bound, BoundArgument
-from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
 pytestmark = pytest.mark.anyio
@@ -30,7 +29,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 async def schemas(service: ClipSearch) -> dict[str, dict[str, Any]]:
-    async with Client(build_server(service)) as client:
+    async with mcp_client(service) as client:
         return {tool.name: tool.input_schema["properties"] for tool in (await client.list_tools()).tools}
 
 

@@ -1,7 +1,7 @@
 """The torch engine: a transformers image-text model embedding images and text into one L2-normalised float32
 space. The real model loads once, lazily.
 
-One path serves every family in `model_families` (CLIP, SigLIP, SigLIP 2, MetaCLIP 2, other transformers dual
+One path serves every family in `models/families.py` (CLIP, SigLIP, SigLIP 2, MetaCLIP 2, other transformers dual
 encoders): the family picks the model class and the text handling; the image preprocessing is read from the
 checkpoint's own processor config and reproduced here (tested equal to the processor)."""
 
@@ -177,7 +177,7 @@ def _load_model(files: ModelFiles, device: str | None) -> _Loaded:
     dtype = torch.float16 if chosen.startswith("cuda") else torch.float32
     folder = files.folder
     try:
-        # local_files_only: the folder is complete (model_files checked it), so nothing may go to the network.
+        # local_files_only: the folder is complete (models/files.py checked it), so nothing may go to the network.
         loader = model_class(family)
         model, info = loader.from_pretrained(folder, dtype=dtype, output_loading_info=True, local_files_only=True)
         # transformers fills absent weights with random values; a half-loaded model would search at random.

@@ -1,2 +1,3 @@
 """Measuring retrieval: ranking metrics (`metrics`), ground truth (`ground_truth`), evaluating one collection
-(`evaluate`), comparing models (`compare`) and the written report (`report`). Imports `search`, `store`, `encoders`."""
+(`evaluate`), comparing models (`compare`) and the written report (`report`). Imports `search`, `store`,
+`encoders` and `images`."""

@@ -10,7 +10,7 @@ from server.indexing.jobs import IndexingService, JobManager
 from server.indexing.watch import FolderWatcher
 from server.paths import PathGuard
 
-log = logging.getLogger("server.indexing.watch")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

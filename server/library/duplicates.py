@@ -3,8 +3,8 @@ bursts), grouped, each group with a suggested keeper. It only reports: nothing i
 
 Near-duplicates are pairs whose embeddings are at cosine ≥ `threshold` among each image's `NEIGHBOURS` nearest (a
 batched k-NN search over the collection's own index: memory stays bounded at any size) and whose perceptual
-fingerprints agree (perceptual.py: at most `max_bits` differing bits of a 64-bit difference hash). Uniform images
-(all black, all white) have no structure to compare and are grouped only with byte-identical copies. Groups are
+fingerprints agree (images/fingerprint.py: at most `max_bits` differing bits of a 64-bit difference hash). Uniform
+images (all black, all white) have no structure to compare and are grouped only with byte-identical copies. Groups are
 connected components: a burst of 30 shots is one group even if its first and last shots differ more.
 
 The default threshold, 0.95, is clip-retrieval's duplicate cut-off (it found cosine ≥ 0.94 to mark near-duplicates on

@@ -1,6 +1,6 @@
 """The indexing tools: `index_folder` starts a job and answers within `wait_seconds`, `index_status` follows jobs,
 `cancel_indexing` stops one. Most MCP hosts cut a tool call at about 60 s, so no call here blocks longer than 50 s;
-the work goes on in the job layer (`jobs.py`)."""
+the work goes on in the job layer (`indexing/jobs.py`)."""
 
 import time
 from pathlib import Path

@@ -1,5 +1,6 @@
-"""The tools that look at the library itself rather than search it: `view_image` (one photo, closely) and
-`find_duplicates` (copies and look-alikes, reported, never touched)."""
+"""The tools that look at the library itself rather than search it: `list_collections` and `list_models` (what is
+there, and what could be), `view_image` (one photo, closely) and `find_duplicates` (copies and look-alikes,
+reported, never touched)."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated

@@ -1,2 +1,3 @@
-"""The persisted collection: the SQLite catalog's schema and migrations (`schema`), the manifest (`manifest`), the
-FAISS index (`faiss_index`), `CollectionStore`/`Collection` (`collection`) and its batched writer (`writer`)."""
+"""The persisted collection: the SQLite catalog's schema, migrations and connection (`schema`), the manifest
+(`manifest`), the FAISS index (`faiss_index`), `CollectionStore`/`Collection` (`collection`) and its batched writer
+(`writer`). Imports `models` (a checkpoint's identity) and `images` (metadata and fingerprint types)."""

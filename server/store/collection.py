@@ -7,7 +7,7 @@ Layout of `<index_dir>/<name>/`: `manifest.json` (`manifest.py`: format version,
 A commit is one SQLite transaction. The FAISS file is written afterwards (temp file, fsync, rename) under the
 committed generation's name, so after a crash the newest catalog state either has its index file or the index is
 rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always agree. Writes go through
-`collection_writer.py`; other modules read the catalog for their own purposes through `Collection.query`.
+`store/writer.py`; other modules read the catalog for their own purposes through `Collection.query`.
 """
 
 import contextlib

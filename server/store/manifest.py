@@ -28,7 +28,7 @@ class Manifest:
     created: str
     index_policy: str = "auto"  # what the user asked for: "auto", "flat" or "ivf"
     index_params: dict[str, Any] = field(default_factory=dict)
-    model_identity: str | None = None  # model_identity.py; None only in version-1 manifests
+    model_identity: str | None = None  # models/identity.py; None only in version-1 manifests
     precision: str = "fp32"  # of every vector in the collection (limits.PRECISIONS); versions 1-2 made fp32 only
 
     @classmethod

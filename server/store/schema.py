@@ -3,7 +3,7 @@
 Version 1 held each image's path, size, mtime, hash, size in pixels and vector. Version 2 adds photo metadata
 (metadata.py) in columns of their own, indexed for filters; `meta_read` stays NULL until an indexing run has read a
 file's metadata, so the next run fills in older rows from their headers without re-embedding anything. Version 3
-adds each image's perceptual fingerprint (perceptual.py: `dhash`, `contrast`), NULL until an indexing run has
+adds each image's perceptual fingerprint (images/fingerprint.py: `dhash`, `contrast`), NULL until an indexing run has
 decoded the file; the next run computes it for older rows, again without re-embedding.
 """
 

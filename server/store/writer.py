@@ -123,7 +123,7 @@ class CollectionWriter:
         )
 
     def set_perceptual(self, image_id: int, perceptual: "Perceptual") -> None:
-        """Record a catalogued image's perceptual fingerprint (perceptual.py) without touching its vector."""
+        """Record a catalogued image's perceptual fingerprint (images/fingerprint.py) without touching its vector."""
         self._begin()
         self._conn.execute(
             "UPDATE images SET dhash = ?, contrast = ? WHERE id = ?", (perceptual.dhash, perceptual.contrast, image_id)
