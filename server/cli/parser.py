@@ -19,6 +19,7 @@ from server.limits import (
     INDEX_TYPES,
     MAX_BITS,
     MAX_COMPARED,
+    MIN_COMPARED,
     MIN_SCORE,
     OFFSET,
     PRECISIONS,
@@ -100,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--collection",
         "-c",
         action="append",
-        help=f"Collection (default: {DEFAULT_COLLECTION}); give 2-{MAX_COMPARED} (-c a -c b) to compare their models "
-        "side by side",
+        help=f"Collection (default: {DEFAULT_COLLECTION}); give {MIN_COMPARED}-{MAX_COMPARED} (-c a -c b) to compare "
+        "their models side by side",
     )
     evaluate.add_argument(
         "--ground-truth", default="folders", help="'folders' (labels are subfolder names) or a ground-truth JSON file"

@@ -15,6 +15,7 @@ from server.limits import (
     MAX_COMPARED,
     MAX_KS,
     MAX_TEMPLATE_CHARS,
+    MIN_COMPARED,
     TOP_K,
 )
 from server.mcp_server.gallery import GALLERY_META, gallery_note
@@ -55,9 +56,10 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         collections: Annotated[
             list[CollectionName] | None,
             Field(
-                min_length=2,
+                min_length=MIN_COMPARED,
                 max_length=MAX_COMPARED,
-                description="Compare models: 2-5 collections of the same images, each built with another model, "
+                description=f"Compare models: {MIN_COMPARED}-{MAX_COMPARED} collections of the same images, each built "
+                "with another model, "
                 "evaluated with the same ground truth and shown side by side with each model's measured speed "
                 "(replaces `collection`)",
             ),
