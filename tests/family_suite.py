@@ -36,6 +36,7 @@ TEXTS = [
 __all__ = [  # what each family's module takes with `from family_suite import *`, so its tests run there
     "family_fixtures",
     "test_a_checkpoint_missing_weights_is_refused_not_filled_with_random_ones",
+    "test_a_checkpoint_saved_the_transformers_5_way_searches_as_the_hub_layout_does",
     "test_another_model_for_the_collection_is_refused",
     "test_family_is_told_from_the_checkpoint_files",
     "test_indexes_and_searches_by_text_and_image_through_the_tools",
@@ -199,3 +200,36 @@ def test_a_checkpoint_missing_weights_is_refused_not_filled_with_random_ones(che
 
     with pytest.raises(ModelUnavailable, match="weights lack 1 tensors"):
         TransformersEncoder(str(broken)).encode_texts(["a cat"])
+
+
+def saved_the_transformers_5_way(checkpoint: Path, folder: Path) -> Path:
+    """`checkpoint` with its processor saved by today's `save_pretrained`: `processor_config.json` (the image
+    processor under "image_processor") and no `preprocessor_config.json`."""
+    from transformers import AutoProcessor
+
+    shutil.copytree(checkpoint, folder)
+    (folder / "preprocessor_config.json").unlink()
+    saved = folder.parent / f"{folder.name}-processor"
+    AutoProcessor.from_pretrained(checkpoint, local_files_only=True).save_pretrained(saved)
+    assert not (saved / "preprocessor_config.json").exists()
+    shutil.copy(saved / "processor_config.json", folder / "processor_config.json")
+    return folder
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_a_checkpoint_saved_the_transformers_5_way_searches_as_the_hub_layout_does(
+    checkpoint: Path, tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
+    resaved = saved_the_transformers_5_way(checkpoint, tmp_path / "resaved")
+    results = {}
+    for name, model in (("hub", checkpoint), ("resaved", resaved)):
+        service = ClipSearch(Settings(index_dir=tmp_path / name, model=str(model), engine=engine))
+        service.index_folder(SAMPLES)
+        by_text = service.search_text("a photo of a cat", k=9)
+        by_image = service.search_image(SAMPLES / "cat" / "chelsea.jpg", k=9)
+        results[name] = [[(hit.path, hit.score) for hit in r.results] for r in (by_text, by_image)]
+
+    for hub, resaved_hits in zip(results["hub"], results["resaved"], strict=True):
+        assert [path for path, _ in resaved_hits] == [path for path, _ in hub]
+        np.testing.assert_allclose([s for _, s in resaved_hits], [s for _, s in hub], atol=1e-5)

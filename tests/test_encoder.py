@@ -282,6 +282,40 @@ def test_folder_without_preprocessor_config_raises_model_unavailable(tiny_clip: 
     assert_names_model_and_remedy(raised.value, str(folder))
 
 
+def test_a_folder_with_neither_processor_file_is_refused_naming_both(tiny_clip: Path, tmp_path: Path) -> None:
+    folder = copy_checkpoint(tiny_clip, tmp_path / "no-processor", skip=("preprocessor_config.json",))
+
+    with pytest.raises(ModelUnavailable) as raised:
+        _ = TransformersEncoder(str(folder)).dim
+
+    assert "preprocessor_config.json or processor_config.json" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "content, named",
+    [
+        ("{not json", "its processor_config.json cannot be read as JSON"),
+        ('{"processor_class": "CLIPProcessor"}', "its processor_config.json has no 'image_processor' entry"),
+        (
+            '{"image_processor": {"image_processor_type": "CLIPImageProcessor", "crop_size": {"height": 32}}}',
+            "its processor_config.json gives the image processor no size",
+        ),
+    ],
+)
+def test_a_broken_processor_config_is_refused_naming_the_file_and_nothing_is_written(
+    tiny_clip: Path, tmp_path: Path, content: str, named: str
+) -> None:
+    folder = copy_checkpoint(tiny_clip, tmp_path / "broken-processor", skip=("preprocessor_config.json",))
+    (folder / "processor_config.json").write_text(content, encoding="utf-8")
+    before = sorted(p.name for p in folder.iterdir())
+
+    with pytest.raises(ModelUnavailable) as raised:
+        _ = TransformersEncoder(str(folder)).dim
+
+    assert named in str(raised.value) and str(folder) in str(raised.value)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
 def test_weights_file_without_the_vision_tower_raises_model_unavailable(tiny_clip: Path, tmp_path: Path) -> None:
     from safetensors.numpy import load_file, save_file
 

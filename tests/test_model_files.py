@@ -18,7 +18,7 @@ from bench.fakehub import FakeHub, silent_endpoint
 from conftest import HUB_NAME
 from server.encoders.torch_engine import TransformersEncoder
 from server.errors import ModelUnavailable
-from server.models.files import DownloadPlan, DownloadState, DownloadTracker, locate
+from server.models.files import DownloadPlan, DownloadState, DownloadTracker, find_local, locate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,6 +127,21 @@ def test_download_plan_takes_one_weight_format_and_skips_what_the_encoder_never_
 
     assert sorted(name for name, _ in recorder.plans[0].files) == sorted(p.name for p in tiny_clip.iterdir())
     assert not any("tf_model" in r or "pytorch_model" in r or "README" in r for r in fake_hub.requests)
+
+
+def test_a_hub_repository_saved_the_transformers_5_way_downloads_and_is_then_found_in_the_cache(
+    fake_hub: FakeHub, tiny_clip: Path
+) -> None:
+    files = dict(fake_hub.repos[HUB_NAME])
+    settings = files.pop("preprocessor_config.json")
+    files["processor_config.json"] = b'{"processor_class": "CLIPProcessor", "image_processor": ' + settings + b"}"
+    fake_hub.repos[HUB_NAME] = files
+
+    first = locate(HUB_NAME)
+    second = find_local(HUB_NAME)
+
+    assert first.source == "download" and (first.folder / "processor_config.json").is_file()
+    assert second is not None and second.folder == first.folder
 
 
 def test_two_processes_starting_with_an_empty_cache_both_load_one_intact_copy(

@@ -5,7 +5,6 @@ One path serves every family in `models/families.py` (CLIP, SigLIP, SigLIP 2, Me
 encoders): the family picks the model class and the text handling; the image preprocessing is read from the
 checkpoint's own processor config and reproduced here (tested equal to the processor)."""
 
-import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from PIL import Image
 from server.encoders.protocol import Preprocessing, TextCache, Vectors, normalize
 from server.errors import ModelUnavailable, first_line
 from server.models.families import Family, detect, model_class
-from server.models.files import PREPROCESSOR, DownloadTracker, ModelFiles, locate, quiet_hub
+from server.models.files import DownloadTracker, ModelFiles, image_processor_config, locate, quiet_hub
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +196,7 @@ def _load_model(files: ModelFiles, device: str | None) -> _Loaded:
         raise ModelUnavailable(
             f"Cannot load the {family.label} model '{files.name}': {first_line(exc)}. Point --model or "
             "CLIPSEARCH_MODEL at a checkpoint in Hugging Face format (config.json, weights, tokenizer and "
-            "preprocessor_config.json)."
+            "preprocessor_config.json or processor_config.json)."
         ) from exc
     return _Loaded(
         family=family,
@@ -215,14 +214,14 @@ def _image_processor(folder: Path) -> Any:
     """The checkpoint's image processor, in its PIL flavour (the default one needs torchvision)."""
     import transformers
 
-    config = json.loads((folder / PREPROCESSOR).read_text(encoding="utf-8"))
-    name = config.get("image_processor_type") if isinstance(config, dict) else None
+    config = image_processor_config(folder)
+    name = config.get("image_processor_type")
     if not isinstance(name, str) or not name.endswith(("ImageProcessor", "ImageProcessorFast")):
-        raise ValueError(f"its {PREPROCESSOR} names no image processor")
+        raise ValueError("its image processor settings name no image processor type")
     pil = getattr(transformers, name.removesuffix("Fast") + "Pil", None)
     if pil is None:
         raise ValueError(f"its image processor {name} has no PIL version in transformers")
-    return pil.from_pretrained(folder, local_files_only=True)
+    return pil.from_dict(config)
 
 
 def quiet_libraries() -> None:

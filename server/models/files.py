@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 METADATA_TIMEOUT_SECONDS = 5.0
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
+PROCESSOR = "processor_config.json"  # transformers 5 saves the image processor under its "image_processor"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -41,7 +42,7 @@ TOKENIZER_FILES = (
 )
 OFFLINE_HELP = (
     "offline, point --model or CLIPSEARCH_MODEL at a local folder holding the checkpoint in Hugging Face format "
-    "(config.json, weights, tokenizer and preprocessor_config.json)"
+    "(config.json, weights, tokenizer and preprocessor_config.json or processor_config.json)"
 )
 
 
@@ -200,7 +201,9 @@ def quiet_hub() -> None:
 
 def missing_files(folder: Path) -> list[str]:
     """What a checkpoint folder lacks to be loaded (a broken link counts as missing)."""
-    missing = [name for name in (CONFIG, PREPROCESSOR) if not (folder / name).is_file()]
+    missing = [] if (folder / CONFIG).is_file() else [CONFIG]
+    if not (folder / PREPROCESSOR).is_file() and not (folder / PROCESSOR).is_file():
+        missing.append(f"the image processor's settings ({PREPROCESSOR} or {PROCESSOR})")
     if not weight_files(folder):
         missing.append("model weights (model.safetensors or pytorch_model.bin)")
     has_tokenizer = (folder / "tokenizer.json").is_file() or any(
@@ -209,6 +212,31 @@ def missing_files(folder: Path) -> list[str]:
     if not has_tokenizer and not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
         missing.append("tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
     return missing
+
+
+def image_processor_config(folder: Path) -> dict[str, Any]:
+    """The image processor's settings of a checkpoint: `preprocessor_config.json` as the hub has long served it, or
+    the `image_processor` entry of `processor_config.json`, all that transformers 5's `save_pretrained` writes.
+    ValueError naming the file when it is not JSON or holds no image processor with sizes, or both when neither is
+    there."""
+    for name, entry in ((PREPROCESSOR, None), (PROCESSOR, "image_processor")):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"its {name} cannot be read as JSON ({first_line(exc)})") from exc
+        if entry is not None:
+            config = config.get(entry) if isinstance(config, dict) else None
+            if config is None:
+                raise ValueError(f"its {name} has no '{entry}' entry")
+        if not isinstance(config, dict):
+            raise ValueError(f"its {name} is not a JSON object" + (f" under '{entry}'" if entry else ""))
+        if not isinstance(config.get("size"), dict | int):
+            raise ValueError(f"its {name} gives the image processor no size")
+        return config
+    raise ValueError(f"it has neither {PREPROCESSOR} nor {PROCESSOR} (the image processor's settings)")
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -412,7 +440,7 @@ def _point_main_at(repo_id: str, commit: str) -> None:
 
 def _files_to_fetch(sizes: dict[str, int]) -> list[str]:
     """The repository files a transformers dual encoder needs: config, preprocessor, tokenizer, one weight format."""
-    wanted = [name for name in (CONFIG, PREPROCESSOR, *TOKENIZER_FILES) if name in sizes]
+    wanted = [name for name in (CONFIG, PREPROCESSOR, PROCESSOR, *TOKENIZER_FILES) if name in sizes]
     for weights in WEIGHT_FILES:
         if weights in sizes:
             return [*wanted, weights]
