@@ -287,16 +287,30 @@ class ClipSearch:
         guard: PathGuard = UNCONFINED,
     ) -> SearchFilter:
         """Check a search's filters: dates, place and camera, and a folder that is allowed and indexed."""
-        path = None
-        if folder is not None:
-            path = guard.check(folder)
-            indexed = self.collection(collection).indexed_folders()
-            if not any(path.is_relative_to(f) or f.is_relative_to(path) for f in indexed):
-                known = ", ".join(str(f) for f in indexed) or "none yet"
-                raise InvalidArgument(
-                    f"Folder '{folder}' is not part of collection '{collection}' (its indexed folders: {known})."
-                )
+        path = self._collection_folder(collection, folder, guard) if folder is not None else None
         return SearchFilter.parse(path, taken_after, taken_before, near, radius_km, camera)
+
+    def _collection_folder(self, collection: str, folder: str | Path, guard: PathGuard) -> Path:
+        """A folder that narrows a search or a duplicates report: allowed, existing and holding images of the
+        collection; refused otherwise, naming the collection's folders, so an empty answer never hides a typo."""
+        path = guard.check(folder)
+        target = self.collection(collection)
+        indexed = target.indexed_folders()
+        known = ", ".join(str(f) for f in indexed) or "none yet"
+        if not any(path.is_relative_to(f) or f.is_relative_to(path) for f in indexed):
+            raise InvalidArgument(
+                f"Folder '{folder}' is not part of collection '{collection}' (its indexed folders: {known})."
+            )
+        if not path.is_dir():
+            raise InvalidArgument(
+                f"Folder '{folder}' does not exist; collection '{collection}' holds images under {known}."
+            )
+        if not target.holds_images_under(path):
+            raise InvalidArgument(
+                f"Folder '{folder}' holds no image of collection '{collection}' (its indexed folders: {known}); "
+                "index it first if it is new."
+            )
+        return path
 
     def evaluate(
         self,
@@ -385,7 +399,7 @@ class ClipSearch:
 
         query = query or DuplicateQuery()
         if query.folder is not None:
-            folder = guard.check(query.folder)
+            folder = self._collection_folder(collection, query.folder, guard)
             query = replace(query, folder=folder)
         return find_duplicates(self.collection(collection), query)
 

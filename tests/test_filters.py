@@ -220,6 +220,35 @@ async def test_bad_filter_values_are_tool_errors_that_say_what_to_fix(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("tool", ["search_images_by_text", "search_similar_images", "find_duplicates"])
+async def test_a_folder_filter_that_would_answer_nothing_is_a_tool_error_naming_the_collections_folders(
+    fake_service: ClipSearch, color_folder: Path, tmp_path: Path, tool: str
+) -> None:
+    fake_service.index_folder(color_folder)
+    (color_folder / "empty").mkdir()
+    arguments = {
+        "search_images_by_text": {"query": "red"},
+        "search_similar_images": {"image_path": str(color_folder / "red" / "red_0.jpg")},
+        "find_duplicates": {},
+    }[tool]
+    cases = {
+        "does not exist": color_folder / "does-not-exist",
+        "holds no image of collection 'default'": color_folder / "empty",
+    }
+    async with mcp_client(fake_service, [tmp_path]) as client:
+        results = {
+            expected: await client.call_tool(tool, {**arguments, "folder": str(folder)})
+            for expected, folder in cases.items()
+        }
+        allowed = await client.call_tool(tool, {**arguments, "folder": str(color_folder / "red")})
+
+    for expected, result in results.items():
+        text = result.content[0].text  # type: ignore[union-attr]
+        assert result.is_error and expected in text and str(color_folder) in text, (expected, text)
+    assert not allowed.is_error, allowed.content
+
+
+@pytest.mark.anyio
 async def test_filters_reach_both_search_tools_and_the_cli(
     fake_service: ClipSearch, color_folder: Path, capsys: pytest.CaptureFixture[str], index_dir: Path
 ) -> None:

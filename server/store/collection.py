@@ -175,6 +175,12 @@ class Collection:
         entries = (_entry(row) for row in rows)
         return {e.path: e for e in entries if recursive or e.path.parent == folder}
 
+    def holds_images_under(self, folder: Path) -> bool:
+        """Whether any catalogued image lies under `folder`, at any depth."""
+        clause, bounds = under_folder(folder)
+        with self._lock:
+            return self._conn.execute(f"SELECT 1 FROM images WHERE {clause} LIMIT 1", bounds).fetchone() is not None
+
     def find_path(self, path: Path) -> CatalogEntry | None:
         with self._lock:
             row = self._conn.execute(
