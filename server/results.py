@@ -126,6 +126,11 @@ class CollectionInfo(BaseModel):
         None, description="sha256 of the model's weights and config; None until a collection made before 0.2 is written"
     )
     precision: str = Field("fp32", description="Of its vectors: fp32, or int8 (quantised towers, faster)")
+    family: str | None = Field(
+        None,
+        description="The model's family (clip, siglip, siglip2, metaclip2, ...); None until a collection made "
+        "before it was recorded is next indexed",
+    )
     dim: int
     index_type: str
 

@@ -147,7 +147,9 @@ class ClipSearch:
                 encoder = self._encoder_of(manifest)
                 loading = _load_text_tower_meanwhile(encoder) if for_text else None
                 try:
-                    made = self.store.open(name, manifest.model, identity=encoder.model_identity)
+                    made = self.store.open(
+                        name, manifest.model, identity=encoder.model_identity, family=_family_key(encoder)
+                    )
                 finally:
                     if loading is not None:
                         loading.join()
@@ -156,7 +158,12 @@ class ClipSearch:
                 chosen_precision = _valid_precision(precision or "fp32")
                 encoder = self.encoders.get(chosen, chosen_precision)
                 made = self.store.create(
-                    name, chosen, encoder.dim, identity=encoder.model_identity, precision=chosen_precision
+                    name,
+                    chosen,
+                    encoder.dim,
+                    identity=encoder.model_identity,
+                    precision=chosen_precision,
+                    family=_family_key(encoder),
                 )
             with self._lock:
                 self._open[name] = made
@@ -381,6 +388,7 @@ class ClipSearch:
                     model=manifest.model,
                     model_identity=manifest.model_identity,
                     precision=manifest.precision,
+                    family=manifest.family,
                     dim=manifest.dim,
                     index_type=manifest.index_type,
                 )
@@ -437,6 +445,12 @@ def _load_text_tower_meanwhile(encoder: Encoder) -> threading.Thread | None:
     thread = threading.Thread(target=load, name="clipsearch-text-tower", daemon=True)
     thread.start()
     return thread
+
+
+def _family_key(encoder: Encoder) -> str | None:
+    """The family of the encoder's checkpoint, read from its files (cheap: no weights load); None for an encoder
+    that has none to tell (a test's fake)."""
+    return getattr(encoder, "family_key", None)
 
 
 def _valid_precision(precision: str) -> str:

@@ -148,6 +148,7 @@ async def test_list_collections_reports_each_collections_model_and_size(fake_ser
             "model": "fake-color-encoder",
             "model_identity": FakeEncoder.model_identity,
             "precision": "fp32",
+            "family": None,  # the fake encoder has no checkpoint to tell it from
             "dim": 3,
             "index_type": "flat",
         }

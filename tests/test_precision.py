@@ -90,7 +90,9 @@ def test_an_int8_collection_records_its_precision_and_is_searched_with_int8_vect
     found = service.search_text("a red car", k=5, collection="p8")
     plain = service.search_text("a red car", k=5, collection="p32")
 
-    assert manifest(service, "p8")["precision"] == "int8" and manifest(service, "p8")["schema_version"] == 3
+    assert (
+        manifest(service, "p8")["precision"] == "int8" and manifest(service, "p8")["schema_version"] == SCHEMA_VERSION
+    )
     assert manifest(service, "p32")["precision"] == "fp32"
     collection = service.collection("p8")
     query = reference.encode_texts(["a red car"])[0]
@@ -185,7 +187,7 @@ def test_a_collection_of_the_previous_release_reads_as_fp32_searches_unchanged_a
         assert [h.score for h in answer.results] == pytest.approx([r["score"] for r in expected], abs=1e-5)
     assert json.loads(untouched) == before  # reading never writes
     assert report.embedded == 0 and report.unchanged == 9
-    assert after == {**before, "schema_version": SCHEMA_VERSION, "precision": "fp32"}
+    assert after == {**before, "schema_version": SCHEMA_VERSION, "precision": "fp32", "family": "clip"}
 
 
 def test_the_readmes_quality_recipe_compares_an_fp32_and_an_int8_collection_of_the_same_photos(

@@ -73,9 +73,9 @@ def render(result: BaseModel) -> str:
     if isinstance(result, CollectionList):
         if not result.collections:
             return f"No collections in {result.index_dir}."
-        rows = [f"{'name':<20}{'images':>8}  {'dim':>4}  {'index':<6} {'vectors':<8}model"]
+        rows = [f"{'name':<20}{'images':>8}  {'dim':>4}  {'index':<6} {'vectors':<8}{'family':<10}model"]
         rows += [
-            f"{c.name:<20}{c.images:>8}  {c.dim:>4}  {c.index_type:<6} {c.precision:<8}{c.model}"
+            f"{c.name:<20}{c.images:>8}  {c.dim:>4}  {c.index_type:<6} {c.precision:<8}{c.family or '?':<10}{c.model}"
             for c in result.collections
         ]
         return "\n".join(rows)

@@ -84,6 +84,10 @@ class OnnxEncoder:
         return self.reference.model_identity
 
     @property
+    def family_key(self) -> str:
+        return self.reference.family_key
+
+    @property
     def engine(self) -> str:
         """'onnx', or 'torch' where the export was refused."""
         return "onnx" if self._ready() else "torch"

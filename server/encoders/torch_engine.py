@@ -89,6 +89,13 @@ class TransformersEncoder:
     def family(self) -> Family:
         return self._load().family
 
+    @property
+    def family_key(self) -> str:
+        """The family's key, told from the checkpoint's config and tokenizer files without loading the weights."""
+        if self._loaded is not None:
+            return self._loaded.family.key
+        return detect(self.files.folder, self.files.name).key
+
     def preprocess(self, image: Image.Image) -> npt.NDArray[np.float32]:
         return self._load().preprocessing(image)
 

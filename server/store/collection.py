@@ -142,11 +142,19 @@ def is_being_written(folder: Path) -> bool:
 class Collection:
     """One open collection. Thread-safe: searches and commits take the same lock, so readers never see a half."""
 
-    def __init__(self, name: str, folder: Path, manifest: Manifest, model_identity: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        manifest: Manifest,
+        model_identity: str | None = None,
+        family: str | None = None,
+    ) -> None:
         self.name = name
         self.folder = folder
         self.manifest = manifest
         self._model_identity = model_identity  # of the model in use; recorded by the first write if missing
+        self._family = family  # likewise
         self._lock = threading.RLock()
         self._cameras: tuple[int, list[str]] | None = None  # (generation, distinct camera names)
         self._conn = connect(folder / "catalog.sqlite")
@@ -376,7 +384,7 @@ class Collection:
 
     def _upgrade_manifest(self) -> None:
         """Migrate an older manifest at the first write (`Manifest.upgraded`)."""
-        upgraded = self.manifest.upgraded(self._model_identity)
+        upgraded = self.manifest.upgraded(self._model_identity, self._family)
         if upgraded is not None:
             log.info(
                 "collection %s: manifest version %d -> %d", self.name, self.manifest.schema_version, SCHEMA_VERSION
@@ -540,7 +548,14 @@ class CollectionStore:
             )
         return load_manifest(folder, name)
 
-    def open(self, name: str, model: str, dim: int | None = None, identity: str | None = None) -> Collection:
+    def open(
+        self,
+        name: str,
+        model: str,
+        dim: int | None = None,
+        identity: str | None = None,
+        family: str | None = None,
+    ) -> Collection:
         """Open an existing collection, refusing one built with another model or dimension.
 
         A model is the same when its identity matches the recorded one, whatever it is called; without both
@@ -566,7 +581,7 @@ class CollectionStore:
                 f"Collection '{name}' holds {manifest.dim}-d vectors; the model '{model}' that {self.speaker} uses "
                 f"makes {dim}-d vectors. Use the model the collection was built with, or another collection name."
             )
-        return Collection(name, self.index_dir / name, manifest, identity)
+        return Collection(name, self.index_dir / name, manifest, identity, family)
 
     def create(
         self,
@@ -576,17 +591,18 @@ class CollectionStore:
         index_policy: str = "auto",
         identity: str | None = None,
         precision: str = "fp32",
+        family: str | None = None,
     ) -> Collection:
         """Open the collection if it exists (checking its model), else create it."""
         folder = self.index_dir / validate_name(name)
         if (folder / MANIFEST).is_file():
-            return self.open(name, model, dim, identity)
+            return self.open(name, model, dim, identity, family)
         folder.mkdir(parents=True, exist_ok=True)
         if index_policy not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_policy!r}.")
-        manifest = Manifest.new(model, dim, index_policy, identity, precision)
+        manifest = Manifest.new(model, dim, index_policy, identity, precision, family)
         write_manifest(folder, manifest)
-        return Collection(name, folder, manifest, identity)
+        return Collection(name, folder, manifest, identity, family)
 
     def names(self) -> list[str]:
         if not self.index_dir.is_dir():

@@ -1,5 +1,5 @@
-"""A collection's `manifest.json`: its format version, model (name and identity), the precision of its vectors,
-dimension, metric and index. Older versions are read, and migrated by the collection's first write."""
+"""A collection's `manifest.json`: its format version, model (name, identity and family), the precision of its
+vectors, dimension, metric and index. Older versions are read, and migrated by the collection's first write."""
 
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -13,9 +13,10 @@ from server.limits import PRECISIONS
 from server.store.faiss_index import IndexSpec
 
 MANIFEST = "manifest.json"
-# 2: the manifest records the model's identity (content hash), not only its name; 3: and its vectors' precision
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # older ones are migrated to 3 by the first write (Manifest.upgraded)
+# 2: the manifest records the model's identity (content hash), not only its name; 3: and its vectors' precision;
+# 4: and the model's family (clip, siglip, siglip2, metaclip2, ...)
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)  # older ones are migrated to 4 by the first write (Manifest.upgraded)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Manifest:
     index_params: dict[str, Any] = field(default_factory=dict)
     model_identity: str | None = None  # models/identity.py; None only in version-1 manifests
     precision: str = "fp32"  # of every vector in the collection (limits.PRECISIONS); versions 1-2 made fp32 only
+    family: str | None = None  # models/families.py's key; None before version 4, or for a model without one
 
     @classmethod
     def new(
@@ -39,6 +41,7 @@ class Manifest:
         index_policy: str = "auto",
         model_identity: str | None = None,
         precision: str = "fp32",
+        family: str | None = None,
     ) -> "Manifest":
         # Every collection starts Flat; IVF needs vectors to train on, so it is built at the end of a write.
         created = datetime.now(UTC).isoformat()
@@ -52,21 +55,24 @@ class Manifest:
             index_policy,
             model_identity=model_identity,
             precision=precision,
+            family=family,
         )
 
     @property
     def spec(self) -> IndexSpec:
         return IndexSpec(self.index_type, dict(self.index_params))
 
-    def upgraded(self, identity: str | None) -> "Manifest | None":
+    def upgraded(self, identity: str | None, family: str | None = None) -> "Manifest | None":
         """This manifest migrated to the current version, or None if there is nothing to migrate (or no way to).
         Version 1 named its model only: the identity of the model now writing, opened under that same name, is
         recorded, so copies of it under other names open the collection from then on (without one, a version-1
-        manifest stays as it is). Version 2 made fp32 vectors only, which is the precision it already reads as."""
+        manifest stays as it is). Version 2 made fp32 vectors only, which is the precision it already reads as.
+        Versions 1-3 did not record the family: that of the model now writing (the collection's own) is."""
         recorded = self.model_identity or identity
-        if self.schema_version == SCHEMA_VERSION or recorded is None:
+        known = self.family or family
+        if recorded is None or (self.schema_version == SCHEMA_VERSION and known == self.family):
             return None
-        return replace(self, schema_version=SCHEMA_VERSION, model_identity=recorded)
+        return replace(self, schema_version=SCHEMA_VERSION, model_identity=recorded, family=known)
 
 
 def load_manifest(folder: Path, name: str) -> Manifest:
@@ -83,7 +89,9 @@ def load_manifest(folder: Path, name: str) -> Manifest:
         )
     required = ("schema_version", "model", "dim", "metric", "index_type", "created")
     optional = {
-        key: data[key] for key in ("index_policy", "index_params", "model_identity", "precision") if key in data
+        key: data[key]
+        for key in ("index_policy", "index_params", "model_identity", "precision", "family")
+        if key in data
     }
     if optional.get("precision", "fp32") not in PRECISIONS:
         raise CollectionMismatch(
