@@ -5,6 +5,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -186,3 +187,50 @@ async def test_a_diverse_search_folds_a_burst_into_its_best_shot_and_still_fills
     assert not any("burst" in r["path"] for r in results)
     assert all(r["also"] == 0 for r in results[1:]) and plain.structured_content["results"][0]["also"] is None  # type: ignore[index]
     assert "(+2 near-duplicates)" in diverse.content[0].text  # type: ignore[union-attr]
+
+
+def planted_collection(folder: Path, count: int, groups: int, dim: int = 16) -> tuple[Any, set[frozenset[int]]]:
+    """`count` random unit vectors with `groups` planted near-duplicate pairs and triples (cosine ≈ 0.99, hashes a few
+    bits apart); returns the collection and the planted groups, as sets of image numbers."""
+    import numpy as np
+
+    from server.images.fingerprint import Perceptual
+    from server.store.collection import CollectionStore
+    from server.store.writer import NewImage
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    hashes = rng.integers(-(2**62), 2**62, count).tolist()
+    order, planted = rng.permutation(count).tolist(), set()
+    for g in range(groups):
+        members = order[3 * g : 3 * g + 2 + g % 2]
+        for member in members[1:]:
+            nudged = vectors[members[0]] + rng.normal(0, 0.02, dim).astype(np.float32)
+            vectors[member] = nudged / np.linalg.norm(nudged)
+            hashes[member] = hashes[members[0]] ^ 0b101
+        planted.add(frozenset(members))
+    collection = CollectionStore(folder).create("planted", "fake", dim, index_policy="flat")
+    with collection.writer() as writer:
+        for i, vector in enumerate(vectors):
+            image = NewImage(Path(f"/planted/{i}.jpg"), 1, 1, f"h{i}", 64, 48, None, Perceptual(hashes[i], 99))
+            writer.add(image, vector)
+    return collection, planted
+
+
+def test_past_the_exact_size_the_ivf_candidate_search_finds_the_groups_exact_search_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.library import duplicates
+
+    collection, planted = planted_collection(tmp_path, 3 * duplicates.EXACT_UP_TO // 2, groups=60)
+
+    def groups(report: Any) -> set[frozenset[int]]:
+        return {frozenset(int(Path(m.path).stem) for m in g.members) for g in report.groups}
+
+    probed = duplicates.find_duplicates(collection, DuplicateQuery(max_groups=1000))
+    monkeypatch.setattr(duplicates, "EXACT_UP_TO", 10**9)
+    exact = duplicates.find_duplicates(collection, DuplicateQuery(max_groups=1000))
+
+    assert groups(exact) == planted  # the planted groups, and nothing the random background would join
+    assert groups(probed) == groups(exact)

@@ -472,6 +472,7 @@ async def test_mcp_index_type_is_validated_and_reported_by_list_collections(
             "model": "fake-color-encoder",
             "model_identity": FakeEncoder.model_identity,
             "precision": "fp32",
+            "family": None,  # the fake encoder has no checkpoint to tell it from
             "dim": 3,
             "index_type": "ivf",
         }
