@@ -26,7 +26,8 @@ import numpy.typing as npt
 from bench.common import emit, machine
 from bench.search import clustered
 from server.images.fingerprint import Perceptual
-from server.library.duplicates import DuplicateQuery, find_duplicates
+from server.library.duplicate_tasks import DuplicateTasks, Running
+from server.library.duplicates import DuplicateQuery, page_of
 from server.store.collection import CollectionStore
 from server.store.writer import NewImage
 
@@ -75,9 +76,12 @@ def child(folder: Path, search: bool) -> None:
     _ = collection.ntotal
     result: dict[str, object] = {}
     if search:
+        tasks = DuplicateTasks()  # as the service keeps them: computed once, remembered per commit
         started = time.perf_counter()
         groups: list[list[int]] = []
-        report = find_duplicates(collection, DuplicateQuery(max_groups=MAX_PAGE))
+        found = tasks.groups(collection, DuplicateQuery(max_groups=MAX_PAGE))
+        assert not isinstance(found, Running)
+        report = page_of(collection, found, DuplicateQuery(max_groups=MAX_PAGE))
         result["seconds"] = round(time.perf_counter() - started, 2)
         offset = 0
         while True:
@@ -85,7 +89,12 @@ def child(folder: Path, search: bool) -> None:
             offset += MAX_PAGE
             if offset >= report.groups_total:
                 break
-            report = find_duplicates(collection, DuplicateQuery(max_groups=MAX_PAGE, offset=offset))
+            report = page_of(collection, found, DuplicateQuery(max_groups=MAX_PAGE, offset=offset))
+        started = time.perf_counter()
+        again = tasks.groups(collection, DuplicateQuery())
+        assert not isinstance(again, Running)
+        page_of(collection, again, DuplicateQuery())
+        result["second_call_seconds"] = round(time.perf_counter() - started, 3)
         result["groups"] = groups
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
@@ -135,6 +144,7 @@ def main() -> None:
             "group_precision": round(len(found & truth) / max(len(found), 1), 4),
             "group_recall": round(len(found & truth) / max(len(truth), 1), 4),
             "seconds": runs["search"]["seconds"],
+            "second_call_seconds": runs["search"]["second_call_seconds"],
             "index_mb": round(args.vectors * DIM * 4 / 1e6, 1),
             "peak_rss_mb_open_only": runs["open"]["peak_rss_mb"],
             "peak_rss_mb_open_and_search": runs["search"]["peak_rss_mb"],

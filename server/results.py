@@ -182,8 +182,19 @@ class DuplicateGroup(BaseModel):
     keeper_reason: str
 
 
+class DuplicatesProgress(BaseModel):
+    compared: int = Field(description="Images whose neighbours have been compared so far")
+    total: int = Field(description="Images in scope")
+
+
 class DuplicateReport(BaseModel):
     collection: str
+    state: Literal["done", "running"] = Field(
+        "done", description="'running': the groups are still being computed; call again (same arguments) for them"
+    )
+    job_id: str | None = Field(None, description="While running: the computation, which cancel_indexing stops")
+    progress: DuplicatesProgress | None = Field(None, description="While running: how far the comparison is")
+    generation: int = Field(0, description="The collection's commit the groups describe (never an older one's)")
     threshold: float
     max_bits: int = Field(description="Most differing bits of the 64-bit perceptual hash allowed in a near pair")
     exact_only: bool
@@ -193,7 +204,7 @@ class DuplicateReport(BaseModel):
     offset: int
     groups: list[DuplicateGroup] = Field(description="Largest groups first; this page of them")
     notes: list[str]
-    seconds: float
+    seconds: float = Field(description="Time the groups took to compute (0 while running)")
 
 
 class Figure(BaseModel):

@@ -19,6 +19,7 @@ from server.errors import ClipSearchError, CollectionMismatch, FileMissing, Inva
 from server.evaluation.evaluate import evaluate as evaluate_collection
 from server.images.thumbnails import ThumbnailCache
 from server.indexing.indexer import Indexer, ProgressFn
+from server.library.duplicate_tasks import DuplicateTasks
 from server.limits import (
     DEFAULT_COLLECTION,
     DEFAULT_KS,
@@ -35,6 +36,7 @@ from server.results import (
     CollectionInfo,
     CollectionList,
     DuplicateReport,
+    DuplicatesProgress,
     EvaluationReport,
     ImageView,
     IndexReport,
@@ -48,7 +50,8 @@ from server.store.collection import Collection, CollectionStore, read_catalog, v
 from server.store.manifest import Manifest
 
 if TYPE_CHECKING:
-    from server.library.duplicates import DuplicateQuery
+    from server.library.duplicate_tasks import Running
+    from server.library.duplicates import DuplicateQuery, Progress
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ class ClipSearch:
             self.encoders.add(encoder)
         self.indexer = indexer
         self.thumbnails = thumbnails or ThumbnailCache()
+        self.duplicate_tasks = DuplicateTasks()
         self.store = CollectionStore(settings.index_dir, speaker)
         self._open: dict[str, Collection] = {}
         self._opening: dict[str, threading.Lock] = {}  # per collection: models load outside the service's lock
@@ -400,16 +404,25 @@ class ClipSearch:
         collection: str = DEFAULT_COLLECTION,
         query: "DuplicateQuery | None" = None,
         guard: PathGuard = UNCONFINED,
+        wait_seconds: float | None = None,
+        progress: "Progress | None" = None,
     ) -> DuplicateReport:
         """Groups of exact and near-duplicate images in a collection (or under one of its folders), with a suggested
-        keeper each; reads only the catalog and the index, changes nothing."""
-        from server.library.duplicates import DuplicateQuery, find_duplicates
+        keeper each; reads only the catalog and the index, changes nothing. Computed once per collection commit
+        and remembered (paging is free); a computation longer than `wait_seconds` goes on in the background and
+        this answers with its state (None: wait until done)."""
+        from server.library.duplicate_tasks import Running
+        from server.library.duplicates import DuplicateQuery, page_of
 
         query = query or DuplicateQuery()
         if query.folder is not None:
             folder = self._collection_folder(collection, query.folder, guard)
             query = replace(query, folder=folder)
-        return find_duplicates(self.collection(collection), query)
+        target = self.collection(collection)
+        found = self.duplicate_tasks.groups(target, query, wait_seconds, progress)
+        if isinstance(found, Running):
+            return _running_duplicates(target, query, found)
+        return page_of(target, found, query)
 
     def view_image(
         self, path: str | Path, max_side: int = DEFAULT_VIEW_SIDE, guard: PathGuard = UNCONFINED
@@ -445,6 +458,29 @@ def _load_text_tower_meanwhile(encoder: Encoder) -> threading.Thread | None:
     thread = threading.Thread(target=load, name="clipsearch-text-tower", daemon=True)
     thread.start()
     return thread
+
+
+def _running_duplicates(collection: Collection, query: "DuplicateQuery", running: "Running") -> DuplicateReport:
+    return DuplicateReport(
+        collection=collection.name,
+        state="running",
+        job_id=running.job_id,
+        progress=DuplicatesProgress(compared=running.compared, total=running.total),
+        generation=collection.generation,
+        threshold=query.threshold,
+        max_bits=query.max_bits,
+        exact_only=query.exact_only,
+        images=running.total,
+        groups_total=0,
+        images_in_groups=0,
+        offset=query.offset,
+        groups=[],
+        notes=[
+            f"Still comparing: {running.compared:,} of {running.total:,} images so far. Ask again with the same "
+            "arguments for the groups; the comparison goes on meanwhile and is done once for this collection."
+        ],
+        seconds=0.0,
+    )
 
 
 def _family_key(encoder: Encoder) -> str | None:

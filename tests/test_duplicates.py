@@ -234,3 +234,100 @@ def test_past_the_exact_size_the_ivf_candidate_search_finds_the_groups_exact_sea
 
     assert groups(exact) == planted  # the planted groups, and nothing the random background would join
     assert groups(probed) == groups(exact)
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, gate: Any = None) -> list[int]:
+    """Count the computations of duplicate groups (each one waiting for `gate`, an Event, first if given)."""
+    from server.library import duplicate_tasks
+
+    calls: list[int] = []
+    real = duplicate_tasks.duplicate_groups
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if gate is not None:
+            assert gate.wait(20), "the test never opened the gate"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(duplicate_tasks, "duplicate_groups", counted)
+    return calls
+
+
+def test_groups_are_computed_once_per_commit_and_paging_reads_them(
+    fake_service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_service.index_folder(library)
+    calls = counting(monkeypatch)
+
+    first = fake_service.find_duplicates(query=DuplicateQuery(max_groups=1))
+    second = fake_service.find_duplicates(query=DuplicateQuery(max_groups=1, offset=1))
+    again = fake_service.find_duplicates(query=DuplicateQuery())
+    shutil.copy(library / "cat" / "chelsea.jpg", library / "cat" / "chelsea again.jpg")
+    fake_service.index_folder(library)  # a commit: the remembered groups describe an older collection
+    after = fake_service.find_duplicates(query=DuplicateQuery())
+
+    assert len(calls) == 2
+    assert names(first) + names(second) == names(again)[:2]
+    assert after.generation > again.generation == first.generation
+    assert after.images_in_groups == again.images_in_groups + 1
+
+
+def test_a_comparison_longer_than_the_wait_answers_running_then_the_groups_on_a_later_call(
+    fake_service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    fake_service.index_folder(library)
+    gate = threading.Event()
+    calls = counting(monkeypatch, gate)
+
+    running = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=0.05)
+    still = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=0.05)
+    gate.set()
+    done = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=10)
+
+    assert running.state == "running" and running.job_id and running.groups == [] and running.groups_total == 0
+    assert still.state == "running" and still.job_id == running.job_id  # the same computation, not a second one
+    assert done.state == "done" and done.job_id is None and done.groups_total == 4  # the library's planted groups
+    assert len(calls) == 1
+
+
+def test_a_cancelled_comparison_is_forgotten_and_the_next_call_computes_again(
+    fake_service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from server.library.duplicates import Cancelled
+
+    fake_service.index_folder(library)
+    gate = threading.Event()
+    calls = counting(monkeypatch, gate)
+    running = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=0.05)
+
+    assert running.job_id is not None and fake_service.duplicate_tasks.cancel(running.job_id)
+    gate.set()
+    with pytest.raises(Cancelled):
+        fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=10)
+    done = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=10)
+
+    assert done.state == "done" and done.groups_total == 4 and len(calls) == 2
+    assert not fake_service.duplicate_tasks.cancel("d-unknown")
+
+
+@pytest.mark.anyio
+async def test_the_tool_answers_running_within_its_wait_and_the_groups_when_asked_again(
+    fake_service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    fake_service.index_folder(library)
+    gate = threading.Event()
+    counting(monkeypatch, gate)
+    async with mcp_client(fake_service, [library]) as client:
+        running = await client.call_tool("find_duplicates", {"wait_seconds": 0})
+        gate.set()
+        done = await client.call_tool("find_duplicates", {"wait_seconds": 10})
+
+    assert not running.is_error and running.structured_content["state"] == "running"  # type: ignore[index]
+    assert "Ask again with the same arguments" in running.content[0].text  # type: ignore[union-attr]
+    assert done.structured_content["state"] == "done" and done.structured_content["groups_total"] == 4  # type: ignore[index]

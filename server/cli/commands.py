@@ -174,12 +174,16 @@ def evaluate(args: argparse.Namespace, settings: "Settings", make_service: Servi
 
 def duplicates(args: argparse.Namespace, settings: "Settings", make_service: ServiceFactory) -> int:
     """`clipsearch duplicates`: groups of copies, or with --print0 only the paths of those not kept."""
+    from server.cli.terminal import ProgressBar
     from server.library.duplicates import DuplicateQuery, non_keepers
 
     service = _service(settings, make_service)
     folder = Path(args.folder) if args.folder else None
     query = DuplicateQuery(folder, args.threshold, args.max_bits, args.exact_only, args.max_groups, args.offset)
-    report = service.find_duplicates(args.collection, query)
+    with ProgressBar(enabled=not (args.json or args.print0)) as bar:
+        report = service.find_duplicates(
+            args.collection, query, progress=lambda done, total: bar.count(done, total, "comparing")
+        )
     if args.print0:
         sys.stdout.buffer.write(b"".join(os.fsencode(path) + b"\0" for path in non_keepers(report)))
         return 0

@@ -48,7 +48,7 @@ class DownloadDisplay:
 
 
 class ProgressBar:
-    """tqdm on stderr, fed by the indexer's progress callback."""
+    """tqdm on stderr, fed by the indexer's progress callback (or any count of images)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
@@ -58,13 +58,17 @@ class ProgressBar:
         return self
 
     def __call__(self, progress: "IndexProgress") -> None:
+        self.count(progress.done, progress.to_process)
+
+    def count(self, done: int, total: int, desc: str = "indexing") -> None:
+        """Show `done` of `total` images."""
         if not self.enabled:
             return
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=progress.to_process, unit="img", file=sys.stderr, desc="indexing")
-        self._bar.update(progress.done - self._bar.n)
+            self._bar = tqdm(total=total, unit="img", file=sys.stderr, desc=desc)
+        self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
         if self._bar is not None:

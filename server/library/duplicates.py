@@ -19,6 +19,7 @@ a fade from black).
 """
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from server.errors import InvalidArgument
+from server.errors import ClipSearchError, InvalidArgument
 from server.images.fingerprint import BLANK_CONTRAST, distance
 from server.limits import (
     DEFAULT_MAX_GROUPS,
@@ -68,9 +69,49 @@ class DuplicateQuery:
         return self
 
 
+@dataclass(frozen=True)
+class DuplicateGroups:
+    """Every group of one scope of a collection (folder, threshold, bits, exact only), largest first, as it stood at
+    `generation`: what paging reads, computed once."""
+
+    collection: str
+    generation: int
+    ids: npt.NDArray[np.int64]  # the images examined, ascending
+    hashes: list[str]
+    groups: list[list[int]]  # positions in `ids`
+    unhashed: int  # images without a fingerprint yet (compared as exact copies only)
+    seconds: float
+
+
+Progress = Callable[[int, int], None]
+"""Told (images compared, images in scope) after each batch."""
+
+
+class Cancelled(ClipSearchError):
+    """A duplicates computation stopped on request, or for a newer commit's; nothing of it is kept."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The search for duplicates was stopped (asked to, or the collection changed meanwhile); ask again."
+        )
+
+
 def find_duplicates(collection: Collection, query: DuplicateQuery) -> DuplicateReport:
+    """One page of the collection's duplicate groups, computed now."""
+    return page_of(collection, duplicate_groups(collection, query), query)
+
+
+def duplicate_groups(
+    collection: Collection,
+    query: DuplicateQuery,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> DuplicateGroups:
+    """The groups of the query's scope (its page is ignored); `cancel` stops it between batches (`Cancelled`)."""
     started = time.perf_counter()
     query.check()
+    collection.refresh_if_stale()
+    generation = collection.generation
     where, params = under_folder(query.folder) if query.folder is not None else ("1", [])
     ids, hashes, dhash, contrast = _fingerprints(collection, where, params)
     parent = np.arange(len(ids))
@@ -80,34 +121,47 @@ def find_duplicates(collection: Collection, query: DuplicateQuery) -> DuplicateR
         comparable = (dhash != _MISSING) & (contrast >= BLANK_CONTRAST)
         search, stored = _neighbour_search(collection, ids)
         for start in range(0, len(ids), BATCH):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
             batch_ids = ids[start : start + BATCH]
             vectors = stored[start : start + BATCH] if stored is not None else _vectors(collection, batch_ids)
             _join_near(parent, ids, batch_ids, vectors, search, query, dhash, comparable)
+            if progress is not None:
+                progress(min(start + BATCH, len(ids)), len(ids))
     roots = np.array([_root(parent, i) for i in range(len(ids))], dtype=np.int64)
     members: dict[int, list[int]] = {}
     for position, root in enumerate(roots.tolist()):
         members.setdefault(root, []).append(position)
     groups = sorted((m for m in members.values() if len(m) > 1), key=lambda m: (-len(m), int(ids[m[0]])))
-    page = groups[query.offset : query.offset + query.max_groups]
-    details = _details(collection, [int(ids[p]) for group in page for p in group])
+    seconds = round(time.perf_counter() - started, 3)
+    return DuplicateGroups(collection.name, generation, ids, hashes, groups, unhashed, seconds)
+
+
+def page_of(collection: Collection, found: DuplicateGroups, query: DuplicateQuery) -> DuplicateReport:
+    """The query's page of `found`, with each member's details read now."""
+    query.check()
+    page = found.groups[query.offset : query.offset + query.max_groups]
+    details = _details(collection, [int(found.ids[p]) for group in page for p in group])
     notes = []
-    if unhashed and not query.exact_only:
+    if found.unhashed and not query.exact_only:
         notes.append(
-            f"{unhashed} images have no perceptual fingerprint yet (indexed by an earlier release) and were compared "
-            "as exact copies only; run index_folder on their folder again to take it (nothing is re-embedded)."
+            f"{found.unhashed} images have no perceptual fingerprint yet (indexed by an earlier release) and were "
+            "compared as exact copies only; run index_folder on their folder again to take it (nothing is "
+            "re-embedded)."
         )
     return DuplicateReport(
-        collection=collection.name,
+        collection=found.collection,
+        generation=found.generation,
         threshold=query.threshold,
         max_bits=query.max_bits,
         exact_only=query.exact_only,
-        images=len(ids),
-        groups_total=len(groups),
-        images_in_groups=sum(len(g) for g in groups),
+        images=len(found.ids),
+        groups_total=len(found.groups),
+        images_in_groups=sum(len(g) for g in found.groups),
         offset=query.offset,
-        groups=[_group(group, ids, hashes, details) for group in page],
+        groups=[_group(group, found.ids, found.hashes, details) for group in page],
         notes=notes,
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=found.seconds,
     )
 
 

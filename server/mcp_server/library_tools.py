@@ -16,11 +16,13 @@ from server.limits import (
     DEFAULT_NEAR_BITS,
     DEFAULT_THRESHOLD,
     DEFAULT_VIEW_SIDE,
+    DEFAULT_WAIT_SECONDS,
     GROUP_OFFSET,
     GROUPS,
     MAX_BITS,
     THRESHOLD,
     VIEW_SIDE,
+    WAIT_SECONDS,
 )
 from server.mcp_server.gallery import GALLERY_META, gallery_note
 from server.mcp_server.support import READ_ONLY, CollectionName, ToolContext, run_core, tool_result
@@ -89,15 +91,26 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         exact_only: Annotated[bool, Field(description="Only byte-identical copies")] = False,
         max_groups: Annotated[int, Field(**GROUPS.schema(), description="Groups per page")] = DEFAULT_MAX_GROUPS,
         offset: Annotated[int, Field(**GROUP_OFFSET.schema(), description="Skip this many groups (paging)")] = 0,
+        wait_seconds: Annotated[
+            float,
+            Field(
+                **WAIT_SECONDS.schema(),
+                description="Seconds to wait for the groups; a large collection's comparison goes on past them and "
+                "this answers state 'running': ask again with the same arguments",
+            ),
+        ] = DEFAULT_WAIT_SECONDS,
     ) -> Annotated[CallToolResult, DuplicateReport]:
         """Find exact copies and near-duplicates (re-encoded or resized copies, bursts) in a collection, grouped,
         largest groups first, each with a suggested keeper (largest resolution, then taken first, then shortest
-        path) and why. It only reports: nothing is deleted or moved; tell the user, who decides."""
+        path) and why. It only reports: nothing is deleted or moved; tell the user, who decides. The groups are
+        computed once per state of the collection: paging through them, or asking again, is immediate."""
         from server.library.duplicates import DuplicateQuery
 
         guard = tools.access.guard(client_roots)
         query = DuplicateQuery(Path(folder) if folder else None, threshold, max_bits, exact_only, max_groups, offset)
-        report = await run_core(lambda: tools.get().find_duplicates(collection, query, guard))
+        report = await run_core(lambda: tools.get().find_duplicates(collection, query, guard, wait_seconds))
+        if report.state == "running":
+            return tool_result(report, "\n".join(report.notes))
         lines = [
             f"{report.groups_total} groups of duplicates ({report.images_in_groups} images) among {report.images} in "
             f"'{report.collection}'"
