@@ -6,9 +6,9 @@ import threading
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes | bytearray | memoryview) -> None:
     """Write `data` to a hidden temporary file beside `path`, flush it to disk, rename it over `path`, and flush the
-    folder so the rename survives a crash."""
+    folder so the rename survives a crash. `data` may be any buffer (a numpy array's memory, not copied)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)

@@ -463,6 +463,7 @@ class Collection:
                     except RuntimeError as exc:
                         log.warning("index file %s unreadable (%s); rebuilding from the catalog", stored, exc)
                 if index is None or index.ntotal != count or not self._fits(index):
+                    index = None  # a stale index is let go before its replacement is built, not held beside it
                     index = self._rebuild(self._conn)
                     rebuilt = True
                 else:
@@ -517,9 +518,10 @@ class Collection:
 
         with self._lock:
             generation = self.generation
-            data = faiss.serialize_index(self._index).tobytes()
+            data = faiss.serialize_index(self._index)  # one copy of the index, written as it is (no bytes copy)
         target = self.folder / f"index.{generation}.faiss"
-        write_atomically(target, data)
+        write_atomically(target, memoryview(data))
+        del data
         for old in self.folder.glob("index.*.faiss"):
             match = _INDEX_FILE.fullmatch(old.name)
             if match and int(match.group(1)) != generation:

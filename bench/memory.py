@@ -1,0 +1,87 @@
+"""Peak memory of a collection's opens and index changes at N vectors, each in a fresh process: a normal open, an
+open whose index file is missing or behind the catalog (rebuilt from it), a Flat→IVF conversion, and an open of the
+IVF index it made.
+
+    python -m bench.memory --vectors 1000000 --json
+
+The collection holds N synthetic 512-d unit vectors (clustered as in bench.search); its vectors alone are N × 2 KB.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import emit, machine
+from bench.search import clustered
+from server.store.collection import CollectionStore
+from server.store.writer import NewImage
+
+DIM = 512
+STEPS = ("open", "stale", "convert", "open_ivf")
+
+
+def child(folder: Path, step: str) -> None:
+    """One step in this fresh process; prints its seconds and peak RSS."""
+    started = time.perf_counter()
+    if step == "stale":
+        for stored in folder.glob("bench/index.*.faiss"):
+            stored.unlink()  # as after a crash between a commit and its index file
+    collection = CollectionStore(folder).open("bench", "bench-model")
+    _ = collection.ntotal
+    if step == "convert":
+        collection.set_index_policy("ivf")
+        with collection.writer():
+            pass  # the end of a write switches the index to what the policy asks for
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {"seconds": round(seconds, 1), "peak_rss_mb": round(peak, 1), "kind": collection.manifest.index_type}
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        child(args.folder, args.child)
+        return
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        collection = CollectionStore(Path(tmp)).create("bench", "bench-model", DIM, index_policy="flat")
+        chunk = 50_000
+        for start in range(0, args.vectors, chunk):
+            count = min(chunk, args.vectors - start)
+            vectors = clustered(count, DIM, rng.standard_normal((200, DIM)).astype(np.float32), rng)
+            with collection.writer() as writer:
+                for i, vector in enumerate(vectors, start=start):
+                    writer.add(NewImage(Path(f"/bench/{i}.jpg"), 1, 1, f"h{i}", 640, 480), vector)
+        collection.close()
+        steps = {}
+        for step in STEPS:
+            command = [sys.executable, "-m", "bench.memory", "--child", step, "--folder", tmp]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            steps[step] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = {
+        "machine": machine(),
+        "vectors": args.vectors,
+        "vectors_mb": args.vectors * DIM * 4 / 1e6,
+    }
+    result.update(steps)
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
