@@ -3,7 +3,6 @@
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -33,9 +32,18 @@ def emit(result: dict[str, object], as_json: bool) -> None:
     print(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
+def proc_status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (kB there), in MB."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak resident memory so far: VmHWM, not ru_maxrss, which a process started by a large one
+    (fork, then exec) inherits from it, so a benchmark's child would report its parent's peak."""
+    return proc_status_mb("VmHWM")
 
 
 # Runs a command and prints its peak RSS: measured from a small launcher, since a child forked from a big process

@@ -13,7 +13,6 @@ are clustered as in bench.search, so near neighbours exist everywhere without be
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bench.common import emit, machine
+from bench.common import emit, machine, peak_rss_mb
 from bench.search import clustered
 from server.images.fingerprint import Perceptual
 from server.library.duplicate_tasks import DuplicateTasks, Running
@@ -96,7 +95,7 @@ def child(folder: Path, search: bool) -> None:
         page_of(collection, again, DuplicateQuery())
         result["second_call_seconds"] = round(time.perf_counter() - started, 3)
         result["groups"] = groups
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 

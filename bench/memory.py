@@ -5,11 +5,11 @@ IVF index it made.
     python -m bench.memory --vectors 1000000 --json
 
 The collection holds N synthetic 512-d unit vectors (clustered as in bench.search); its vectors alone are N × 2 KB.
+Peaks are each child's VmHWM (bench.common.peak_rss_mb): ru_maxrss would carry this parent's own peak.
 """
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import emit, machine
+from bench.common import emit, machine, peak_rss_mb
 from bench.search import clustered
 from server.store.collection import CollectionStore
 from server.store.writer import NewImage
@@ -40,7 +40,7 @@ def child(folder: Path, step: str) -> None:
         with collection.writer():
             pass  # the end of a write switches the index to what the policy asks for
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(
         json.dumps(
             {"seconds": round(seconds, 1), "peak_rss_mb": round(peak, 1), "kind": collection.manifest.index_type}

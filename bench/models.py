@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.common import emit, machine, percentiles
+from bench.common import emit, machine, percentiles, proc_status_mb
 
 FAMILIES = ("clip", "siglip", "siglip2", "metaclip2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,14 +234,6 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- child: one model, measured through the production path ----------------------------------------------------------
-
-
-def proc_status_mb(field: str) -> float:
-    """A memory figure of this process from /proc/self/status (kB there), in MB."""
-    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
-        if line.startswith(field + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 def cpu_snapshot() -> tuple[float, float, float]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from server.atomic_files import write_atomically
+from server.atomic_files import write_atomically, write_atomically_with
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
 from server.limits import INDEX_TYPES
 from server.models.identity import short
@@ -516,12 +516,12 @@ class Collection:
     def _save_index(self) -> None:
         import faiss
 
+        # Streamed to the file, never copied whole in memory. The write lock (held by every caller) keeps other
+        # writers out, and searches only read the index, so it is written outside the collection's lock.
         with self._lock:
-            generation = self.generation
-            data = faiss.serialize_index(self._index)  # one copy of the index, written as it is (no bytes copy)
+            generation, index = self.generation, self._index
         target = self.folder / f"index.{generation}.faiss"
-        write_atomically(target, memoryview(data))
-        del data
+        write_atomically_with(target, lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
         for old in self.folder.glob("index.*.faiss"):
             match = _INDEX_FILE.fullmatch(old.name)
             if match and int(match.group(1)) != generation:
