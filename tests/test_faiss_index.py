@@ -1,6 +1,7 @@
 """The IVF index: when it is chosen, how it is built and calibrated, and that it stays right through writes, reopens,
 rebuilds and the service, CLI and MCP paths. Results are checked against exact numpy search on seeded clustered data."""
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -477,3 +478,25 @@ async def test_mcp_index_type_is_validated_and_reported_by_list_collections(
             "index_type": "ivf",
         }
     ]
+
+
+def test_exact_search_streamed_over_chunks_equals_a_flat_index_over_all_of_them():
+    import faiss
+
+    from server.store.faiss_index import StreamedExact
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((5000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(70_000, 75_000, dtype=np.int64)
+    queries = vectors[rng.choice(5000, 40)] + rng.normal(0, 0.05, (40, 16)).astype(np.float32)
+    bounds = [0, 7, 1000, 1001, 4096, 5000]  # uneven chunks, one smaller than k
+    chunks = [(ids[a:b], vectors[a:b]) for a, b in itertools.pairwise(bounds)]
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(16))
+    flat.add_with_ids(vectors, ids)
+
+    scores, found = StreamedExact(lambda: iter(chunks)).search(queries, 10)
+    want_scores, want = flat.search(queries, 10)
+
+    np.testing.assert_array_equal(found, want)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)

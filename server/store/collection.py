@@ -29,9 +29,10 @@ from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound
 from server.limits import INDEX_TYPES
 from server.models.identity import short
 from server.store.faiss_index import (
+    MAX_TRAINING_VECTORS,
     IndexSpec,
     apply_params,
-    build_ivf,
+    build_ivf_from,
     choose_kind,
     enable_lookup,
     exact_among,
@@ -423,15 +424,21 @@ class Collection:
         import faiss
 
         log.info("collection %s: switching its index from %s to %s", self.name, self.manifest.index_type, wanted)
-        ids, _, vectors = self.all_vectors()
+        # Streamed from the catalog (the write lock keeps it still): the old index keeps answering searches
+        # meanwhile, so the new one is built beside it without a third copy of every vector.
         if wanted == "ivf":
             exact = self._index if self.manifest.index_type == "flat" else None
-            trained, index, spec = build_ivf(vectors, ids, exact)
+            rng = np.random.default_rng(0)
+            all_ids = np.array([r[0] for r in self.query("SELECT id FROM images ORDER BY id")], dtype=np.int64)
+            picked = np.sort(rng.choice(len(all_ids), min(len(all_ids), MAX_TRAINING_VECTORS), replace=False))
+            sample = self._vectors_of(all_ids[picked])
+            trained, index, spec = build_ivf_from(len(all_ids), sample, self._catalog_chunks, exact, rng)
+            del sample
             write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
         else:
             spec = IndexSpec("flat")
             index = new_flat(self.manifest.dim)
-            if len(ids):
+            for ids, vectors in self._catalog_chunks():
                 index.add_with_ids(vectors, ids)
         if spec.kind == "ivf":
             enable_lookup(index)
@@ -493,6 +500,28 @@ class Collection:
         if self.manifest.index_type == "ivf":
             return faiss.read_index(str(self.folder / "ivf_trained.faiss"))
         return new_flat(self.manifest.dim)
+
+    def _catalog_chunks(self) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Every (ids, vectors) of the catalog in id order, 8,192 at a time."""
+        conn = connect(self.folder / "catalog.sqlite")
+        try:
+            cursor = conn.execute("SELECT id, vector FROM images ORDER BY id")
+            while rows := cursor.fetchmany(8192):
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+                yield ids, vectors
+        finally:
+            conn.close()
+
+    def _vectors_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The stored vectors of `ids`, in that order."""
+        out = np.empty((len(ids), self.manifest.dim), dtype=np.float32)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500].tolist()
+            rows = dict(self.query(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+            for row, image_id in enumerate(chunk, start=start):
+                out[row] = np.frombuffer(rows[image_id], dtype=np.float32)
+        return out
 
     def _rebuild(self, conn: sqlite3.Connection) -> Any:
         index = self._empty_index()

@@ -8,6 +8,7 @@ build time against exact search so that recall@10 reaches `TARGET_RECALL`. Both 
 
 import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,19 +57,31 @@ def nlist_for(count: int) -> int:
     return max(1, cap)
 
 
+Chunks = Callable[[], Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]]
+"""Every (ids, vectors) of a collection, a chunk at a time; callable again for another pass."""
+
+
 def build_ivf(
     vectors: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], exact: Any = None, seed: int = 0
 ) -> tuple[Any, Any, IndexSpec]:
-    """Train an IVF index on (a sample of) `vectors`, fill it, and calibrate nprobe on it, against `exact` (an
-    exact index over the same ids, e.g. the Flat index being replaced) or a temporary one.
+    """`build_ivf_from` over vectors held in memory."""
+    rng = np.random.default_rng(seed)
+    sample = vectors[rng.choice(len(ids), min(len(ids), MAX_TRAINING_VECTORS), replace=False)]
+    return build_ivf_from(len(ids), sample, lambda: iter([(ids, vectors)]), exact, rng, seed)
+
+
+def build_ivf_from(
+    count: int, sample: npt.NDArray[np.float32], chunks: Chunks, exact: Any, rng: np.random.Generator, seed: int = 0
+) -> tuple[Any, Any, IndexSpec]:
+    """Train an IVF index on `sample` (of the `count` vectors `chunks` yields), fill it chunk by chunk, and calibrate
+    nprobe on it against `exact` (an exact index over the same ids, e.g. the Flat index being replaced), else
+    against exact search over the chunks; no more than the new index and the sample are ever held.
 
     Returns the trained empty index (kept so later rebuilds need no training), the filled index and its spec."""
     import faiss
 
-    count, dim = vectors.shape
+    dim = sample.shape[1]
     nlist = nlist_for(count)
-    rng = np.random.default_rng(seed)
-    sample = vectors[rng.choice(count, min(count, MAX_TRAINING_VECTORS), replace=False)]
     quantizer = faiss.IndexFlatIP(dim)
     trained = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     trained.cp.seed = seed
@@ -76,22 +89,44 @@ def build_ivf(
     trained.train(np.ascontiguousarray(sample, dtype=np.float32))
     trained.set_direct_map_type(faiss.DirectMap.Hashtable)
     index = faiss.clone_index(trained)
-    index.add_with_ids(vectors, ids)
-    nprobe = calibrate_nprobe(index, vectors, ids, rng, exact)
+    for chunk_ids, chunk_vectors in chunks():
+        index.add_with_ids(np.ascontiguousarray(chunk_vectors, dtype=np.float32), chunk_ids)
+    nprobe = calibrate_nprobe(index, sample, None, rng, exact if exact is not None else StreamedExact(chunks))
     index.nprobe = nprobe
     params = {"nlist": nlist, "nprobe": nprobe, "target_recall_at_10": TARGET_RECALL, "trained_on": count}
     return trained, index, IndexSpec("ivf", params)
 
 
+class StreamedExact:
+    """Exact top-k over a collection's chunks, one chunk in memory at a time: `search` as a FAISS index has it."""
+
+    def __init__(self, chunks: Chunks) -> None:
+        self.chunks = chunks
+
+    def search(self, queries: npt.NDArray[np.float32], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for ids, vectors in self.chunks():
+            scores = np.concatenate([best_scores, queries @ vectors.T], axis=1)
+            found = np.concatenate([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else None
+            if top is not None:
+                scores, found = np.take_along_axis(scores, top, 1), np.take_along_axis(found, top, 1)
+            best_scores, best_ids = scores, found
+        order = np.argsort(-best_scores, axis=1)
+        return np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_ids, order, 1)
+
+
 def calibrate_nprobe(
     index: Any,
     vectors: npt.NDArray[np.float32],
-    ids: npt.NDArray[np.int64],
+    ids: npt.NDArray[np.int64] | None,
     rng: np.random.Generator,
     exact: Any = None,
 ) -> int:
-    """Smallest power-of-two nprobe whose recall@10 against exact search, on queries near stored vectors, meets
-    the target."""
+    """Smallest power-of-two nprobe whose recall@10 against exact search, on queries near `vectors` (stored ones,
+    or a sample of them), meets the target. Without `exact` (an index over ids), `vectors` with their `ids` are
+    all there is."""
     import faiss
 
     count, dim = vectors.shape
@@ -104,6 +139,7 @@ def calibrate_nprobe(
     queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     k = min(10, count)
     if exact is None:
+        assert ids is not None
         exact = faiss.IndexFlatIP(dim)
         exact.add(vectors)
         _, positions = exact.search(queries, k)
