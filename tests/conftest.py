@@ -102,6 +102,48 @@ def install_previous_collection(fixture: str, tmp_path: Path) -> tuple[Path, Pat
     return index, photos
 
 
+def previous_release_service(fixture: str, tiny_clip: Path, tmp_path: Path) -> tuple[Any, Path, Path, dict[str, Any]]:
+    """A service over a collection an earlier release wrote (`install_previous_collection`), with the tests' tiny
+    checkpoint standing in under the model name that release recorded. Returns (service, photos folder, manifest
+    path, the manifest as written)."""
+    import json
+
+    from server.config import Settings
+    from server.encoders.torch_engine import TransformersEncoder
+    from server.service import ClipSearch
+
+    index, photos = install_previous_collection(fixture, tmp_path)
+    path = index / "default" / "manifest.json"
+    before = json.loads(path.read_text(encoding="utf-8"))
+    service = ClipSearch(Settings(index_dir=index, model=str(before["model"])))
+    service.encoders.add(TransformersEncoder(str(tiny_clip)), str(before["model"]))  # where that release had it
+    return service, photos, path, before
+
+
+def assert_answers_as_recorded(fixture: str, by_text: Any, by_image: Any) -> None:
+    """The text and image searches gave the top 9 that release recorded in its fixture, scores within 1e-5."""
+    import json
+
+    for answer, recorded in ((by_text, "search_text.json"), (by_image, "search_image.json")):
+        expected = json.loads((FIXTURES / fixture / recorded).read_text(encoding="utf-8"))["results"]
+        assert [Path(h.path).name for h in answer.results] == [Path(r["path"]).name for r in expected]
+        assert [h.score for h in answer.results] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+
+
+def fake_collection_listed(name: str, images: int, index_type: str) -> dict[str, Any]:
+    """How list_collections shows a collection the fake encoder built."""
+    return {
+        "name": name,
+        "images": images,
+        "model": "fake-color-encoder",
+        "model_identity": FakeEncoder.model_identity,
+        "precision": "fp32",
+        "family": None,  # the fake encoder has no checkpoint to tell it from
+        "dim": 3,
+        "index_type": index_type,
+    }
+
+
 def save_color(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "JPEG") -> Path:
     """An image of one colour with a little seeded noise, so each file has distinct content."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -253,6 +253,17 @@ def counting(monkeypatch: pytest.MonkeyPatch, gate: Any = None) -> list[int]:
     return calls
 
 
+def started_and_held(service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[int], Any]:
+    """The library indexed and a duplicates computation started on it, held until the returned gate opens; returns
+    (gate, the computations counted, the report of the call that started it)."""
+    import threading
+
+    service.index_folder(library)
+    gate = threading.Event()
+    calls = counting(monkeypatch, gate)
+    return gate, calls, service.find_duplicates(query=DuplicateQuery(), wait_seconds=0.05)
+
+
 def test_groups_are_computed_once_per_commit_and_paging_reads_them(
     fake_service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -275,13 +286,7 @@ def test_groups_are_computed_once_per_commit_and_paging_reads_them(
 def test_a_comparison_longer_than_the_wait_answers_running_then_the_groups_on_a_later_call(
     fake_service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
-    fake_service.index_folder(library)
-    gate = threading.Event()
-    calls = counting(monkeypatch, gate)
-
-    running = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=0.05)
+    gate, calls, running = started_and_held(fake_service, library, monkeypatch)
     still = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=0.05)
     gate.set()
     done = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=10)
@@ -295,14 +300,9 @@ def test_a_comparison_longer_than_the_wait_answers_running_then_the_groups_on_a_
 def test_a_cancelled_comparison_is_forgotten_and_the_next_call_computes_again(
     fake_service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
     from server.library.duplicates import Cancelled
 
-    fake_service.index_folder(library)
-    gate = threading.Event()
-    calls = counting(monkeypatch, gate)
-    running = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=0.05)
+    gate, calls, running = started_and_held(fake_service, library, monkeypatch)
 
     assert running.job_id is not None and fake_service.duplicate_tasks.cancel(running.job_id)
     gate.set()

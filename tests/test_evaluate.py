@@ -26,26 +26,20 @@ from server.store.writer import NewImage
 DIM = 8
 
 
-class LabelEncoder:
-    """Text side of a fake model: a text naming a label maps to that label's cluster centre."""
+class LabelEncoder(FakeEncoder):
+    """Text side of a fake model: a text naming a label maps to that label's cluster centre (images as the
+    colour fake does: counted, normalised)."""
 
     model_name = "fake-label-encoder"
-    precision = "fp32"
     model_identity = "sha256:" + "1a" * 32
     dim = DIM
-    input_size = 16
 
     def __init__(self, centres: dict[str, npt.NDArray[np.float32]]) -> None:
+        super().__init__()
         self.centres = centres
-        self.texts_encoded: list[str] = []
-        self.images_encoded = 0
 
     def preprocess(self, image: Image.Image) -> npt.NDArray[np.float32]:
         return np.zeros(DIM, dtype=np.float32)
-
-    def encode_pixels(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        self.images_encoded += len(batch)
-        return normalize(batch)
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         self.texts_encoded.extend(texts)

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from conftest import FakeEncoder, fill, image, mcp_client, with_encoder
+from conftest import FakeEncoder, fake_collection_listed, fill, image, mcp_client, with_encoder
 from server.errors import InvalidArgument
 from server.service import ClipSearch
 from server.store import faiss_index
@@ -466,18 +466,7 @@ async def test_mcp_index_type_is_validated_and_reported_by_list_collections(
         listing = await client.call_tool("list_collections", {})
     assert refused.is_error and "index_type" in refused.content[0].text
     assert not indexed.is_error and indexed.structured_content["indexed_total"] == 15
-    assert listing.structured_content["collections"] == [
-        {
-            "name": "default",
-            "images": 15,
-            "model": "fake-color-encoder",
-            "model_identity": FakeEncoder.model_identity,
-            "precision": "fp32",
-            "family": None,  # the fake encoder has no checkpoint to tell it from
-            "dim": 3,
-            "index_type": "ivf",
-        }
-    ]
+    assert listing.structured_content["collections"] == [fake_collection_listed("default", 15, "ivf")]
 
 
 def test_exact_search_streamed_over_chunks_equals_a_flat_index_over_all_of_them():

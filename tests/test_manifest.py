@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, install_previous_collection
+from conftest import assert_answers_as_recorded, previous_release_service
 from server.cli.render import render
 from server.config import Settings
-from server.encoders.torch_engine import TransformersEncoder
 from server.service import ClipSearch
 from server.store.manifest import SCHEMA_VERSION
 
@@ -30,11 +29,7 @@ def test_a_new_collection_records_its_models_family(tiny_clip: Path, tmp_path: P
 def test_a_version_3_collection_searches_unchanged_and_its_next_run_records_the_family_without_embedding(
     tiny_clip: Path, tmp_path: Path
 ) -> None:
-    index, photos = install_previous_collection("v3_manifest_collection", tmp_path)
-    path = index / "default" / "manifest.json"
-    before = json.loads(path.read_text(encoding="utf-8"))
-    service = ClipSearch(Settings(index_dir=index, model=str(before["model"])))
-    service.encoders.add(TransformersEncoder(str(tiny_clip)), str(before["model"]))  # where that release had it
+    service, photos, path, before = previous_release_service("v3_manifest_collection", tiny_clip, tmp_path)
 
     by_text = service.search_text("a rocket launching", k=9)
     by_image = service.search_image(photos / "cat" / "chelsea.jpg", k=9)
@@ -45,10 +40,7 @@ def test_a_version_3_collection_searches_unchanged_and_its_next_run_records_the_
     listed_after = service.list_collections()
 
     assert before["schema_version"] == 3 and "family" not in before
-    for answer, recorded in ((by_text, "search_text.json"), (by_image, "search_image.json")):
-        expected = json.loads((FIXTURES / "v3_manifest_collection" / recorded).read_text(encoding="utf-8"))["results"]
-        assert [Path(h.path).name for h in answer.results] == [Path(r["path"]).name for r in expected]
-        assert [h.score for h in answer.results] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    assert_answers_as_recorded("v3_manifest_collection", by_text, by_image)
     assert json.loads(untouched) == before  # reading never writes
     assert listed_before.family is None
     assert report.embedded == 0 and report.unchanged == 9

@@ -9,7 +9,7 @@ import mcp.types as types
 import pytest
 from PIL import Image
 
-from conftest import COLORS, FakeEncoder, call, error_text, mcp_client, save_color
+from conftest import COLORS, call, error_text, fake_collection_listed, mcp_client, save_color
 from server.service import ClipSearch
 
 pytestmark = pytest.mark.anyio
@@ -141,18 +141,7 @@ async def test_list_collections_reports_each_collections_model_and_size(fake_ser
     async with mcp_client(fake_service, [color_folder]) as client:
         await call(client, "index_folder", folder=str(color_folder), collection="colors")
         listing = await call(client, "list_collections")
-    assert listing.structured_content["collections"] == [
-        {
-            "name": "colors",
-            "images": 15,
-            "model": "fake-color-encoder",
-            "model_identity": FakeEncoder.model_identity,
-            "precision": "fp32",
-            "family": None,  # the fake encoder has no checkpoint to tell it from
-            "dim": 3,
-            "index_type": "flat",
-        }
-    ]
+    assert listing.structured_content["collections"] == [fake_collection_listed("colors", 15, "flat")]
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,13 @@ import pytest
 
 from conftest import (
     COLORS,
-    FIXTURES,
     SAMPLES,
+    assert_answers_as_recorded,
     clipsearch,
     clipsearch_imports,
     imported,
-    install_previous_collection,
     mcp_client,
+    previous_release_service,
     save_color,
 )
 from server.config import Settings
@@ -166,11 +166,7 @@ def test_searching_an_int8_collection_from_the_terminal_imports_neither_torch_no
 def test_a_collection_of_the_previous_release_reads_as_fp32_searches_unchanged_and_is_migrated_by_its_next_write(
     tiny_clip: Path, tmp_path: Path
 ):
-    index, photos = install_previous_collection("v2_manifest_collection", tmp_path)
-    path = index / "default" / "manifest.json"
-    before = json.loads(path.read_text(encoding="utf-8"))
-    service = ClipSearch(Settings(index_dir=index, model=str(before["model"])))
-    service.encoders.add(TransformersEncoder(str(tiny_clip)), str(before["model"]))  # where that release had it
+    service, photos, path, before = previous_release_service("v2_manifest_collection", tiny_clip, tmp_path)
 
     by_text = service.search_text("a rocket launching", k=9)
     by_image = service.search_image(photos / "cat" / "chelsea.jpg", k=9)
@@ -181,10 +177,7 @@ def test_a_collection_of_the_previous_release_reads_as_fp32_searches_unchanged_a
     after = json.loads(path.read_text(encoding="utf-8"))
 
     assert before["schema_version"] == 2 and "precision" not in before
-    for answer, recorded in ((by_text, "search_text.json"), (by_image, "search_image.json")):
-        expected = json.loads((FIXTURES / "v2_manifest_collection" / recorded).read_text(encoding="utf-8"))["results"]
-        assert [Path(h.path).name for h in answer.results] == [Path(r["path"]).name for r in expected]
-        assert [h.score for h in answer.results] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    assert_answers_as_recorded("v2_manifest_collection", by_text, by_image)
     assert json.loads(untouched) == before  # reading never writes
     assert report.embedded == 0 and report.unchanged == 9
     assert after == {**before, "schema_version": SCHEMA_VERSION, "precision": "fp32", "family": "clip"}
