@@ -6,10 +6,13 @@ search, on Flat and IVF, through `Searcher` (catalog selection + FAISS selector 
 
 Vectors as in bench.search (clustered, 512-d); each image gets a folder (50 % split), a capture date (1 % of them
 on one day) and a camera (0.01 % from a rare one). Latency is one query at a time, k=10, p50/p95 over 3 rounds of
-100 queries, the cases taking turns on each query; recall@10 is against brute force over the passing images.
+100 queries, the cases taking turns on each query, and again (`gc_frozen`) over 3 rounds interleaved with those in
+which every object alive is frozen out of the garbage collector's view; recall@10 is against brute force over the
+passing images.
 """
 
 import argparse
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -86,26 +89,34 @@ def main() -> None:
                 where, params = filters.sql(collection.cameras() if filters.camera else None)
                 passing[name] = np.sort(select_ids(collection, where, params)) if filters.active else ids
             latencies: dict[str, list[float]] = {name: [] for name in cases}
+            frozen: dict[str, list[float]] = {name: [] for name in cases}
             recalls: dict[str, list[float]] = {name: [] for name in cases}
-            # The cases take turns on each query, so a slow spell of the machine touches them all alike.
-            for rep in range(ROUNDS):
+            # The cases take turns on each query, so a slow spell of the machine touches them all alike. Rounds
+            # alternate with the objects alive so far frozen out of the garbage collector's view (gc.freeze), so
+            # what full collections cost the tail is seen beside it.
+            for rep in range(2 * ROUNDS):
+                if rep % 2:
+                    gc.freeze()
                 for query in queries:
                     for name, filters in cases.items():
                         started = time.perf_counter()
                         hits, _ = _hits(collection, query, 10, filters, ResultOrder())
-                        latencies[name].append((time.perf_counter() - started) * 1000)
+                        (frozen if rep % 2 else latencies)[name].append((time.perf_counter() - started) * 1000)
                         if rep == 0:
                             got = {collection.find_path(h.path).id for h in hits}  # type: ignore[union-attr]
                             want = exact(stored, passing[name], ids, query)
                             recalls[name].append(len(got & want) / min(10, len(passing[name])))
+                gc.unfreeze()
             rows: dict[str, object] = {
                 name: {
                     "passing": len(passing[name]),
                     **percentiles(latencies[name]),
+                    "gc_frozen": percentiles(frozen[name]),
                     "recall_at_10": round(float(np.mean(recalls[name])), 4),
                 }
                 for name in cases
             }
+            out[f"{kind}_gc"] = {"tracked_objects": len(gc.get_objects()), "collections": gc.get_stats()}
             base = rows["none"]["p50_ms"]  # type: ignore[index]
             for name in ("50%", "1%", "0.01%"):
                 rows[name]["p50_vs_unfiltered"] = round(rows[name]["p50_ms"] / base, 2)  # type: ignore[index]
