@@ -2,6 +2,7 @@
 operations."""
 
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import Sequence
@@ -171,6 +172,7 @@ class ClipSearch:
                 )
             with self._lock:
                 self._open[name] = made
+            _settle_heap()
             return made
 
     def _encoder_of(self, manifest: Manifest) -> Encoder:
@@ -442,6 +444,15 @@ class ClipSearch:
     def thumbnail_page(self, paths: Sequence[str], side: int, guard: PathGuard = UNCONFINED) -> ThumbnailPage:
         """Thumbnails of several images for a gallery, each read only if the guard allows its path."""
         return self.thumbnails.page(paths, side, guard.check)
+
+
+def _settle_heap() -> None:
+    """What is alive once a collection is open (modules, the model, the index and their wrappers) lives as long as
+    the process: it is moved out of the garbage collector's view, so the collector's full passes stop scanning it
+    during searches. At a million images those passes set the filtered searches' tail: p95 33 and 79 ms against
+    p50 1.4 and 8.1 ms, and 3.8 and 9.9 ms once frozen (bench.filters, gc_frozen). Freezing takes no time (no
+    collection first: a one-shot command must not pay for one)."""
+    gc.freeze()
 
 
 def _load_text_tower_meanwhile(encoder: Encoder) -> threading.Thread | None:

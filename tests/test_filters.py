@@ -284,3 +284,18 @@ def test_empty_filter_searches_everything(flat: Collection) -> None:
 
 def test_camera_text_is_matched_literally_not_as_a_pattern() -> None:
     assert SearchFilter.parse(camera="a_b%").sql() == ("camera LIKE ? ESCAPE '\\'", ["%a\\_b\\%%"])
+
+
+def test_opening_a_collection_moves_what_is_alive_out_of_the_garbage_collectors_full_passes(
+    fake_service: ClipSearch, color_folder: Path, fake_encoder: FakeEncoder
+) -> None:
+    import gc
+
+    fake_service.index_folder(color_folder)
+    fresh = ClipSearch(fake_service.settings, encoder=fake_encoder)  # as a new process finds the collection
+    gc.unfreeze()
+
+    fresh.collection("default")
+
+    assert gc.get_freeze_count() > 1000  # the modules, the service and the collection at least
+    gc.unfreeze()
