@@ -47,7 +47,8 @@ from server.results import (
 from server.search.composition import Extras
 from server.search.filters import ResultOrder, SearchFilter
 from server.search.searcher import Searcher
-from server.store.collection import Collection, CollectionStore, read_catalog, validate_name
+from server.store.catalog import read_catalog
+from server.store.collection import Collection, CollectionStore, validate_name
 from server.store.manifest import Manifest
 
 if TYPE_CHECKING:

@@ -35,7 +35,9 @@ class Background:
         if not guard.roots:
             log.warning("--watch needs --root (or CLIPSEARCH_ROOTS): no folder is watched")
             return
-        from server.store.collection import CollectionStore, recorded_folders  # numpy and faiss: not at import
+        # numpy and faiss: not at import
+        from server.store.catalog import recorded_folders
+        from server.store.collection import CollectionStore
 
         index_dir = self.jobs.index_dir
         for name in CollectionStore(index_dir).names():

@@ -26,7 +26,8 @@ from server.images.metadata import PhotoMetadata, read_metadata
 from server.indexing.scan import FileStat, scan_folder
 from server.paths import UNCONFINED, PathGuard
 from server.results import Failure, IndexReport
-from server.store.collection import CatalogEntry, Collection
+from server.store.catalog import CatalogEntry
+from server.store.collection import Collection
 from server.store.writer import CollectionWriter, NewImage
 
 log = logging.getLogger(__name__)

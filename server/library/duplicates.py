@@ -127,7 +127,7 @@ def duplicate_groups(
             if cancel is not None and cancel.is_set():
                 raise Cancelled
             batch_ids = ids[start : start + BATCH]
-            vectors = stored[start : start + BATCH] if stored is not None else _vectors(collection, batch_ids)
+            vectors = stored[start : start + BATCH] if stored is not None else collection.vectors_of(batch_ids)
             _join_near(parent, ids, batch_ids, vectors, search, query, dhash, comparable)
             if progress is not None:
                 progress(min(start + BATCH, len(ids)), len(ids))
@@ -207,7 +207,7 @@ def _neighbour_search(
         return collection.neighbours, None
     import faiss
 
-    stored = np.concatenate([_vectors(collection, ids[s : s + BATCH]) for s in range(0, len(ids), BATCH)])
+    stored = collection.vectors_of(ids)
     nlist = nlist_for(len(ids))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(stored.shape[1]), stored.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = 10  # a rough partition suffices: near-duplicates are close whatever the lists' borders
@@ -255,13 +255,6 @@ def _fingerprints(
         np.array([_MISSING if r[2] is None else r[2] for r in rows], dtype=np.int64),
         np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64),
     )
-
-
-def _vectors(collection: Collection, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-    """The stored vectors of `ids`, in that order."""
-    marks = ",".join("?" * len(ids))
-    rows = dict(collection.query(f"SELECT id, vector FROM images WHERE id IN ({marks})", ids.tolist()))
-    return np.stack([np.frombuffer(rows[int(i)], dtype=np.float32) for i in ids])
 
 
 def _details(collection: Collection, image_ids: list[int]) -> dict[int, DuplicateMember]:
@@ -316,7 +309,7 @@ def collapse(collection: Collection, hits: list[Hit], threshold: float = DEFAULT
     wanted = [h.id for h in hits]
     ids, hashes, dhash, contrast = _fingerprints(collection, f"id IN ({','.join('?' * len(wanted))})", wanted)
     rows = {int(i): n for n, i in enumerate(ids)}
-    vectors = _vectors(collection, ids)
+    vectors = collection.vectors_of(ids)
     kept: dict[int, int] = {}
     for hit in hits:
         n = rows.get(hit.id)

@@ -13,7 +13,7 @@ from server.images.decode import decode, is_image_name, is_raw_name, jpeg_of, re
 from server.images.metadata import read_metadata
 from server.limits import VIEW_SIDE
 from server.results import ImageView
-from server.store.collection import read_catalog
+from server.store.catalog import read_catalog
 
 MAX_JPEG_BYTES = 1_000_000
 

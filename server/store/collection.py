@@ -28,6 +28,13 @@ from server.atomic_files import write_atomically, write_atomically_with
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
 from server.limits import INDEX_TYPES
 from server.models.identity import short
+from server.store.catalog import (
+    ENTRY_COLUMNS,
+    CatalogEntry,
+    entry_of,
+    vector_chunks,
+    vectors_by_id,
+)
 from server.store.faiss_index import (
     MAX_TRAINING_VECTORS,
     IndexSpec,
@@ -71,17 +78,6 @@ def validate_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class CatalogEntry:
-    id: int
-    path: Path
-    size: int
-    mtime_ns: int
-    hash: str
-    has_metadata: bool = True
-    has_perceptual: bool = True
-
-
-@dataclass(frozen=True)
 class Hit:
     """One search result with what the catalog knows of the image."""
 
@@ -97,32 +93,6 @@ class Hit:
     latitude: float | None
     longitude: float | None
     camera: str | None
-
-
-_ENTRY_COLUMNS = "id, path, size, mtime_ns, hash, meta_read, dhash IS NOT NULL"
-
-
-def _entry(row: tuple[Any, ...]) -> CatalogEntry:
-    path = Path(os.fsdecode(row[1]))
-    return CatalogEntry(row[0], path, row[2], row[3], row[4], has_metadata=bool(row[5]), has_perceptual=bool(row[6]))
-
-
-def read_catalog(folder: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """Rows of a query on a collection's catalog, read without opening the collection ([] if unreadable)."""
-    uri = (folder / "catalog.sqlite").as_uri() + "?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return []
-
-
-def recorded_folders(folder: Path) -> list[Path]:
-    """The folders indexing runs were pointed at, from a collection's catalog."""
-    return sorted(Path(os.fsdecode(row[0])) for row in read_catalog(folder, "SELECT path FROM folders"))
 
 
 def is_being_written(folder: Path) -> bool:
@@ -180,8 +150,8 @@ class Collection:
         """Catalogued images whose path lies under `folder` (directly, when not recursive)."""
         clause, bounds = under_folder(folder)
         with self._lock:
-            rows = self._conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM images WHERE {clause}", bounds).fetchall()
-        entries = (_entry(row) for row in rows)
+            rows = self._conn.execute(f"SELECT {ENTRY_COLUMNS} FROM images WHERE {clause}", bounds).fetchall()
+        entries = (entry_of(row) for row in rows)
         return {e.path: e for e in entries if recursive or e.path.parent == folder}
 
     def holds_images_under(self, folder: Path) -> bool:
@@ -192,17 +162,15 @@ class Collection:
 
     def find_path(self, path: Path) -> CatalogEntry | None:
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE path = ?", (path_key(path),)
-            ).fetchone()
-        return _entry(row) if row else None
+            row = self._conn.execute(f"SELECT {ENTRY_COLUMNS} FROM images WHERE path = ?", (path_key(path),)).fetchone()
+        return entry_of(row) if row else None
 
     def find_hash(self, content_hash: str) -> list[CatalogEntry]:
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM images WHERE hash = ? ORDER BY id", (content_hash,)
+                f"SELECT {ENTRY_COLUMNS} FROM images WHERE hash = ? ORDER BY id", (content_hash,)
             ).fetchall()
-        return [_entry(row) for row in rows]
+        return [entry_of(row) for row in rows]
 
     def indexed_folders(self) -> list[Path]:
         """Folders that indexing runs were pointed at, outermost first."""
@@ -213,6 +181,10 @@ class Collection:
     def known_hashes(self) -> set[str]:
         with self._lock:
             return {row[0] for row in self._conn.execute("SELECT hash FROM images")}
+
+    def vectors_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The stored vectors of `ids`, in that order."""
+        return vectors_by_id(self.query, ids, self.manifest.dim)
 
     def vector(self, image_id: int) -> npt.NDArray[np.float32]:
         with self._lock:
@@ -431,7 +403,7 @@ class Collection:
             rng = np.random.default_rng(0)
             all_ids = np.array([r[0] for r in self.query("SELECT id FROM images ORDER BY id")], dtype=np.int64)
             picked = np.sort(rng.choice(len(all_ids), min(len(all_ids), MAX_TRAINING_VECTORS), replace=False))
-            sample = self._vectors_of(all_ids[picked])
+            sample = self.vectors_of(all_ids[picked])
             trained, index, spec = build_ivf_from(len(all_ids), sample, self._catalog_chunks, exact, rng)
             del sample
             write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
@@ -502,33 +474,16 @@ class Collection:
         return new_flat(self.manifest.dim)
 
     def _catalog_chunks(self) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-        """Every (ids, vectors) of the catalog in id order, 8,192 at a time."""
+        """Every (ids, vectors) of the catalog, read on a connection of its own (so a pass may be repeated)."""
         conn = connect(self.folder / "catalog.sqlite")
         try:
-            cursor = conn.execute("SELECT id, vector FROM images ORDER BY id")
-            while rows := cursor.fetchmany(8192):
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-                yield ids, vectors
+            yield from vector_chunks(conn)
         finally:
             conn.close()
 
-    def _vectors_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """The stored vectors of `ids`, in that order."""
-        out = np.empty((len(ids), self.manifest.dim), dtype=np.float32)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500].tolist()
-            rows = dict(self.query(f"SELECT id, vector FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-            for row, image_id in enumerate(chunk, start=start):
-                out[row] = np.frombuffer(rows[image_id], dtype=np.float32)
-        return out
-
     def _rebuild(self, conn: sqlite3.Connection) -> Any:
         index = self._empty_index()
-        cursor = conn.execute("SELECT id, vector FROM images ORDER BY id")
-        while rows := cursor.fetchmany(4096):
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        for ids, vectors in vector_chunks(conn):
             index.add_with_ids(vectors, ids)
         return index
 
