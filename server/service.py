@@ -20,7 +20,7 @@ from server.errors import ClipSearchError, CollectionMismatch, FileMissing, Inva
 from server.evaluation.evaluate import evaluate as evaluate_collection
 from server.images.thumbnails import ThumbnailCache
 from server.indexing.indexer import Indexer, ProgressFn
-from server.library.duplicate_tasks import DuplicateTasks
+from server.library.duplicate_tasks import DuplicateTasks, Running
 from server.limits import (
     DEFAULT_COLLECTION,
     DEFAULT_KS,
@@ -37,7 +37,6 @@ from server.results import (
     CollectionInfo,
     CollectionList,
     DuplicateReport,
-    DuplicatesProgress,
     EvaluationReport,
     ImageView,
     IndexReport,
@@ -52,7 +51,6 @@ from server.store.collection import Collection, CollectionStore, validate_name
 from server.store.manifest import Manifest
 
 if TYPE_CHECKING:
-    from server.library.duplicate_tasks import Running
     from server.library.duplicates import DuplicateQuery, Progress
 
 log = logging.getLogger(__name__)
@@ -153,9 +151,8 @@ class ClipSearch:
                 encoder = self._encoder_of(manifest)
                 loading = _load_text_tower_meanwhile(encoder) if for_text else None
                 try:
-                    made = self.store.open(
-                        name, manifest.model, identity=encoder.model_identity, family=_family_key(encoder)
-                    )
+                    family = _family_key(encoder) if manifest.family is None else None  # read once, when missing
+                    made = self.store.open(name, manifest.model, identity=encoder.model_identity, family=family)
                 finally:
                     if loading is not None:
                         loading.join()
@@ -414,8 +411,7 @@ class ClipSearch:
         keeper each; reads only the catalog and the index, changes nothing. Computed once per collection commit
         and remembered (paging is free); a computation longer than `wait_seconds` goes on in the background and
         this answers with its state (None: wait until done)."""
-        from server.library.duplicate_tasks import Running
-        from server.library.duplicates import DuplicateQuery, page_of
+        from server.library.duplicates import DuplicateQuery, page_of, running_report
 
         query = query or DuplicateQuery()
         if query.folder is not None:
@@ -424,7 +420,7 @@ class ClipSearch:
         target = self.collection(collection)
         found = self.duplicate_tasks.groups(target, query, wait_seconds, progress)
         if isinstance(found, Running):
-            return _running_duplicates(target, query, found)
+            return running_report(target.name, target.generation, query, found)
         return page_of(target, found, query)
 
     def view_image(
@@ -470,29 +466,6 @@ def _load_text_tower_meanwhile(encoder: Encoder) -> threading.Thread | None:
     thread = threading.Thread(target=load, name="clipsearch-text-tower", daemon=True)
     thread.start()
     return thread
-
-
-def _running_duplicates(collection: Collection, query: "DuplicateQuery", running: "Running") -> DuplicateReport:
-    return DuplicateReport(
-        collection=collection.name,
-        state="running",
-        job_id=running.job_id,
-        progress=DuplicatesProgress(compared=running.compared, total=running.total),
-        generation=collection.generation,
-        threshold=query.threshold,
-        max_bits=query.max_bits,
-        exact_only=query.exact_only,
-        images=running.total,
-        groups_total=0,
-        images_in_groups=0,
-        offset=query.offset,
-        groups=[],
-        notes=[
-            f"Still comparing: {running.compared:,} of {running.total:,} images so far. Ask again with the same "
-            "arguments for the groups; the comparison goes on meanwhile and is done once for this collection."
-        ],
-        seconds=0.0,
-    )
 
 
 def _family_key(encoder: Encoder) -> str | None:

@@ -97,6 +97,7 @@ def _watch_until_interrupted(
     """`index --watch`: the same watcher and jobs as the server's, in the foreground; each run's summary printed."""
     from server.cli.render import render
     from server.indexing.background import Background
+    from server.indexing.jobs import ACTIVE
 
     background = Background.over(settings.index_dir, lambda: service)
     jobs, watcher = background.jobs, background.watcher
@@ -107,7 +108,7 @@ def _watch_until_interrupted(
         while True:
             jobs.wait(None, 1.0)
             for job in reversed(jobs.recent().jobs):
-                if job.state not in ("queued", "running") and job.job_id not in reported:
+                if job.state not in ACTIVE and job.job_id not in reported:
                     reported.add(job.job_id)
                     if job.report is not None and job.started is not None:
                         print(job.report.model_dump_json() if args.json else render(job.report), flush=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.indexing.jobs import IndexingService, JobManager
+from server.indexing.jobs import ACTIVE, IndexingService, JobManager
 from server.indexing.watch import FolderWatcher
 from server.paths import PathGuard
 
@@ -50,5 +50,5 @@ class Background:
         """Stop watching and cancel what is queued or running (committed batches stay)."""
         self.watcher.close()
         for job in self.jobs.recent().jobs:
-            if job.state in ("queued", "running"):
+            if job.state in ACTIVE:
                 self.jobs.cancel(job.job_id)

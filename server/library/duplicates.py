@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,10 +40,13 @@ from server.limits import (
     MAX_BITS,
     THRESHOLD,
 )
-from server.results import DuplicateGroup, DuplicateMember, DuplicateReport
+from server.results import DuplicateGroup, DuplicateMember, DuplicateReport, DuplicatesProgress
 from server.store.collection import Collection, Hit
 from server.store.faiss_index import nlist_for
 from server.store.schema import under_folder
+
+if TYPE_CHECKING:
+    from server.library.duplicate_tasks import Running
 
 NEIGHBOURS = 32
 BATCH = 1024
@@ -165,6 +168,30 @@ def page_of(collection: Collection, found: DuplicateGroups, query: DuplicateQuer
         groups=[_group(group, found.ids, found.hashes, details) for group in page],
         notes=notes,
         seconds=found.seconds,
+    )
+
+
+def running_report(collection: str, generation: int, query: DuplicateQuery, running: "Running") -> DuplicateReport:
+    """What a call answers while the groups are still being computed: the computation's id and how far it is."""
+    return DuplicateReport(
+        collection=collection,
+        state="running",
+        job_id=running.job_id,
+        progress=DuplicatesProgress(compared=running.compared, total=running.total),
+        generation=generation,
+        threshold=query.threshold,
+        max_bits=query.max_bits,
+        exact_only=query.exact_only,
+        images=running.total,
+        groups_total=0,
+        images_in_groups=0,
+        offset=query.offset,
+        groups=[],
+        notes=[
+            f"Still comparing: {running.compared:,} of {running.total:,} images so far. Ask again with the same "
+            "arguments for the groups; the comparison goes on meanwhile and is done once for this collection."
+        ],
+        seconds=0.0,
     )
 
 
