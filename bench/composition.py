@@ -21,7 +21,7 @@ from server.encoders.protocol import normalize
 from server.encoders.torch_engine import TransformersEncoder
 from server.search.composition import Extras
 from server.search.searcher import Searcher
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 from server.store.writer import NewImage
 
 QUERIES = ["a dog on a beach", "a red bicycle", "mountains at sunrise", "a birthday cake", "a city street at night"]

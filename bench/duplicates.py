@@ -27,7 +27,7 @@ from bench.search import clustered
 from server.images.fingerprint import Perceptual
 from server.library.duplicate_tasks import DuplicateTasks, Running
 from server.library.duplicates import DuplicateQuery, page_of
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 from server.store.writer import NewImage
 
 DIM = 512

@@ -25,7 +25,7 @@ from server.encoders.onnx_export import read_export
 from server.encoders.protocol import Encoder
 from server.encoders.torch_engine import TransformersEncoder
 from server.search.searcher import Searcher
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 
 RUNS = 5
 SEARCH = "import sys; from server.cli.main import main; sys.exit(main(sys.argv[1:]))"

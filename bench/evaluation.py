@@ -15,7 +15,7 @@ import numpy.typing as npt
 from bench.common import emit, machine
 from server.encoders.protocol import normalize
 from server.evaluation.evaluate import evaluate
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 from server.store.writer import NewImage
 
 

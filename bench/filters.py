@@ -26,7 +26,8 @@ from server.images.metadata import PhotoMetadata
 from server.search.filtered import select_ids
 from server.search.filters import ResultOrder, SearchFilter
 from server.search.searcher import _hits
-from server.store.collection import Collection, CollectionStore
+from server.store.collection import Collection
+from server.store.collection_store import CollectionStore
 from server.store.writer import NewImage
 
 DIM = 512

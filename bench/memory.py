@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.common import emit, machine, peak_rss_mb
 from bench.search import clustered
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 from server.store.writer import NewImage
 
 DIM = 512

@@ -20,7 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.common import emit, machine, peak_rss_mb, percentiles
-from server.store.collection import Collection, CollectionStore
+from server.store.collection import Collection
+from server.store.collection_store import CollectionStore
 from server.store.faiss_index import AUTO_ANN_THRESHOLD, choose_kind
 from server.store.writer import NewImage
 

@@ -47,7 +47,8 @@ from server.search.composition import Extras
 from server.search.filters import ResultOrder, SearchFilter
 from server.search.searcher import Searcher
 from server.store.catalog import read_catalog
-from server.store.collection import Collection, CollectionStore, validate_name
+from server.store.collection import Collection
+from server.store.collection_store import CollectionStore, validate_name
 from server.store.manifest import Manifest
 
 if TYPE_CHECKING:

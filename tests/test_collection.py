@@ -12,7 +12,8 @@ import pytest
 
 from conftest import fill, image
 from server.errors import CollectionBusy, CollectionMismatch, CollectionNotFound, InvalidArgument
-from server.store.collection import Collection, CollectionStore, validate_name
+from server.store.collection import Collection
+from server.store.collection_store import CollectionStore, validate_name
 from server.store.manifest import SCHEMA_VERSION
 
 MODEL = "test-model"

@@ -23,7 +23,7 @@ from server.errors import CollectionBusy
 from server.indexing.indexer import Indexer
 from server.paths import PathGuard
 from server.service import ClipSearch
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 
 pytestmark = pytest.mark.anyio
 
@@ -155,7 +155,7 @@ HOLDER = textwrap.dedent(
     import sys
     sys.path[:0] = [{root!r}]
     from pathlib import Path
-    from server.store.collection import CollectionStore
+    from server.store.collection_store import CollectionStore
 
     collection = CollectionStore(Path({index!r})).open({name!r}, {model!r})
     with collection.writer():

@@ -12,7 +12,7 @@ import numpy as np
 
 from conftest import FakeEncoder, save_color
 from server.images.decode import content_hash, decode, read_file
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

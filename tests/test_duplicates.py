@@ -136,7 +136,7 @@ def test_a_collection_from_the_previous_release_is_upgraded_and_gains_fingerprin
 
     from server.config import Settings
     from server.encoders.torch_engine import TransformersEncoder
-    from server.store.collection import CollectionStore
+    from server.store.collection_store import CollectionStore
     from server.store.schema import CATALOG_VERSION
 
     fixture = FIXTURES / "v2_collection"
@@ -195,7 +195,7 @@ def planted_collection(folder: Path, count: int, groups: int, dim: int = 16) -> 
     import numpy as np
 
     from server.images.fingerprint import Perceptual
-    from server.store.collection import CollectionStore
+    from server.store.collection_store import CollectionStore
     from server.store.writer import NewImage
 
     rng = np.random.default_rng(7)

@@ -20,7 +20,8 @@ from server.evaluation.ground_truth import folder_label, label_text
 from server.evaluation.metrics import rank_order, ranked_relevance, ranking_metrics
 from server.paths import PathGuard
 from server.service import ClipSearch
-from server.store.collection import Collection, CollectionStore
+from server.store.collection import Collection
+from server.store.collection_store import CollectionStore
 from server.store.writer import NewImage
 
 DIM = 8

@@ -15,7 +15,8 @@ from conftest import FakeEncoder, fake_collection_listed, fill, image, mcp_clien
 from server.errors import InvalidArgument
 from server.service import ClipSearch
 from server.store import faiss_index
-from server.store.collection import Collection, CollectionStore
+from server.store.collection import Collection
+from server.store.collection_store import CollectionStore
 from server.store.faiss_index import (
     AUTO_ANN_THRESHOLD,
     CALIBRATION_QUERIES,

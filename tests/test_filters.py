@@ -17,7 +17,8 @@ from server.search.filtered import select_ids
 from server.search.filters import ResultOrder, SearchFilter, distance_km
 from server.search.searcher import Searcher
 from server.service import ClipSearch
-from server.store.collection import Collection, CollectionStore
+from server.store.collection import Collection
+from server.store.collection_store import CollectionStore
 from server.store.writer import NewImage
 
 DIM = 16

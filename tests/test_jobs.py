@@ -25,7 +25,7 @@ from server.indexing.jobs import JobManager, JobRecord
 from server.indexing.watch import FolderWatcher
 from server.paths import PathGuard
 from server.service import ClipSearch
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 
 pytestmark = pytest.mark.anyio
 

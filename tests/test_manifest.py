@@ -51,7 +51,7 @@ def test_a_version_3_collection_searches_unchanged_and_its_next_run_records_the_
 
 def test_a_manifest_of_a_newer_format_is_refused_saying_what_to_do(tmp_path: Path) -> None:
     from server.errors import CollectionMismatch
-    from server.store.collection import CollectionStore
+    from server.store.collection_store import CollectionStore
 
     folder = tmp_path / "index" / "future"
     folder.mkdir(parents=True)

@@ -14,7 +14,7 @@ import server.images.decode  # noqa: F401 - registers the HEIF/AVIF openers
 from conftest import COLORS, FakeEncoder, save_color
 from server.images.metadata import read_metadata
 from server.service import ClipSearch
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 from server.store.schema import CATALOG_VERSION
 
 

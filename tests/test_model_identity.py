@@ -14,7 +14,7 @@ from conftest import HUB_NAME
 from server.cli.main import main
 from server.errors import CollectionMismatch
 from server.models.identity import model_identity
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 from server.store.manifest import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent

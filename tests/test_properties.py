@@ -23,7 +23,7 @@ from conftest import COLORS, FakeEncoder, mcp_client, save_color
 from server.config import Settings
 from server.results import CollectionList, EvaluationReport, IndexReport, SearchResponse
 from server.service import ClipSearch
-from server.store.collection import CollectionStore
+from server.store.collection_store import CollectionStore
 
 GOOD, MAYBE, BAD = "good", "maybe", "bad"
 # The logger the SDK reports a tool's unexpected (non-ToolError) exception on; ours log theirs under "server".

@@ -37,7 +37,7 @@ class Background:
             return
         # numpy and faiss: not at import
         from server.store.catalog import recorded_folders
-        from server.store.collection import CollectionStore
+        from server.store.collection_store import CollectionStore
 
         index_dir = self.jobs.index_dir
         for name in CollectionStore(index_dir).names():

@@ -190,7 +190,8 @@ class JobManager:
         began), a running job gets one follow-up queued behind it. `model` builds a new collection with that model
         (checked at once against an existing collection's; loaded, or downloaded, by the job), `precision` with
         vectors of that precision (checked at once too)."""
-        from server.store.collection import validate_name  # here, not above: the MCP handshake must not wait for numpy
+        # Here, not above: the MCP handshake must not wait for numpy.
+        from server.store.collection_store import validate_name
 
         validate_name(collection)
         if index_type is not None and index_type not in INDEX_TYPES:
