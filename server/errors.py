@@ -42,6 +42,10 @@ class CollectionBusy(ClipSearchError):
     """Another indexing run holds the collection's write lock."""
 
 
+class JobNotFound(InvalidArgument):
+    """No job or background computation has that id (or it is malformed)."""
+
+
 class IndexingCancelled(ClipSearchError):
     """An indexing run was stopped on request; what it committed stays. Carries the partial report."""
 

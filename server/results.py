@@ -3,7 +3,7 @@
 import os
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel
 
 
 def _printable(text: str) -> str:
@@ -275,9 +275,42 @@ class WatchedFolder(BaseModel):
     pending: bool = Field(False, description="Changes seen and not yet indexed (waiting for them to settle)")
 
 
+DuplicatesState = Literal["running", "done", "cancelled", "failed"]
+
+
+class DuplicatesJob(BaseModel):
+    """A find_duplicates comparison, run as a job of its own, as this server remembers it (until it stops)."""
+
+    kind: Literal["duplicates"] = "duplicates"
+    job_id: str
+    collection: str
+    generation: int = Field(description="The collection's commit being compared")
+    folder: PathText | None = Field(None, description="Only images under this folder (None: the whole collection)")
+    threshold: float
+    max_bits: int
+    exact_only: bool
+    state: DuplicatesState
+    created: str
+    finished: str | None = None
+    progress: DuplicatesProgress
+    groups_total: int | None = Field(None, description="Groups found, once done")
+    error: str | None = None
+    note: str | None = Field(None, description="Why it was cancelled, or what became of its groups")
+    next_step: str = Field(description="What to call next")
+
+
 class JobList(BaseModel):
-    jobs: list[JobStatus] = Field(description="Newest first")
+    jobs: list[JobStatus] = Field(description="Indexing jobs, newest first")
     watched: list[WatchedFolder] = Field(default_factory=list, description="Folders kept in sync by this server")
+    duplicates: list[DuplicatesJob] = Field(
+        default_factory=list, description="find_duplicates comparisons of this server, newest first"
+    )
+
+
+class StoppedJob(RootModel[JobStatus | DuplicatesJob]):
+    """What cancel_indexing answers: the indexing job, or the duplicates comparison, as it stands after the request."""
+
+    model_config = ConfigDict(json_schema_extra={"type": "object"})  # MCP wants an object at a tool schema's root
 
 
 class IndexFolderResult(BaseModel):

@@ -300,18 +300,21 @@ def test_a_comparison_longer_than_the_wait_answers_running_then_the_groups_on_a_
 def test_a_cancelled_comparison_is_forgotten_and_the_next_call_computes_again(
     fake_service: ClipSearch, library: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from server.library.duplicates import Cancelled
+    from server.errors import JobNotFound
 
     gate, calls, running = started_and_held(fake_service, library, monkeypatch)
+    assert running.job_id is not None
 
-    assert running.job_id is not None and fake_service.duplicate_tasks.cancel(running.job_id)
+    stopped = fake_service.duplicate_tasks.cancel(running.job_id)
     gate.set()
-    with pytest.raises(Cancelled):
-        fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=10)
-    done = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=10)
+    done = fake_service.find_duplicates(query=DuplicateQuery(), wait_seconds=10)  # not the cancelled one's answer
+    ended = fake_service.duplicate_tasks.wait(running.job_id, 10)
 
+    assert stopped.state == "cancelled" and stopped.note == "cancelled on request"
     assert done.state == "done" and done.groups_total == 4 and len(calls) == 2
-    assert not fake_service.duplicate_tasks.cancel("d-unknown")
+    assert ended.state == "cancelled" and ended.finished is not None and ended.groups_total is None
+    with pytest.raises(JobNotFound, match="No duplicates computation d-0123456789"):
+        fake_service.duplicate_tasks.cancel("d-0123456789")
 
 
 @pytest.mark.anyio

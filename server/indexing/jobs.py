@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from server.atomic_files import write_atomically
-from server.errors import ClipSearchError, CollectionBusy, FileMissing, IndexingCancelled, InvalidArgument
+from server.errors import ClipSearchError, CollectionBusy, FileMissing, IndexingCancelled, InvalidArgument, JobNotFound
 from server.limits import INDEX_TYPES
 from server.paths import UNCONFINED, PathGuard
 from server.results import IndexReport, JobList, JobProgress, JobStatus
@@ -442,14 +442,14 @@ class JobManager:
 
     def _find(self, job_id: str) -> JobRecord:
         if not _JOB_ID.fullmatch(job_id):
-            raise InvalidArgument(f"Invalid job id {job_id!r}. {self._known_ids()}")
+            raise JobNotFound(f"Invalid job id {job_id!r}. {self._known_ids()}")
         if job_id in self._jobs:
             return self._jobs[job_id].record
         for path in self.index_dir.glob(f"*/jobs/{job_id}.json"):
             record = self._read(path)
             if record is not None:
                 return self._as_seen(record)
-        raise InvalidArgument(f"No job {job_id}. {self._known_ids()}")
+        raise JobNotFound(f"No job {job_id}. {self._known_ids()}")
 
     def _known_ids(self) -> str:
         ids = [status.job_id for status in self.recent(5).jobs]

@@ -1,6 +1,7 @@
 """The indexing tools: `index_folder` starts a job and answers within `wait_seconds`, `index_status` follows jobs,
 `cancel_indexing` stops one. Most MCP hosts cut a tool call at about 60 s, so no call here blocks longer than 50 s;
-the work goes on in the job layer (`indexing/jobs.py`)."""
+the work goes on in the job layer (`indexing/jobs.py`). A find_duplicates comparison that outlasts its call is a job
+too (id `d-...`, the service's `duplicate_tasks`): the same two tools follow and stop it."""
 
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from server.mcp_server.support import (
     tool_result,
 )
 from server.models.files import requested_model
-from server.results import IndexFolderResult, JobList, JobStatus
+from server.results import DuplicatesJob, IndexFolderResult, JobList, JobStatus, StoppedJob
 
 WaitSeconds = Annotated[
     float,
@@ -41,7 +42,12 @@ WaitSeconds = Annotated[
     ),
 ]
 JobId = Annotated[
-    str, Field(min_length=1, max_length=MAX_JOB_ID_CHARS, description="A job_id from index_folder or index_status")
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_JOB_ID_CHARS,
+        description="A job_id from index_folder, find_duplicates ('d-...') or index_status",
+    ),
 ]
 
 
@@ -125,7 +131,9 @@ def register(server: MCPServer, tools: ToolContext) -> None:
             lines.append("The folder is watched: changes to it are indexed within seconds while the server runs.")
         return tool_result(result, "\n".join(lines))
 
-    @server.tool(annotations=ToolAnnotations(title="Indexing status", read_only_hint=True, open_world_hint=False))
+    @server.tool(
+        annotations=ToolAnnotations(title="Indexing and duplicates status", read_only_hint=True, open_world_hint=False)
+    )
     async def index_status(
         job_id: Annotated[
             str | None,
@@ -134,15 +142,26 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         wait_seconds: WaitSeconds = 0,
     ) -> Annotated[CallToolResult, JobList]:
         """The state of an indexing job (queued, running, done, failed, cancelled, interrupted), its progress and
-        counts, and its report once done; without job_id, the last 20 jobs. With wait_seconds, first waits (up to
-        50 s) for the job to change or finish."""
-        if job_id is not None:
-            await run_core(lambda: jobs.status(job_id))  # a bad id is an error before any waiting
-        if wait_seconds:
-            await run_core(lambda: jobs.wait(job_id, wait_seconds))
-        listing = await run_core(lambda: JobList(jobs=[jobs.status(job_id)]) if job_id else jobs.recent())
+        counts, and its report once done; or of a find_duplicates comparison (job_id 'd-...': running, done,
+        cancelled, failed, with the images compared so far; once done, find_duplicates with the same arguments
+        answers the groups at once). Without job_id, the last 20 indexing jobs (`jobs`) and this server's
+        comparisons (`duplicates`). With wait_seconds, first waits (up to 50 s) for the job to change or finish
+        (a comparison: to finish)."""
+        tasks = await run_core(lambda: tools.get().duplicate_tasks)
+        if job_id is not None and tasks.owns(job_id):
+            one = await run_core(lambda: tasks.wait(job_id, wait_seconds) if wait_seconds else tasks.status(job_id))
+            listing = JobList(jobs=[], duplicates=[one])
+        else:
+            if job_id is not None:
+                await run_core(lambda: jobs.status(job_id))  # a bad id is an error before any waiting
+            if wait_seconds:
+                await run_core(lambda: jobs.wait(job_id, wait_seconds))
+            listing = await run_core(lambda: JobList(jobs=[jobs.status(job_id)]) if job_id else jobs.recent())
+            if job_id is None:
+                listing.duplicates = tasks.recent()
         listing.watched = watcher.watched()
-        lines = [_describe(status) for status in listing.jobs] or ["No indexing jobs yet."]
+        lines = [_describe(status) for status in listing.jobs] + [_describe_duplicates(d) for d in listing.duplicates]
+        lines = lines or ["No indexing jobs yet."]
         for watched in listing.watched:
             note = f" ({watched.note})" if watched.note else ""
             lines.append(f"Folder {watched.folder} → '{watched.collection}': {watched.state}{note}.")
@@ -150,12 +169,21 @@ def register(server: MCPServer, tools: ToolContext) -> None:
 
     @server.tool(
         annotations=ToolAnnotations(
-            title="Cancel indexing", destructive_hint=False, idempotent_hint=True, open_world_hint=False
+            title="Cancel indexing or a duplicates search",
+            destructive_hint=False,
+            idempotent_hint=True,
+            open_world_hint=False,
         )
     )
-    async def cancel_indexing(job_id: JobId) -> Annotated[CallToolResult, JobStatus]:
-        """Stop an indexing job at its next batch. Everything it committed stays searchable; running index_folder
-        on the folder again later continues where it stopped."""
+    async def cancel_indexing(job_id: JobId) -> Annotated[CallToolResult, StoppedJob]:
+        """Stop an indexing job at its next batch, or a find_duplicates comparison (job_id 'd-...'). Everything an
+        indexing job committed stays searchable; running index_folder on the folder again later continues where it
+        stopped. A stopped comparison keeps nothing: the next find_duplicates computes the groups anew. Cancelling
+        a job that already ended changes nothing."""
+        tasks = await run_core(lambda: tools.get().duplicate_tasks)
+        if tasks.owns(job_id):
+            stopped = await run_core(lambda: tasks.cancel(job_id))
+            return tool_result(stopped, _describe_duplicates(stopped))
         status = await run_core(lambda: jobs.cancel(job_id))
         watcher.unwatch_job(job_id)
         return tool_result(status, _describe(status))
@@ -220,3 +248,19 @@ def _describe(status: JobStatus) -> str:
         return f"Job {status.job_id}: indexing {where} failed: {status.error}"
     note = f" ({status.note})" if status.note else ""
     return f"Job {status.job_id}: {status.state}{note}: {where}, {counts}. {_next_step(status)}"
+
+
+def _describe_duplicates(job: DuplicatesJob) -> str:
+    """One paragraph on a find_duplicates comparison."""
+    scope = f"'{job.collection}'" + (f" under {job.folder}" if job.folder else "")
+    counts = f"{job.progress.compared:,} of {job.progress.total:,} images compared"
+    if job.state == "running":
+        return f"Duplicates search {job.job_id}: comparing {scope}, {counts}. {job.next_step}"
+    if job.state == "done":
+        return f"Duplicates search {job.job_id}: done, {job.groups_total} groups in {scope}. {job.next_step}"
+    if job.state == "failed":
+        return f"Duplicates search {job.job_id} of {scope} failed: {job.error}. {job.next_step}"
+    return (
+        f"Duplicates search {job.job_id} of {scope}: cancelled ({job.note}) at {counts}; nothing of it is kept. "
+        f"{job.next_step}"
+    )

@@ -103,14 +103,17 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         """Find exact copies and near-duplicates (re-encoded or resized copies, bursts) in a collection, grouped,
         largest groups first, each with a suggested keeper (largest resolution, then taken first, then shortest
         path) and why. It only reports: nothing is deleted or moved; tell the user, who decides. The groups are
-        computed once per state of the collection: paging through them, or asking again, is immediate."""
+        computed once per state of the collection: paging through them, or asking again, is immediate. A comparison
+        longer than wait_seconds goes on as a job: this answers state 'running' with its job_id ('d-...'), which
+        index_status follows and cancel_indexing stops; ask again with the same arguments for the groups."""
         from server.library.duplicates import DuplicateQuery
 
         guard = tools.access.guard(client_roots)
         query = DuplicateQuery(Path(folder) if folder else None, threshold, max_bits, exact_only, max_groups, offset)
         report = await run_core(lambda: tools.get().find_duplicates(collection, query, guard, wait_seconds))
         if report.state == "running":
-            return tool_result(report, "\n".join(report.notes))
+            follow = f"Follow it with index_status(job_id='{report.job_id}'), or stop it with cancel_indexing."
+            return tool_result(report, "\n".join([*report.notes, follow]))
         lines = [
             f"{report.groups_total} groups of duplicates ({report.images_in_groups} images) among {report.images} in "
             f"'{report.collection}'"
