@@ -54,6 +54,15 @@ class IndexingCancelled(ClipSearchError):
         self.report = report
 
 
+class DuplicatesCancelled(ClipSearchError):
+    """A duplicates computation stopped on request, or for a newer commit's; nothing of it is kept."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The search for duplicates was stopped (asked to, or the collection changed meanwhile); ask again."
+        )
+
+
 class GroundTruthError(ClipSearchError):
     """The evaluation ground truth is missing, malformed or yields no usable query."""
 

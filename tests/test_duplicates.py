@@ -189,7 +189,9 @@ async def test_a_diverse_search_folds_a_burst_into_its_best_shot_and_still_fills
     assert "(+2 near-duplicates)" in diverse.content[0].text  # type: ignore[union-attr]
 
 
-def planted_collection(folder: Path, count: int, groups: int, dim: int = 16) -> tuple[Any, set[frozenset[int]]]:
+def planted_collection(
+    folder: Path, count: int, groups: int, dim: int = 16, index_policy: str = "flat"
+) -> tuple[Any, set[frozenset[int]]]:
     """`count` random unit vectors with `groups` planted near-duplicate pairs and triples (cosine ≈ 0.99, hashes a few
     bits apart); returns the collection and the planted groups, as sets of image numbers."""
     import numpy as np
@@ -210,7 +212,7 @@ def planted_collection(folder: Path, count: int, groups: int, dim: int = 16) -> 
             vectors[member] = nudged / np.linalg.norm(nudged)
             hashes[member] = hashes[members[0]] ^ 0b101
         planted.add(frozenset(members))
-    collection = CollectionStore(folder).create("planted", "fake", dim, index_policy="flat")
+    collection = CollectionStore(folder).create("planted", "fake", dim, index_policy=index_policy)
     with collection.writer() as writer:
         for i, vector in enumerate(vectors):
             image = NewImage(Path(f"/planted/{i}.jpg"), 1, 1, f"h{i}", 64, 48, None, Perceptual(hashes[i], 99))
@@ -218,22 +220,106 @@ def planted_collection(folder: Path, count: int, groups: int, dim: int = 16) -> 
     return collection, planted
 
 
-def test_past_the_exact_size_the_ivf_candidate_search_finds_the_groups_exact_search_finds(
+def test_past_the_exact_size_the_cells_find_the_groups_exact_search_finds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from server.library import duplicates
+    from server.library import duplicates, near_pairs
 
-    collection, planted = planted_collection(tmp_path, 3 * duplicates.EXACT_UP_TO // 2, groups=60)
+    collection, planted = planted_collection(tmp_path, 3 * near_pairs.EXACT_UP_TO // 2, groups=60)
 
     def groups(report: Any) -> set[frozenset[int]]:
         return {frozenset(int(Path(m.path).stem) for m in g.members) for g in report.groups}
 
     probed = duplicates.find_duplicates(collection, DuplicateQuery(max_groups=1000))
-    monkeypatch.setattr(duplicates, "EXACT_UP_TO", 10**9)
+    monkeypatch.setattr(near_pairs, "EXACT_UP_TO", 10**9)
     exact = duplicates.find_duplicates(collection, DuplicateQuery(max_groups=1000))
 
     assert groups(exact) == planted  # the planted groups, and nothing the random background would join
     assert groups(probed) == groups(exact)
+
+
+def stem_groups(report: Any) -> set[frozenset[int]]:
+    return {frozenset(int(Path(m.path).stem) for m in g.members) for g in report.groups}
+
+
+def test_an_ivf_collection_s_own_lists_find_the_groups_exact_search_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.library import duplicates, near_pairs
+
+    collection, planted = planted_collection(tmp_path, 4000, groups=40, index_policy="ivf")
+    monkeypatch.setattr(near_pairs, "EXACT_UP_TO", 500)
+    probed = duplicates.find_duplicates(collection, DuplicateQuery(max_groups=1000))
+    monkeypatch.setattr(near_pairs, "EXACT_UP_TO", 10**9)
+    exact = duplicates.find_duplicates(collection, DuplicateQuery(max_groups=1000))
+
+    assert collection.manifest.index_type == "ivf" and collection.manifest.index_params["nlist"] > 1
+    assert stem_groups(exact) == planted and stem_groups(probed) == planted
+
+
+@pytest.mark.parametrize("exact_up_to", [10**9, 100])
+def test_a_folder_s_duplicates_are_its_own_images_only_whether_compared_exactly_or_by_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exact_up_to: int
+) -> None:
+    import numpy as np
+
+    from server.images.fingerprint import Perceptual
+    from server.library import duplicates, near_pairs
+    from server.store.collection_store import CollectionStore
+    from server.store.writer import NewImage
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((600, 16)).astype(np.float32)
+    vectors[1] = vectors[0] + 0.01  # a pair inside /a
+    vectors[2] = vectors[3] + 0.01  # a pair across /a (2) and /b (3)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    collection = CollectionStore(tmp_path).create("scoped", "fake", 16, index_policy="flat")
+    with collection.writer() as writer:
+        for i, vector in enumerate(vectors):
+            folder = "a" if i < 3 or (i > 3 and i % 2) else "b"
+            fingerprint = Perceptual(7 if i < 4 else int(rng.integers(2**40)), 99)
+            writer.add(NewImage(Path(f"/{folder}/{i}.jpg"), 1, 1, f"h{i}", 64, 48, None, fingerprint), vector)
+    monkeypatch.setattr(near_pairs, "EXACT_UP_TO", exact_up_to)
+
+    whole = duplicates.find_duplicates(collection, DuplicateQuery())
+    scoped = duplicates.find_duplicates(collection, DuplicateQuery(folder=Path("/a")))
+
+    assert stem_groups(whole) == {frozenset({0, 1}), frozenset({2, 3})}
+    assert stem_groups(scoped) == {frozenset({0, 1})} and scoped.images == 301
+
+
+@pytest.mark.parametrize("change", ["commit", "conversion"])
+def test_a_commit_or_conversion_during_the_comparison_stops_it_rather_than_mix_two_states(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    import numpy as np
+
+    from server.errors import DuplicatesCancelled
+    from server.library import duplicates, near_pairs
+    from server.store.writer import NewImage
+
+    collection, _ = planted_collection(tmp_path, 3000, groups=30)
+    monkeypatch.setattr(near_pairs, "EXACT_UP_TO", 100)
+    told: list[int] = []
+
+    def meanwhile(compared: int, total: int) -> None:
+        told.append(compared)
+        if len(told) == 1:
+            if change == "conversion":  # the index is replaced, the generation stays
+                collection.set_index_policy("ivf")
+            with collection.writer() as writer:
+                if change == "commit":
+                    vector = np.ones(16, dtype=np.float32) / 4
+                    writer.add(NewImage(Path("/planted/new.jpg"), 1, 1, "new", 64, 48), vector)
+
+    generation = collection.generation
+    with pytest.raises(DuplicatesCancelled):
+        duplicates.duplicate_groups(collection, DuplicateQuery(), meanwhile)
+
+    assert len(told) == 1 and told[0] < 3000
+    assert (collection.generation > generation) == (change == "commit")
+    assert collection.manifest.index_type == ("ivf" if change == "conversion" else "flat")
+    assert duplicates.duplicate_groups(collection, DuplicateQuery()).generation == collection.generation
 
 
 def counting(monkeypatch: pytest.MonkeyPatch, gate: Any = None) -> list[int]:

@@ -214,6 +214,79 @@ def test_auto_switches_to_ivf_past_the_threshold_and_back_to_flat_when_asked(
     assert_scores_are_exact(found, dict(zip(paths, data, strict=True)), queries)
 
 
+def test_during_a_conversion_searches_are_answered_from_the_mapped_old_index_with_the_same_results(
+    store: CollectionStore, vectors: npt.NDArray[np.float32], monkeypatch: pytest.MonkeyPatch
+):
+    from server.store import collection as collection_module
+
+    collection = store.create("converting", MODEL, DIM, index_policy="flat")
+    fill(collection, vectors)
+    queries = near(vectors, 20, seed=6)
+    before = collection.search(queries, K)
+    seen: dict[str, Any] = {}
+    real = collection_module.build_ivf_from
+
+    def building(*args: Any, **kwargs: Any) -> Any:
+        seen["kind"], seen["found"] = kind_of(collection._index), collection.search(queries, K)
+        seen["owned"] = faiss.downcast_index(collection._index.index).codes.is_owned
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collection_module, "build_ivf_from", building)
+    collection.set_index_policy("ivf")
+    with collection.writer():
+        pass
+
+    assert seen["kind"] == "flat" and not seen["owned"]  # the Flat vectors were the file's pages, not a copy
+    assert seen["found"] == before
+    assert kind_of(collection._index) == "ivf" and collection.ntotal == COUNT
+    assert recall(collection.search(queries, K), [[p for p, _ in hits] for hits in before]) >= 0.95
+
+
+def test_a_conversion_that_fails_leaves_the_old_index_in_memory_taking_commits(
+    store: CollectionStore, vectors: npt.NDArray[np.float32], monkeypatch: pytest.MonkeyPatch
+):
+    from server.store import collection as collection_module
+
+    collection = store.create("failing", MODEL, DIM, index_policy="flat")
+    paths = fill(collection, vectors[:2000])
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError("no room for the new index")
+
+    monkeypatch.setattr(collection_module, "build_ivf_from", broken)
+    collection.set_index_policy("ivf")
+    with pytest.raises(MemoryError):
+        with collection.writer():
+            pass
+    monkeypatch.undo()
+    collection.set_index_policy("flat")
+    paths += fill(collection, vectors[2000:], folder="/more")
+
+    assert manifest_on_disk(collection)["index_type"] == "flat" and collection.ntotal == COUNT
+    assert faiss.downcast_index(collection._index.index).codes.is_owned
+    queries = near(vectors, 20, seed=7)
+    assert [[p for p, _ in hits] for hits in collection.search(queries, K)] == exact_top(paths, vectors, queries)
+
+
+def test_an_ivf_index_filled_list_by_list_sized_first_equals_one_filled_by_appending(
+    vectors: npt.NDArray[np.float32],
+):
+    ids = np.arange(len(vectors), dtype=np.int64) * 7
+    trained, appended, _ = build_ivf(vectors, ids)
+    sized = faiss.clone_index(trained)
+    faiss_index.fill_ivf(sized, lambda: iter([(ids[:1000], vectors[:1000]), (ids[1000:], vectors[1000:])]))
+    sized.nprobe = appended.nprobe
+    queries = near(vectors, 50, seed=8)
+
+    assert sized.ntotal == appended.ntotal == len(vectors)
+    found_sized, found_appended = sized.search(queries, K), appended.search(queries, K)
+    np.testing.assert_array_equal(found_sized[1], found_appended[1])
+    np.testing.assert_array_equal(sized.reconstruct(int(ids[1234])), vectors[1234])
+    lists = faiss.extract_index_ivf(sized).invlists
+    sizes = [lists.list_size(n) for n in range(lists.nlist)]
+    assert sizes == [faiss.extract_index_ivf(appended).invlists.list_size(n) for n in range(lists.nlist)]
+
+
 def test_an_unknown_index_policy_is_refused(store: CollectionStore):
     with pytest.raises(InvalidArgument, match="index_type must be one of auto, flat, ivf"):
         store.create("bad", MODEL, DIM, index_policy="hnsw")

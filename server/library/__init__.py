@@ -1,3 +1,3 @@
-"""Tools over the whole library: duplicate groups (`duplicates`), computed once per collection commit in the
-background and remembered (`duplicate_tasks`), and one photo looked at closely (`photo_view`). Imports `store` and
-`images`."""
+"""Tools over the whole library: duplicate groups (`duplicates`), their candidate pairs found cell by cell over the
+stored vectors (`near_pairs`), computed once per collection commit in the background and remembered
+(`duplicate_tasks`), and one photo looked at closely (`photo_view`). Imports `store` and `images`."""

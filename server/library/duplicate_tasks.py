@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from server.errors import JobNotFound, first_line
-from server.library.duplicates import Cancelled, DuplicateGroups, DuplicateQuery, Progress, duplicate_groups
+from server.errors import DuplicatesCancelled, JobNotFound, first_line
+from server.library.duplicates import DuplicateGroups, DuplicateQuery, Progress, duplicate_groups
 from server.results import DuplicatesJob, DuplicatesProgress, DuplicatesState
 from server.store.collection import Collection
 
@@ -181,7 +181,7 @@ class DuplicateTasks:
             try:
                 result = duplicate_groups(collection, query, told, task.cancel)
             except BaseException as exc:
-                if not isinstance(exc, Cancelled):
+                if not isinstance(exc, DuplicatesCancelled):
                     log.error("duplicates computation %s failed", task.job_id, exc_info=exc)
                 # handed to whoever waits, without the frames (and the arrays they hold): it stays listed
                 self._ended(task, None, exc.with_traceback(None))
@@ -194,9 +194,9 @@ class DuplicateTasks:
     def _ended(self, task: _Task, result: DuplicateGroups | None, error: BaseException | None) -> None:
         with self._lock:
             task.ended = _now()
-            if task.state == "cancelled" or isinstance(error, Cancelled):
+            if task.state == "cancelled" or isinstance(error, DuplicatesCancelled):
                 # stopped: even a result that was finished meanwhile is not served
-                task.error = error if isinstance(error, Cancelled) else Cancelled()
+                task.error = error if isinstance(error, DuplicatesCancelled) else DuplicatesCancelled()
                 task.state = "cancelled"
             elif error is not None:
                 task.error, task.state = error, "failed"

@@ -7,11 +7,9 @@ hash). Uniform images (all black, all white) have no structure to compare and ar
 copies. Groups are connected components: a burst of 30 shots is one group even if its first and last shots differ
 more.
 
-The nearest are found exactly up to `EXACT_UP_TO` images; beyond, by an IVF search probing a few lists (the
-collection's own IVF index, or one built for the call over a Flat collection's stored vectors): vectors as close as
-near-duplicates share their list, or a neighbouring one, so few lists find them, and the scores it returns are exact
-inner products, so every pair found is judged exactly. bench.duplicates measures what it finds against planted
-groups.
+Candidate pairs come from `near_pairs.py`: images split into cells of close vectors, each cell compared with the
+images that may be near it in a few matrix products, every score the exact cosine of two stored vectors (exact for
+up to 20,000 images, beyond it what a k-NN search finds; bench.duplicates measures it against planted groups).
 
 The default threshold, 0.95, is clip-retrieval's duplicate cut-off (it found cosine ≥ 0.94 to mark near-duplicates on
 LAION); the fingerprint check then removes the look-alikes CLIP alone confuses (two dark low-texture photos, frames of
@@ -21,7 +19,7 @@ a fade from black).
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from server.errors import ClipSearchError, InvalidArgument
+from server.errors import DuplicatesCancelled, InvalidArgument
 from server.images.fingerprint import BLANK_CONTRAST, distance
+from server.library.near_pairs import Progress, near_pairs
 from server.limits import (
     DEFAULT_MAX_GROUPS,
     DEFAULT_NEAR_BITS,
@@ -42,19 +41,12 @@ from server.limits import (
 )
 from server.results import DuplicateGroup, DuplicateMember, DuplicateReport, DuplicatesProgress
 from server.store.collection import Collection, Hit
-from server.store.faiss_index import nlist_for
 from server.store.schema import under_folder
 
 if TYPE_CHECKING:
     from server.library.duplicate_tasks import Running
 
-NEIGHBOURS = 32
-BATCH = 1024
-EXACT_UP_TO = 20_000  # images in scope up to which each one's neighbours are found by exact search
-PROBED_LISTS = 4  # at 100,000 images (1,024 lists) 2 already found every planted group; 4 for margin
-# A collection's own IVF index has longer lists (its nlist is capped by its training sample): at 1M images (2,048
-# lists) probing 2 found 2,525 of 2,526 planted groups in 95 s, 4 found them all in 190 s.
-PROBED_LISTS_OWN = 2
+BATCH = 1024  # images whose details are read at a time
 
 
 @dataclass(frozen=True)
@@ -89,19 +81,6 @@ class DuplicateGroups:
     seconds: float
 
 
-Progress = Callable[[int, int], None]
-"""Told (images compared, images in scope) after each batch."""
-
-
-class Cancelled(ClipSearchError):
-    """A duplicates computation stopped on request, or for a newer commit's; nothing of it is kept."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The search for duplicates was stopped (asked to, or the collection changed meanwhile); ask again."
-        )
-
-
 def find_duplicates(collection: Collection, query: DuplicateQuery) -> DuplicateReport:
     """One page of the collection's duplicate groups, computed now."""
     return page_of(collection, duplicate_groups(collection, query), query)
@@ -113,7 +92,8 @@ def duplicate_groups(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> DuplicateGroups:
-    """The groups of the query's scope (its page is ignored); `cancel` stops it between batches (`Cancelled`)."""
+    """The groups of the query's scope (its page is ignored); `cancel` stops it between cells
+    (`DuplicatesCancelled`), as does a commit meanwhile."""
     started = time.perf_counter()
     query.check()
     collection.refresh_if_stale()
@@ -125,15 +105,10 @@ def duplicate_groups(
     unhashed = int(np.count_nonzero(dhash == _MISSING))
     if not query.exact_only and len(ids) > 1:
         comparable = (dhash != _MISSING) & (contrast >= BLANK_CONTRAST)
-        search, stored = _neighbour_search(collection, ids)
-        for start in range(0, len(ids), BATCH):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled
-            batch_ids = ids[start : start + BATCH]
-            vectors = stored[start : start + BATCH] if stored is not None else collection.vectors_of(batch_ids)
-            _join_near(parent, ids, batch_ids, vectors, search, query, dhash, comparable)
-            if progress is not None:
-                progress(min(start + BATCH, len(ids)), len(ids))
+        if collection.generation != generation:  # committed since the fingerprints were read
+            raise DuplicatesCancelled
+        a, b = near_pairs(collection, ids, query.threshold, progress, cancel)
+        _join_near(parent, a, b, query, dhash, comparable)
     roots = np.array([_root(parent, i) for i in range(len(ids))], dtype=np.int64)
     members: dict[int, list[int]] = {}
     for position, root in enumerate(roots.tolist()):
@@ -220,54 +195,21 @@ def _join_exact(parent: npt.NDArray[np.int64], hashes: list[str]) -> None:
             first[content] = position
 
 
-Search = Callable[[npt.NDArray[np.float32], int], tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]
-
-
-def _neighbour_search(
-    collection: Collection, ids: npt.NDArray[np.int64]
-) -> tuple[Search, npt.NDArray[np.float32] | None]:
-    """How each image's nearest are found (scores and catalog ids), and the in-scope vectors when the search needed
-    them all in memory anyway (else None: they are read per batch)."""
-    if collection.manifest.index_type == "ivf":
-        return lambda vectors, k: collection.neighbours(vectors, k, nprobe=PROBED_LISTS_OWN), None
-    if len(ids) <= EXACT_UP_TO:
-        return collection.neighbours, None
-    import faiss
-
-    stored = collection.vectors_of(ids)
-    nlist = nlist_for(len(ids))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(stored.shape[1]), stored.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = 10  # a rough partition suffices: near-duplicates are close whatever the lists' borders
-    sample = np.random.default_rng(0).choice(len(ids), min(len(ids), 40 * nlist), replace=False)
-    index.train(stored[np.sort(sample)])
-    index.add_with_ids(stored, ids)
-    index.nprobe = PROBED_LISTS
-    return index.search, stored
-
-
 def _join_near(
     parent: npt.NDArray[np.int64],
-    ids: npt.NDArray[np.int64],
-    batch_ids: npt.NDArray[np.int64],
-    vectors: npt.NDArray[np.float32],
-    search: Search,
+    a: npt.NDArray[np.int64],
+    b: npt.NDArray[np.int64],
     query: DuplicateQuery,
     dhash: npt.NDArray[np.int64],
     comparable: npt.NDArray[np.bool_],
 ) -> None:
-    """Join each image of the batch with its neighbours at cosine ≥ threshold whose fingerprints agree."""
-    scores, found = search(vectors, NEIGHBOURS + 1)
-    rows = np.searchsorted(ids, batch_ids)
-    near = (scores >= query.threshold) & (found >= 0)
-    where = np.searchsorted(ids, np.where(found >= 0, found, ids[0]))
-    inside = near & (where < len(ids)) & (ids[np.minimum(where, len(ids) - 1)] == found)  # in scope (folder)
-    source = np.repeat(rows[:, None], found.shape[1], axis=1)
-    pairs_a, pairs_b = source[inside], where[inside]
-    keep = (pairs_a != pairs_b) & comparable[pairs_a] & comparable[pairs_b]
-    pairs_a, pairs_b = pairs_a[keep], pairs_b[keep]
-    bits = np.bitwise_count(np.bitwise_xor(dhash[pairs_a], dhash[pairs_b]).view(np.uint64))
-    for a, b in zip(pairs_a[bits <= query.max_bits].tolist(), pairs_b[bits <= query.max_bits].tolist(), strict=True):
-        _union(parent, a, b)
+    """Join the pairs (positions, close enough by cosine) whose fingerprints agree."""
+    keep = comparable[a] & comparable[b]
+    a, b = a[keep], b[keep]
+    bits = np.bitwise_count(np.bitwise_xor(dhash[a], dhash[b]).view(np.uint64))
+    near = bits <= query.max_bits
+    for first, second in zip(a[near].tolist(), b[near].tolist(), strict=True):
+        _union(parent, first, second)
 
 
 def _fingerprints(

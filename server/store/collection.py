@@ -42,9 +42,12 @@ from server.store.faiss_index import (
     choose_kind,
     enable_lookup,
     exact_among,
+    fill_ivf,
+    list_centroids,
     new_flat,
     probe_params,
     selection_params,
+    stored_lists,
 )
 from server.store.manifest import SCHEMA_VERSION, Manifest, load_manifest, write_manifest
 from server.store.schema import (
@@ -63,6 +66,16 @@ log = logging.getLogger(__name__)
 
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
 _INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
+
+
+@dataclass(frozen=True)
+class StoredLists:
+    """What `Collection.stored_lists` yields: the (ids, vectors) views, the IVF centroids (None for Flat) and the
+    token naming this state of the index."""
+
+    token: tuple[int, int]
+    lists: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]
+    centroids: npt.NDArray[np.float32] | None
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,8 @@ class Collection:
         prepare_catalog(self._conn, name)
         self.generation = -1
         self._index: Any = None
+        self._index_serial = 0  # bumped whenever `_index` is replaced (a load, a conversion): see `stored_lists`
+        self._stored: StoredLists | None = None  # the views `stored_lists` made last, with their token
         self._load_index()
 
     # --- reading -------------------------------------------------------------------------------------------------
@@ -282,6 +297,20 @@ class Collection:
             scores, found = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
         return scores, found
 
+    @contextlib.contextmanager
+    def stored_lists(self, token: tuple[int, int] | None = None) -> Iterator[StoredLists | None]:
+        """The index's stored vectors, list by list (`faiss_index.stored_lists`), under the collection's lock: views
+        valid inside the block only, so keep it short (searches wait meanwhile). None when the index changed (a
+        commit, a reload, a conversion) since `token`, a `StoredLists.token` taken earlier."""
+        with self._lock:
+            now = (self.generation, self._index_serial)
+            if token is not None and token != now:
+                yield None
+                return
+            if self._stored is None or self._stored.token != now:  # views made once per state, not per cell
+                self._stored = StoredLists(now, stored_lists(self._index), list_centroids(self._index))
+            yield self._stored
+
     def _details(
         self, ids: list[int], where: str | None = None, params: Sequence[Any] = ()
     ) -> dict[int, tuple[Any, ...]]:
@@ -381,18 +410,28 @@ class Collection:
         outgrown = wanted == "ivf" and count > RETRAIN_GROWTH * max(trained_on, 1)
         if (wanted == self.manifest.index_type and not outgrown) or (wanted == "ivf" and count == 0):
             return
+        log.info("collection %s: switching its index from %s to %s", self.name, self.manifest.index_type, wanted)
+        # The new index is streamed from the catalog (the write lock keeps it still) while the old one keeps
+        # answering searches from its file, memory-mapped: its pages are the page cache's, so one copy of the
+        # vectors is held, not two.
+        self._save_index()
+        self._set_index(self._mapped_index())
+        try:
+            self._switch_index(wanted)
+        except BaseException:
+            self._load_index()  # the mapped index cannot take commits: back to one in memory
+            raise
+
+    def _switch_index(self, wanted: str) -> None:
         import faiss
 
-        log.info("collection %s: switching its index from %s to %s", self.name, self.manifest.index_type, wanted)
-        # Streamed from the catalog (the write lock keeps it still): the old index keeps answering searches
-        # meanwhile, so the new one is built beside it without a third copy of every vector.
         if wanted == "ivf":
-            exact = self._index if self.manifest.index_type == "flat" else None
             rng = np.random.default_rng(0)
             all_ids = np.array([r[0] for r in self.query("SELECT id FROM images ORDER BY id")], dtype=np.int64)
             picked = np.sort(rng.choice(len(all_ids), min(len(all_ids), MAX_TRAINING_VECTORS), replace=False))
             sample = self.vectors_of(all_ids[picked])
-            trained, index, spec = build_ivf_from(len(all_ids), sample, self._catalog_chunks, exact, rng)
+            # Calibrated against exact search over the catalog, not the mapped index (which would map it all in).
+            trained, index, spec = build_ivf_from(len(all_ids), sample, self._catalog_chunks, None, rng)
             del sample
             write_atomically(self.folder / "ivf_trained.faiss", faiss.serialize_index(trained).tobytes())
         else:
@@ -404,7 +443,7 @@ class Collection:
             enable_lookup(index)
         with self._lock:
             self._write_manifest(replace(self.manifest, index_type=spec.kind, index_params=spec.params))
-            self._index = index
+            self._set_index(index)
 
     # --- index file ----------------------------------------------------------------------------------------------
 
@@ -438,10 +477,16 @@ class Collection:
             finally:
                 self._conn.execute("COMMIT")
             apply_params(index, self.manifest.spec)
-            self._index = index
+            self._set_index(index)
             self.generation = generation
         if rebuilt:
             self._try_save_index()
+
+    def _set_index(self, index: Any) -> None:
+        with self._lock:
+            self._index = index
+            self._index_serial += 1
+            self._stored = None
 
     def _fits(self, index: Any) -> bool:
         """Whether a stored index is of the kind and dimension the manifest names."""
@@ -471,8 +516,22 @@ class Collection:
 
     def _rebuild(self, conn: sqlite3.Connection) -> Any:
         index = self._empty_index()
-        for ids, vectors in vector_chunks(conn):
-            index.add_with_ids(vectors, ids)
+        if self.manifest.index_type == "ivf":
+            fill_ivf(index, lambda: vector_chunks(conn))
+        else:
+            for ids, vectors in vector_chunks(conn):
+                index.add_with_ids(vectors, ids)
+        return index
+
+    def _mapped_index(self) -> Any:
+        """The current generation's index file, memory-mapped read-only (searches only: it cannot take commits)."""
+        import faiss
+
+        # One flag or the other: FAISS maps an IVF index's lists only from a plain file reader, which the flag for
+        # Flat's codes replaces.
+        flags = faiss.IO_FLAG_MMAP if self.manifest.index_type == "ivf" else faiss.IO_FLAG_MMAP_IFC
+        index = faiss.read_index(str(self.folder / f"index.{self.generation}.faiss"), flags)
+        apply_params(index, self.manifest.spec)
         return index
 
     def _try_save_index(self) -> None:
