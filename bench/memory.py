@@ -1,6 +1,7 @@
 """Peak memory of a collection's opens and index changes at N vectors, each in a fresh process: a normal open, an
-open whose index file is missing or behind the catalog (rebuilt from it), a Flat→IVF conversion, and an open of the
-IVF index it made.
+open whose index file is missing or behind the catalog (rebuilt from it), a Flat→IVF conversion, an open of the IVF
+index it made, and a retrain of that index (as when a collection has grown past 4× the size its index was trained
+at; the manifest is told it was trained on N/8).
 
     python -m bench.memory --vectors 1000000 --json
 
@@ -24,7 +25,7 @@ from server.store.collection_store import CollectionStore
 from server.store.writer import NewImage
 
 DIM = 512
-STEPS = ("open", "stale", "convert", "open_ivf")
+STEPS = ("open", "stale", "convert", "open_ivf", "retrain")
 
 
 def child(folder: Path, step: str) -> None:
@@ -33,17 +34,28 @@ def child(folder: Path, step: str) -> None:
     if step == "stale":
         for stored in folder.glob("bench/index.*.faiss"):
             stored.unlink()  # as after a crash between a commit and its index file
+    if step == "retrain":
+        manifest = folder / "bench" / "manifest.json"
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data["index_params"]["trained_on"] = data["index_params"]["trained_on"] // 8
+        manifest.write_text(json.dumps(data), encoding="utf-8")
     collection = CollectionStore(folder).open("bench", "bench-model")
     _ = collection.ntotal
-    if step == "convert":
+    trained_on = collection.manifest.index_params.get("trained_on")
+    if step in ("convert", "retrain"):
         collection.set_index_policy("ivf")
         with collection.writer():
-            pass  # the end of a write switches the index to what the policy asks for
+            pass  # the end of a write switches the index to what the policy asks for, or retrains it
     seconds = time.perf_counter() - started
     peak = peak_rss_mb()
     print(
         json.dumps(
-            {"seconds": round(seconds, 1), "peak_rss_mb": round(peak, 1), "kind": collection.manifest.index_type}
+            {
+                "seconds": round(seconds, 1),
+                "peak_rss_mb": round(peak, 1),
+                "kind": collection.manifest.index_type,
+                "trained_on": [trained_on, collection.manifest.index_params.get("trained_on")],
+            }
         )
     )
 

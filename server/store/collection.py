@@ -283,20 +283,6 @@ class Collection:
         )
         return [hit for hit in hits if keep is None or keep(hit.latitude, hit.longitude)]
 
-    def neighbours(
-        self, vectors: npt.NDArray[np.float32], k: int, nprobe: int | None = None
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Scores and ids of each vector's k nearest images (-1 where there are fewer); on IVF, `nprobe` lists
-        probed instead of the calibrated number (fewer suffice for vectors as close as near-duplicates)."""
-        import faiss
-
-        with self._lock:
-            self.refresh_if_stale()
-            ivf = self.manifest.index_type == "ivf" and nprobe is not None
-            params = faiss.SearchParametersIVF(nprobe=nprobe) if ivf else None
-            scores, found = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
-        return scores, found
-
     @contextlib.contextmanager
     def stored_lists(self, token: tuple[int, int] | None = None) -> Iterator[StoredLists | None]:
         """The index's stored vectors, list by list (`faiss_index.stored_lists`), under the collection's lock: views
