@@ -23,6 +23,7 @@ SORTS = ("score", "taken", "taken_asc")
 MAX_QUERY_CHARS = 2000
 MAX_TEMPLATE_CHARS = 200
 MAX_CAMERA_CHARS = 200
+MAX_TEXT_FILTER_CHARS = 200  # the words a `text` filter asks a photo's recognised text to hold
 MAX_FOLDER_CHARS = 400  # index_folder's folder
 MAX_JOB_ID_CHARS = 64
 MAX_KS = 20  # cut-offs in one evaluation

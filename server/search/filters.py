@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import InvalidArgument
-from server.limits import LATITUDE, LONGITUDE, MIN_SCORE, OFFSET, RADIUS_KM, SORTS
+from server.limits import LATITUDE, LONGITUDE, MAX_TEXT_FILTER_CHARS, MIN_SCORE, OFFSET, RADIUS_KM, SORTS
 from server.store.schema import under_folder
+from server.store.text_search import contains_pattern, match_sql, words_of
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -62,6 +63,7 @@ class SearchFilter:
     near: tuple[float, float] | None = None
     radius_km: float | None = None
     camera: str | None = None
+    text: str | None = None  # words the photo's recognised text holds (store/text_search.py)
 
     @classmethod
     def parse(
@@ -72,6 +74,7 @@ class SearchFilter:
         near: tuple[float, float] | None = None,
         radius_km: float | None = None,
         camera: str | None = None,
+        text: str | None = None,
     ) -> "SearchFilter":
         """Check and normalise the caller's values (the folder is checked against the roots by the caller)."""
         after = TimeBound.parse(taken_after, "taken_after", end=False) if taken_after else None
@@ -91,11 +94,17 @@ class SearchFilter:
                 raise InvalidArgument("radius_km needs near, the place to measure from.")
             RADIUS_KM.check(radius_km)
         wanted = camera.strip() if camera else None
-        return cls(folder, after, before, near, radius_km, wanted or None)
+        if text is not None:
+            if len(text) > MAX_TEXT_FILTER_CHARS:
+                raise InvalidArgument(f"text is at most {MAX_TEXT_FILTER_CHARS} characters, got {len(text)}.")
+            if not words_of(text):
+                raise InvalidArgument("text needs at least one word to look for in the photos' recognised text.")
+        return cls(folder, after, before, near, radius_km, wanted or None, text)
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.folder, self.taken_after, self.taken_before, self.near, self.camera))
+        values = (self.folder, self.taken_after, self.taken_before, self.near, self.camera, self.text)
+        return any(v is not None for v in values)
 
     def sql(self, cameras: Sequence[str] | None = None) -> tuple[str, list[Any]]:
         """A WHERE clause over the catalog's `images` table (indexed columns first) and its parameters. Given the
@@ -129,9 +138,12 @@ class SearchFilter:
             clauses.append(f"camera IN ({', '.join('?' * len(matching))})" if matching else "0")
             params += matching
         elif self.camera is not None:
-            escaped = self.camera.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("camera LIKE ? ESCAPE '\\'")
-            params.append(f"%{escaped}%")
+            params.append(contains_pattern(self.camera))
+        if self.text is not None:
+            clause, words = match_sql(words_of(self.text))
+            clauses.append(clause)
+            params += words
         return " AND ".join(clauses) or "1", params
 
     def keeps_place(self, latitude: float | None, longitude: float | None) -> bool:

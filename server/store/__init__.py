@@ -1,5 +1,5 @@
 """The persisted collection: the SQLite catalog's schema, migrations and connection (`schema`), reading it (`catalog`:
 entries, rows without opening a collection, vectors by id or in chunks), the manifest (`manifest`), the FAISS index
-(`faiss_index`), one open `Collection` (`collection`), the index directory's `CollectionStore` (`collection_store`)
-and the batched writer (`writer`). Imports `models` (a checkpoint's identity) and `images` (metadata and fingerprint
-types)."""
+(`faiss_index`), one open `Collection` (`collection`), the index directory's `CollectionStore` (`collection_store`),
+the batched writer (`writer`) and the text recognised in photos, stored and matched (`text_search`). Imports `models`
+(a checkpoint's identity) and `images` (metadata and fingerprint types)."""

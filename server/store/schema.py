@@ -4,7 +4,9 @@ Version 1 held each image's path, size, mtime, hash, size in pixels and vector. 
 (metadata.py) in columns of their own, indexed for filters; `meta_read` stays NULL until an indexing run has read a
 file's metadata, so the next run fills in older rows from their headers without re-embedding anything. Version 3
 adds each image's perceptual fingerprint (images/fingerprint.py: `dhash`, `contrast`), NULL until an indexing run has
-decoded the file; the next run computes it for older rows, again without re-embedding.
+decoded the file; the next run computes it for older rows, again without re-embedding. Version 4 adds the text
+recognised in each photo (`texts`, and `text_search` to match it: store/text_search.py); an image without a row
+there has not been read yet.
 """
 
 import logging
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CATALOG_VERSION = 3
+CATALOG_VERSION = 4
 METADATA_COLUMNS = ("taken", "taken_source", "taken_local", "taken_utc", "latitude", "longitude", "camera")
 METADATA_SET_COLUMNS = ", ".join((*METADATA_COLUMNS, "meta_read"))
 
@@ -60,7 +62,17 @@ ALTER TABLE images ADD COLUMN dhash INTEGER;
 ALTER TABLE images ADD COLUMN contrast INTEGER;
 INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '3');
 """
-_UPGRADES = {1: _TO_VERSION_2, 2: _TO_VERSION_3}  # from each version to the next
+_TO_VERSION_4 = """
+CREATE TABLE IF NOT EXISTS texts (
+    id INTEGER PRIMARY KEY,
+    model TEXT NOT NULL,
+    text TEXT NOT NULL,
+    lines TEXT NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS text_search USING fts5(body, tokenize='trigram');
+INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '4');
+"""
+_UPGRADES = {1: _TO_VERSION_2, 2: _TO_VERSION_3, 3: _TO_VERSION_4}  # from each version to the next
 
 
 def prepare_catalog(conn: sqlite3.Connection, name: str) -> None:

@@ -1,5 +1,5 @@
-"""Changes to one collection, batched into atomic commits: new, replaced, moved and removed images, their metadata
-and fingerprints. A commit is one SQLite transaction; the collection then applies it to its FAISS index
+"""Changes to one collection, batched into atomic commits: new, replaced, moved and removed images, their metadata,
+fingerprints and recognised text. A commit is one SQLite transaction; the collection then applies it to its FAISS index
 (handed in as `apply`) under its lock. Obtained only through `Collection.writer()`, which holds the write lock.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.store.schema import METADATA_COLUMNS, METADATA_SET_COLUMNS, metadata_values, path_key
+from server.store.text_search import PhotoText, fold, lines_json
 
 if TYPE_CHECKING:
     from server.images.fingerprint import Perceptual
@@ -86,6 +87,7 @@ class CollectionWriter:
             (*self._row(image, vector), image_id),
         )
         self._set_perceptual(image_id, image)
+        self._forget_text([image_id])  # new content: its text is read again
         self._added[image_id] = vector
         self._stale.add(image_id)
 
@@ -129,6 +131,21 @@ class CollectionWriter:
             "UPDATE images SET dhash = ?, contrast = ? WHERE id = ?", (perceptual.dhash, perceptual.contrast, image_id)
         )
 
+    def set_text(self, image_id: int, text: PhotoText) -> None:
+        """Record what was read in a catalogued image (no lines: read, nothing found); its vector stays."""
+        self._begin()
+        self._conn.execute("DELETE FROM text_search WHERE rowid = ?", (image_id,))
+        self._conn.execute(
+            "INSERT OR REPLACE INTO texts (id, model, text, lines) VALUES (?, ?, ?, ?)",
+            (image_id, text.model, text.text, lines_json(text)),
+        )
+        if text.lines:
+            self._conn.execute("INSERT INTO text_search (rowid, body) VALUES (?, ?)", (image_id, fold(text.text)))
+
+    def _forget_text(self, image_ids: list[int]) -> None:
+        self._conn.executemany("DELETE FROM texts WHERE id = ?", [(i,) for i in image_ids])
+        self._conn.executemany("DELETE FROM text_search WHERE rowid = ?", [(i,) for i in image_ids])
+
     def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
         """Same content, new size or modification time recorded so the next run skips it on stat alone."""
         self._begin()
@@ -140,6 +157,7 @@ class CollectionWriter:
             return
         self._begin()
         self._conn.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
+        self._forget_text(ids)
         for image_id in ids:
             self._added.pop(image_id, None)
             self._stale.add(image_id)
