@@ -30,6 +30,10 @@ class ModelUnavailable(ClipSearchError):
     """The CLIP weights could not be loaded (offline and not cached, or not a CLIP checkpoint)."""
 
 
+class TextModelUnavailable(ClipSearchError):
+    """The text recognition (OCR) package or its model files are missing or damaged; images are indexed without text."""
+
+
 class CollectionNotFound(ClipSearchError):
     """No collection of that name exists in the index directory."""
 
