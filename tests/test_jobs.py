@@ -41,6 +41,7 @@ class SteppedEncoder(FakeEncoder):
         super().__init__()
         self._permits = threading.Semaphore(0)
         self.batches = 0
+        self.waiting = 0  # batches that reached the model, let through or not
 
     def allow(self, batches: int = 1) -> None:
         for _ in range(batches):
@@ -50,6 +51,7 @@ class SteppedEncoder(FakeEncoder):
         self.allow(1000)
 
     def encode_pixels(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        self.waiting += 1
         if not self._permits.acquire(timeout=WAIT):
             raise RuntimeError("the test never let this batch through")
         self.batches += 1
@@ -164,6 +166,7 @@ async def test_cancel_stops_within_a_batch_and_a_later_run_finishes_without_embe
         job_id = started.structured_content["job_id"]
         encoder.allow(1)
         until(lambda: committed(service) == BATCH, "the first committed batch")
+        until(lambda: encoder.waiting == 2, "the second batch held at the model")
         jobs.cancel(job_id, wait_seconds=0)  # the run is held in its second batch: the request lands mid-batch
         encoder.open()
         cancelled = await status_until(client, job_id, ("cancelled",))
