@@ -65,6 +65,13 @@ def held(monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
     hold.gate.set()  # no thread left waiting past the test
 
 
+async def held_comparison(client: Any, held: Held) -> tuple[Any, str]:
+    """Start find_duplicates and wait until its comparison is held at its first progress report: (reply, job id)."""
+    started = await call(client, "find_duplicates", wait_seconds=0)
+    await anyio.to_thread.run_sync(held.reached)
+    return started, started.structured_content["job_id"]  # type: ignore[index]
+
+
 def images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
 
@@ -74,9 +81,7 @@ async def test_a_long_comparison_is_followed_by_index_status_and_stopped_by_canc
 ) -> None:
     fake_service.index_folder(library)
     async with mcp_client(fake_service, [library]) as client:
-        started = await call(client, "find_duplicates", wait_seconds=0)
-        job_id = started.structured_content["job_id"]  # type: ignore[index]
-        await anyio.to_thread.run_sync(held.reached)
+        started, job_id = await held_comparison(client, held)
         listed = await call(client, "index_status")
         one = await call(client, "index_status", job_id=job_id)
         stopped = await call(client, "cancel_indexing", job_id=job_id)
@@ -141,9 +146,7 @@ async def test_a_commit_during_a_comparison_cancels_it_for_a_comparison_of_the_n
 ) -> None:
     fake_service.index_folder(library)
     async with mcp_client(fake_service, [library]) as client:
-        started = await call(client, "find_duplicates", wait_seconds=0)
-        job_id = started.structured_content["job_id"]  # type: ignore[index]
-        await anyio.to_thread.run_sync(held.reached)
+        _, job_id = await held_comparison(client, held)
         shutil.copy(library / "cat" / "chelsea.jpg", library / "cat" / "chelsea again.jpg")
         await anyio.to_thread.run_sync(lambda: fake_service.index_folder(library))
         restarted = await call(client, "find_duplicates", wait_seconds=0)  # the first is still held meanwhile

@@ -255,9 +255,8 @@ def test_a_conversion_that_fails_leaves_the_old_index_in_memory_taking_commits(
 
     monkeypatch.setattr(collection_module, "build_ivf_from", broken)
     collection.set_index_policy("ivf")
-    with pytest.raises(MemoryError):
-        with collection.writer():
-            pass
+    with pytest.raises(MemoryError), collection.writer():
+        pass
     monkeypatch.undo()
     collection.set_index_policy("flat")
     paths += fill(collection, vectors[2000:], folder="/more")

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from test_filters import DIM, VectorEncoder, query
 
+from server.encoders.text_recognition import RecognisedText, TextLine
 from server.errors import InvalidArgument
 from server.search.filters import SearchFilter
 from server.search.searcher import Searcher
 from server.store.collection import Collection
 from server.store.collection_store import CollectionStore
 from server.store.schema import CATALOG_VERSION
-from server.store.text_search import PhotoText, TextLine, fold, snippet, texts_by_id, unread, words_of
+from server.store.text_search import fold, snippet, texts_by_id, unread, words_of
 from server.store.writer import NewImage
 
 MODEL = "ocr-model-identity"
@@ -29,9 +30,13 @@ TEXTS = {
 }
 
 
-def photo_text(text: str) -> PhotoText:
-    lines = tuple(TextLine(line, (0, 20 * n, 100, 18), 0.9) for n, line in enumerate(text.split("\n")) if line)
-    return PhotoText(MODEL, lines)
+def box(top: float) -> tuple[tuple[float, float], ...]:
+    return ((0.0, top), (100.0, top), (100.0, top + 18), (0.0, top + 18))
+
+
+def photo_text(text: str) -> RecognisedText:
+    lines = tuple(TextLine(line, box(20.0 * n), 0.9) for n, line in enumerate(text.split("\n")) if line)  # type: ignore[arg-type]
+    return RecognisedText(lines)
 
 
 @pytest.fixture
@@ -45,7 +50,7 @@ def collection(tmp_path: Path) -> Collection:
                 NewImage(Path(f"/lib/{'a' if i % 2 else 'b'}/{i}.jpg"), 1, 1, f"h{i}", 64, 48), vector
             )
             if i in TEXTS:
-                writer.set_text(image_id, photo_text(TEXTS[i]))
+                writer.set_text(image_id, MODEL, photo_text(TEXTS[i]))
     return collection
 
 
@@ -113,23 +118,24 @@ def test_text_stays_with_a_moved_photo_and_goes_with_new_content_or_removal(coll
         writer.remove([ids[2]])
 
     texts = texts_by_id(collection.query, list(ids.values()))
-    assert texts[ids[0]].text == TEXTS[0] and texts[ids[0]].model == MODEL
+    assert texts[ids[0]].text.text == TEXTS[0] and texts[ids[0]].model == MODEL
     assert ids[1] not in texts and ids[2] not in texts
     assert (
         found(collection, "lh 1234") == {0}
         and found(collection, "creme") == set()
         and found(collection, "北京") == set()
     )
-    assert texts[ids[4]].lines == () and ids[4] not in unread(collection.query, MODEL)
+    assert texts[ids[4]].text.lines == () and ids[4] not in unread(collection.query, MODEL)
     assert ids[1] in unread(collection.query, MODEL) and ids[0] in unread(collection.query, "another-ocr-model")
     assert len(unread(collection.query, MODEL)) == 40 - 1 - (len(TEXTS) - 2)  # 1 removed; 2 of the read no longer
 
 
 def test_lines_come_back_as_stored_in_reading_order(collection: Collection) -> None:
     (image_id,) = [row[0] for row in collection.query("SELECT id FROM images WHERE path = ?", [b"/lib/b/0.jpg"])]
-    (text,) = texts_by_id(collection.query, [image_id]).values()
+    (stored,) = texts_by_id(collection.query, [image_id]).values()
+    text = stored.text
     assert [line.text for line in text.lines] == ["BOARDING PASS", "Flight LH 1234 Frankfurt"]
-    assert text.lines[1].box == (0, 20, 100, 18) and text.lines[1].confidence == pytest.approx(0.9)
+    assert text.lines[1].box == box(20.0) and text.lines[1].confidence == pytest.approx(0.9)
 
 
 def test_a_snippet_is_at_most_300_characters_around_the_match() -> None:

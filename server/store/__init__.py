@@ -2,4 +2,4 @@
 entries, rows without opening a collection, vectors by id or in chunks), the manifest (`manifest`), the FAISS index
 (`faiss_index`), one open `Collection` (`collection`), the index directory's `CollectionStore` (`collection_store`),
 the batched writer (`writer`) and the text recognised in photos, stored and matched (`text_search`). Imports `models`
-(a checkpoint's identity) and `images` (metadata and fingerprint types)."""
+(a checkpoint's identity), `encoders` (the recognised text's types) and `images` (metadata and fingerprint types)."""

@@ -20,30 +20,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server.encoders.text_recognition import RecognisedText, TextLine
+
 SNIPPET_CHARS = 300
 _SPACE = re.compile(r"\s+")
 _CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\t\n\r")  # NUL and other controls dropped
 
 
 @dataclass(frozen=True)
-class TextLine:
-    """One recognised line: its text, its box (x, y, width, height in the photo's upright pixels) and confidence."""
-
-    text: str
-    box: tuple[int, int, int, int]
-    confidence: float
-
-
-@dataclass(frozen=True)
-class PhotoText:
-    """What was read in one photo, and by which model (its identity)."""
+class StoredText:
+    """What was read in one photo (lines in reading order, and a note on what was left unread), and by which model."""
 
     model: str
-    lines: tuple[TextLine, ...] = ()
-
-    @property
-    def text(self) -> str:
-        return "\n".join(line.text for line in self.lines)
+    text: RecognisedText
 
 
 def fold(text: str) -> str:
@@ -73,36 +62,36 @@ def match_sql(words: Sequence[str]) -> tuple[str, list[Any]]:
     return f"id IN (SELECT rowid FROM text_search WHERE {' AND '.join(conditions)})", params
 
 
-def lines_json(text: PhotoText) -> str:
-    return json.dumps(
-        [{"text": line.text, "box": list(line.box), "confidence": round(line.confidence, 4)} for line in text.lines],
-        ensure_ascii=False,
-    )
+def text_json(text: RecognisedText) -> str:
+    """The lines (text, 4-point box, confidence) and note as the catalog keeps them."""
+    lines = [
+        {"text": line.text, "box": [list(point) for point in line.box], "confidence": round(line.confidence, 4)}
+        for line in text.lines
+    ]
+    return json.dumps({"lines": lines, "note": text.note}, ensure_ascii=False)
 
 
-def lines_from_json(raw: str) -> tuple[TextLine, ...]:
-    return tuple(
-        TextLine(
-            str(item["text"]),
-            (int(item["box"][0]), int(item["box"][1]), int(item["box"][2]), int(item["box"][3])),
-            float(item["confidence"]),
-        )
-        for item in json.loads(raw)
+def text_from_json(raw: str) -> RecognisedText:
+    stored = json.loads(raw)
+    lines = tuple(
+        TextLine(str(line["text"]), tuple((float(x), float(y)) for x, y in line["box"]), float(line["confidence"]))  # type: ignore[arg-type]
+        for line in stored["lines"]
     )
+    return RecognisedText(lines, stored.get("note"))
 
 
 Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 """`Collection.query`: rows of a read-only query on the catalog."""
 
 
-def texts_by_id(query: Query, ids: Sequence[int]) -> dict[int, PhotoText]:
+def texts_by_id(query: Query, ids: Sequence[int]) -> dict[int, StoredText]:
     """What was read in each of `ids` that has been read, by id."""
-    found: dict[int, PhotoText] = {}
+    found: dict[int, StoredText] = {}
     for start in range(0, len(ids), 500):
         chunk = list(ids[start : start + 500])
         rows = query(f"SELECT id, model, lines FROM texts WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         for image_id, model, lines in rows:
-            found[int(image_id)] = PhotoText(model, lines_from_json(lines))
+            found[int(image_id)] = StoredText(model, text_from_json(lines))
     return found
 
 
@@ -125,7 +114,7 @@ def snippet(text: str, words: Sequence[str], width: int = SNIPPET_CHARS) -> str:
     folded = [fold(c) for c in flat]  # per character, so that a match maps back to the original's offsets
     positions = [i for i, f in enumerate(folded) for _ in f]
     haystack = "".join(folded)
-    found = [haystack.find(word) for word in words if word and haystack.find(word) >= 0]
+    found = [at for at in (haystack.find(word) for word in words if word) if at >= 0]
     centre = positions[min(found)] if found else 0
     start = max(0, min(centre - width // 3, len(flat) - width))
     return flat[start : start + width]

@@ -13,9 +13,10 @@ import numpy as np
 import numpy.typing as npt
 
 from server.store.schema import METADATA_COLUMNS, METADATA_SET_COLUMNS, metadata_values, path_key
-from server.store.text_search import PhotoText, fold, lines_json
+from server.store.text_search import fold, text_json
 
 if TYPE_CHECKING:
+    from server.encoders.text_recognition import RecognisedText
     from server.images.fingerprint import Perceptual
     from server.images.metadata import PhotoMetadata
 
@@ -131,13 +132,13 @@ class CollectionWriter:
             "UPDATE images SET dhash = ?, contrast = ? WHERE id = ?", (perceptual.dhash, perceptual.contrast, image_id)
         )
 
-    def set_text(self, image_id: int, text: PhotoText) -> None:
+    def set_text(self, image_id: int, model: str, text: "RecognisedText") -> None:
         """Record what was read in a catalogued image (no lines: read, nothing found); its vector stays."""
         self._begin()
         self._conn.execute("DELETE FROM text_search WHERE rowid = ?", (image_id,))
         self._conn.execute(
             "INSERT OR REPLACE INTO texts (id, model, text, lines) VALUES (?, ?, ?, ?)",
-            (image_id, text.model, text.text, lines_json(text)),
+            (image_id, model, text.text, text_json(text)),
         )
         if text.lines:
             self._conn.execute("INSERT INTO text_search (rowid, body) VALUES (?, ?)", (image_id, fold(text.text)))
