@@ -102,6 +102,12 @@ class GalleryHost:
         )
         return result
 
+    async def tool_context(self, tool: str) -> dict[str, Any]:
+        """A host context naming the tool whose result the view shows (`toolInfo`), as hosts send it."""
+        listed = {t.name: t for t in (await self.client.list_tools()).tools}
+        info = listed[tool].model_dump(mode="json", by_alias=True, exclude_none=True)
+        return {"theme": "light", "displayMode": "inline", "toolInfo": {"tool": info}}
+
     async def frame(self) -> Any:
         handle = await self.page.wait_for_selector("iframe")
         return await handle.content_frame()

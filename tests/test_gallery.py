@@ -69,6 +69,31 @@ async def test_the_view_is_served_as_an_mcp_app_and_is_small_and_self_contained(
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", html)
 
 
+def view_list(name: str) -> set[str]:
+    """The names in one of the view's constant lists, `const NAME = [...]` or `new Set([...])`."""
+    found = re.search(rf"const {name} = (?:new Set\()?\[([^\]]*)\]", gallery_html())
+    assert found, name
+    return set(re.findall(r'"([a-z_]+)"', found.group(1)))
+
+
+async def test_the_view_knows_each_tool_whose_results_it_is_shown(fake_service: ClipSearch):
+    async with mcp_client(fake_service, apps=True) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    bound = {name for name, t in tools.items() if (t.meta or {}).get("ui", {}).get("resourceUri") == GALLERY_URI}
+    known = view_list("KNOWN_TOOLS")
+    assert bound - {"get_thumbnails"} <= known <= set(tools)
+    assert "search_text_in_images" in known
+
+
+async def test_more_like_this_keeps_every_filter_of_the_search_it_leaves(fake_service: ClipSearch):
+    async with mcp_client(fake_service, apps=True) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    parameters = set(tools["search_similar_images"].input_schema["properties"])
+    not_filters = {"image_path", "thumbnails", "offset", "sort", "and_texts", "not_texts", "and_images", "not_images"}
+    assert view_list("FILTER_KEYS") == parameters - not_filters
+    assert "text" in view_list("FILTER_KEYS")  # words read in the photo
+
+
 async def test_hosts_without_apps_get_the_same_text_and_data_and_hosts_with_apps_one_more_line(
     fake_service: ClipSearch, tmp_path: Path
 ):

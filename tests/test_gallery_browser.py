@@ -12,6 +12,7 @@ from gallery_host import OUT_DIR, GalleryHost, gallery_host, require_browser, wa
 from PIL import Image
 
 from conftest import COLORS, save_color
+from server.encoders.text_recognition import RecognisedText, TextLine
 from server.mcp_server.server import build_server
 from server.service import ClipSearch
 
@@ -186,6 +187,113 @@ async def test_hostile_file_names_show_as_plain_text_and_run_nothing(fake_servic
     assert injected == 1  # only the gallery's own script element
     assert sorted(t["name"] for t in shown) == sorted(HOSTILE)
     assert heading == shown[0]["name"]
+
+
+def plant_text(service: ClipSearch, photo: Path, text: str, collection: str = "default") -> None:
+    """Record `text` as what OCR read in an indexed photo, one line."""
+    target = service.collection(collection)
+    entry = target.find_path(photo)
+    assert entry is not None
+    with target.writer() as writer:
+        writer.set_text(
+            entry.id, "fake-ocr", RecognisedText((TextLine(text, ((0, 0), (10, 0), (10, 5), (0, 5)), 0.9),))
+        )
+
+
+# Markup, a NUL, an emoji (two UTF-16 units, one code point) before a mark, and a right-to-left override.
+HOSTILE_TEXT = "Flight LH 1234 <script>window.pwned=1</script>\x00 <img src=x onerror=window.pwned=2> 😀 gate \u202eB12"
+LONG_TEXT = "Departures LH1234 " + "Boarding closes 20 minutes before departure. " * 5 + "Gate B12"
+
+SNIPPETS = """() => [...document.querySelectorAll('.tile')].map((t) => {
+    const s = t.querySelector('.snippet');
+    return s && {
+        path: t.dataset.path,
+        text: s.textContent,
+        title: s.title,
+        dir: s.dir,
+        bidi: getComputedStyle(s).unicodeBidi,
+        marks: [...s.querySelectorAll('mark')].map((m) => m.textContent),
+        nodes: [...s.childNodes].map((n) => n.nodeName),
+        elements: s.querySelectorAll('*').length,
+        clamped: s.scrollHeight > s.clientHeight + 1,
+    };
+})"""
+
+
+async def test_text_read_in_a_photo_shows_under_its_tile_with_the_matched_words_marked_and_runs_nothing(
+    fake_service: ClipSearch, photos: Path, tmp_path: Path
+):
+    red, blue = photos / "red_0.jpg", photos / "blue_0.jpg"
+    async with gallery_host(build_server(fake_service, roots=[photos]), tmp_path) as host:
+        await index(host, photos)
+        plant_text(fake_service, red, HOSTILE_TEXT)
+        plant_text(fake_service, blue, LONG_TEXT)
+        both = await host.client.call_tool("search_text_in_images", {"query": "lh1234 gate", "k": 2})
+        context = await host.tool_context("search_text_in_images")
+        await host.show("search_text_in_images", host_context=context, query="lh1234 gate", k=1)
+        frame = await host.ready()
+        await frame.click("#more")  # the next page comes from the same tool
+        await wait_until(frame, "document.querySelectorAll('.tile').length === 2")
+        frame = await host.ready()
+        snippets = {s["path"]: s for s in await frame.evaluate(SNIPPETS)}
+        await frame.hover(f'.tile[data-path="{blue}"]')  # hovering shows all of a long text
+        hovered = {s["path"]: s for s in await frame.evaluate(SNIPPETS)}[str(blue)]
+        await frame.click(f'.tile[data-path="{red}"]')
+        await frame.wait_for_selector("#viewer:not([hidden])")
+        viewer_marks = await frame.evaluate(
+            "[...document.querySelectorAll('#viewer-meta mark')].map((m) => m.textContent)"
+        )
+        unlike_hidden = await frame.evaluate("document.getElementById('unlike').hidden")
+        pwned = await frame.evaluate("window.pwned === undefined ? null : window.pwned")
+        injected = await frame.evaluate(
+            "document.querySelectorAll('script, img:not(.thumb img):not(#viewer-img)').length"
+        )
+        title = await frame.text_content("h1")
+        calls = [c for c in await host.calls() if c["name"] not in ("get_thumbnails", "view_image")]
+        errors = host.errors
+    sent = {hit["path"]: hit for hit in both.structured_content["results"]}[str(red)]
+    assert sent["text"] == HOSTILE_TEXT.replace("\x00", "")  # the server drops control characters
+    assert sent["text_marks"] == [[7, 14], [84, 88]]  # code points: "gate" is at 85 in UTF-16 units
+    hostile, long = snippets[str(red)], snippets[str(blue)]
+    assert hostile["text"] == hostile["title"] == sent["text"]
+    assert hostile["marks"] == ["LH 1234", "gate"]  # the emoji before "gate" does not shift it
+    assert hostile["nodes"] == ["#text", "MARK", "#text", "MARK", "#text"] and hostile["elements"] == 2
+    assert hostile["dir"] == "auto" and hostile["bidi"] == "isolate"  # the override stays inside the snippet
+    assert pwned is None and injected == 1  # only the gallery's own script
+    assert long["text"] == LONG_TEXT and long["marks"] == ["LH1234", "Gate"]
+    assert long["clamped"] and not hovered["clamped"]
+    assert viewer_marks == ["LH 1234", "gate"] and unlike_hidden
+    assert title == "Text “lh1234 gate”"
+    assert calls == [{"name": "search_text_in_images", "arguments": {"query": "lh1234 gate", "k": 1, "offset": 1}}]
+    assert errors == []
+
+
+async def test_a_search_filtered_by_text_marks_it_and_more_like_this_keeps_the_filter(
+    fake_service: ClipSearch, photos: Path, tmp_path: Path
+):
+    async with gallery_host(build_server(fake_service, roots=[photos]), tmp_path) as host:
+        await index(host, photos)
+        plant_text(fake_service, photos / "green_1.jpg", "Platform 😀😀 9 Exit")
+        await host.show("search_images_by_text", query="green", k=3)
+        frame = await host.ready()
+        unfiltered = await frame.evaluate(SNIPPETS)
+        await host.show("search_images_by_text", query="green", k=3, text="exit")
+        frame = await host.ready()
+        filtered = await frame.evaluate(SNIPPETS)
+        await frame.click(".tile >> nth=0")
+        await frame.click("#like")
+        await wait_until(frame, "!document.getElementById('back').hidden")
+        calls = [c for c in await host.calls() if c["name"] == "search_similar_images"]
+    shown = [s for s in unfiltered if s]
+    assert [s["path"] for s in shown] == [str(photos / "green_1.jpg")] and shown[0]["marks"] == []
+    (only,) = filtered
+    assert only["text"] == "Platform 😀😀 9 Exit" and only["marks"] == ["Exit"]
+    assert calls == [
+        {
+            "name": "search_similar_images",
+            "arguments": {"k": 3, "text": "exit", "image_path": str(photos / "green_1.jpg")},
+        }
+    ]
 
 
 async def test_duplicates_view_shows_each_group_with_its_keeper_marked(fake_service: ClipSearch, tmp_path: Path):
