@@ -97,7 +97,8 @@ def test_raw_files_are_indexed_by_their_embedded_preview(
     report = fake_service.index_folder(folder)
     [hit] = fake_service.search_text("blue", k=1).results
 
-    assert (report.added, report.failed) == (1, 0) and read == [b"raw bytes stand-in"]
+    # Its preview is decoded to embed it, then once more by the text stage's first pass.
+    assert (report.added, report.failed) == (1, 0) and read == [b"raw bytes stand-in"] * 2
     assert Path(hit.path).name == "DSC_0001.NEF"
 
 

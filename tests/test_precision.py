@@ -180,7 +180,7 @@ def test_a_collection_of_the_previous_release_reads_as_fp32_searches_unchanged_a
     assert_answers_as_recorded("v2_manifest_collection", by_text, by_image)
     assert json.loads(untouched) == before  # reading never writes
     assert report.embedded == 0 and report.unchanged == 9
-    assert after == {**before, "schema_version": SCHEMA_VERSION, "precision": "fp32", "family": "clip"}
+    assert after == {**before, "schema_version": SCHEMA_VERSION, "precision": "fp32", "family": "clip", "ocr": "auto"}
 
 
 def test_the_readmes_quality_recipe_compares_an_fp32_and_an_int8_collection_of_the_same_photos(

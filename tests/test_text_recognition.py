@@ -105,6 +105,25 @@ def test_a_very_long_screenshot_is_read_in_bounded_tiles_and_says_what_it_left(
     assert result.note is not None and "100000" in result.note and "3 tiles" in result.note
 
 
+def test_a_page_crowded_with_text_boxes_reads_a_bounded_number_and_says_how_many_it_left(
+    recognizer: RapidOcrRecognizer,
+) -> None:
+    page = Image.new("RGB", (1200, 1200), (255, 255, 255))
+    for row in range(30):
+        for column in range(3):
+            with_line(page, f"item {row}{column}", (40 + 400 * column, 20 + 39 * row), size=26)
+    bounded = RapidOcrRecognizer(max_lines=12)
+    bounded._engine = recognizer._loaded()
+
+    result = bounded.read(page)
+    everything = recognizer.read(page)
+
+    assert len(everything.lines) > 40 and everything.note is None
+    assert 0 < len(result.lines) <= 12
+    assert result.note is not None and "more text boxes left unread (at most 12 per part" in result.note
+    assert {line.text for line in result.lines} <= {line.text for line in everything.lines}
+
+
 @pytest.mark.parametrize("size", [(1080, 100_000), (100_000, 40), (30_000, 30_000), (3, 5000), (1, 1)])
 def test_tiles_are_bounded_in_number_and_size_and_cover_in_order(size: tuple[int, int]) -> None:
     tiles, note = plan_tiles(size, 8)

@@ -53,12 +53,19 @@ class ProgressBar:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self._bar: Any = None
+        self._stage = "embedding"
 
     def __enter__(self) -> "ProgressBar":
         return self
 
     def __call__(self, progress: "IndexProgress") -> None:
-        self.count(progress.done, progress.to_process)
+        if progress.stage != self._stage:  # the text stage: a bar of its own
+            self.close()
+            self._stage = progress.stage
+        if progress.stage == "text":
+            self.count(progress.text_done, progress.text_to_read, desc="reading text")
+        else:
+            self.count(progress.done, progress.to_process)
 
     def count(self, done: int, total: int, desc: str = "indexing") -> None:
         """Show `done` of `total` images."""

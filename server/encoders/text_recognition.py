@@ -93,6 +93,19 @@ def default_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
+_shared: RapidOcrRecognizer | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_recognizer() -> RapidOcrRecognizer:
+    """The process's PP-OCRv4 recogniser with the default settings: its models load once, on first use."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = RapidOcrRecognizer()
+        return _shared
+
+
 @dataclass
 class RapidOcrRecognizer:
     """PP-OCRv4 through RapidOCR's detector and recogniser, loaded once, on first use, by whichever thread needs it."""
@@ -175,11 +188,19 @@ class RapidOcrRecognizer:
             image = image.convert("RGB")
         tiles, note = plan_tiles(image.size, self.max_tiles, self.detect_side)
         lines: list[TextLine] = []
+        crowded = 0
         for tile in tiles:
-            lines += self._read_tile(engine, image, tile)
+            found, more = self._read_tile(engine, image, tile)
+            lines += found
+            crowded += more
+        if crowded:
+            left = f"{crowded} more text boxes left unread (at most {self.max_lines} per part of the image)"
+            note = f"{note}; {left}" if note else left
         return RecognisedText(tuple(lines), note)
 
-    def _read_tile(self, engine: Any, image: Image.Image, tile: Tile) -> list[TextLine]:
+    def _read_tile(self, engine: Any, image: Image.Image, tile: Tile) -> tuple[list[TextLine], int]:
+        """The tile's lines, and how many detected boxes were left unread past `max_lines` (the first in reading
+        order are read: thousands of specks would cost the recogniser seconds each)."""
         import numpy as np
 
         x0, y0, x1, _ = tile.crop
@@ -188,7 +209,9 @@ class RapidOcrRecognizer:
         detecting = _scaled(reading, self.detect_side)
         boxes = self._detect(engine, detecting)
         if len(boxes) == 0:
-            return []
+            return [], 0
+        left_out = max(0, len(boxes) - self.max_lines)
+        boxes = boxes[: self.max_lines]
         to_reading = reading.width / detecting.width
         boxes = [np.asarray(box, dtype=np.float32) * to_reading for box in boxes]
         pixels = _bgr(reading)
@@ -206,7 +229,7 @@ class RapidOcrRecognizer:
             centre = sum(c[tile.axis] for c in corners) / 4
             if tile.keep[0] <= centre < tile.keep[1]:  # a line in the overlap belongs to one tile only
                 lines.append(TextLine(text, tuple(corners), float(score)))  # type: ignore[arg-type]
-        return lines
+        return lines, left_out
 
     def _detect(self, engine: Any, image: Image.Image) -> Sequence[npt.NDArray[np.float32]]:
         pixels = _bgr(_padded(image))

@@ -19,11 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from server.encoders.protocol import Encoder
+from server.encoders.text_recognition import TextRecognizer
 from server.errors import ClipSearchError, FileMissing, IndexingCancelled
 from server.images.decode import content_hash, decode, is_raw_name, read_file
 from server.images.fingerprint import Perceptual, perceptual
 from server.images.metadata import PhotoMetadata, read_metadata
 from server.indexing.scan import FileStat, scan_folder
+from server.indexing.text_stage import TextCounts, TextStage
 from server.paths import UNCONFINED, PathGuard
 from server.results import Failure, IndexReport
 from server.store.catalog import CatalogEntry
@@ -37,13 +39,17 @@ MAX_REPORTED_FAILURES = 50
 
 @dataclass(frozen=True)
 class IndexProgress:
-    """Where a run stands: files found, those needing work, how many of those are done, embedded, failed."""
+    """Where a run stands: files found, those needing work, how many of those are done, embedded, failed; then, in
+    the text stage, how many images it reads and has read."""
 
     found: int
     to_process: int
     done: int
     embedded: int
     failed: int
+    stage: str = "embedding"
+    text_to_read: int = 0
+    text_done: int = 0
 
 
 ProgressFn = Callable[[IndexProgress], None]
@@ -74,6 +80,8 @@ class _Counts:
     embedded: int = 0
     raw_with_sibling: int = 0
     failures: list[Failure] = field(default_factory=list)
+    embedding_seconds: float = 0.0
+    text: TextCounts = field(default_factory=TextCounts)
 
 
 HEADER_BYTES = 512 * 1024  # where JPEG/TIFF/PNG keep EXIF and XMP; other formats are read whole if needed
@@ -108,7 +116,8 @@ def read_fingerprints(file: FileStat, need_metadata: bool) -> tuple[PhotoMetadat
 
 
 class Indexer:
-    """Runs incremental indexing with a given encoder; one instance serves many runs."""
+    """Runs incremental indexing with a given encoder, and the text stage with `recognizer` (none: text is never
+    read); one instance serves many runs."""
 
     def __init__(
         self,
@@ -117,16 +126,19 @@ class Indexer:
         batch_size: int = 32,
         commit_every: int = 512,
         commit_seconds: float = 30.0,
+        recognizer: TextRecognizer | None = None,
     ) -> None:
         self.encoder = encoder
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self.batch_size = batch_size
         self.commit_every = commit_every
         self.commit_seconds = commit_seconds
+        self.recognizer = recognizer
+        self.text_stage = TextStage(recognizer, commit_seconds=commit_seconds) if recognizer is not None else None
 
     def using(self, encoder: Encoder) -> "Indexer":
         """An indexer with these settings over another encoder (another collection's model)."""
-        return Indexer(encoder, self.workers, self.batch_size, self.commit_every, self.commit_seconds)
+        return Indexer(encoder, self.workers, self.batch_size, self.commit_every, self.commit_seconds, self.recognizer)
 
     def run(
         self,
@@ -139,10 +151,13 @@ class Indexer:
         progress: ProgressFn | None = None,
         index_type: str | None = None,
         cancel: threading.Event | None = None,
+        ocr: str | None = None,
     ) -> IndexReport:
-        """Bring the collection in line with the folder's images and report what changed; `index_type` sets the
-        collection's index choice, under the same write lock. Once `cancel` is set the run stops after the batch in
-        hand, commits it, removes nothing and raises `IndexingCancelled` with the partial report."""
+        """Bring the collection in line with the folder's images and report what changed, then read the text in
+        the images not read yet (the text stage) unless the collection's `ocr` is "off"; `index_type` and `ocr`
+        set the collection's index choice and text reading, under the same write lock. Once `cancel` is set the
+        run stops after the batch (or image) in hand, commits it, removes nothing and raises `IndexingCancelled`
+        with the partial report."""
         started = time.perf_counter()
         if not folder.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
@@ -175,6 +190,8 @@ class Indexer:
             run.writer = writer
             if index_type is not None:
                 collection.set_index_policy(index_type)
+            if ocr is not None:
+                collection.set_ocr_policy(ocr)
             writer.record_folder(folder)
             for file, entry in backfill:
                 if cancel is not None and cancel.is_set():
@@ -198,6 +215,13 @@ class Indexer:
             if remove_missing and leftover and not stopped:
                 writer.remove(leftover)
                 counts.removed += len(leftover)
+            counts.embedding_seconds = time.perf_counter() - started
+            if not stopped and self.text_stage is not None and collection.manifest.ocr != "off":
+                writer.commit()  # description search has the whole folder before any text is read
+                counts.text = self.text_stage.run(
+                    collection, writer, folder, recursive, collection.manifest.ocr == "on", cancel, run.text_progress
+                )
+                stopped = counts.text.stopped
         report = self._report(collection, folder, counts, time.perf_counter() - started)
         if stopped:
             raise IndexingCancelled(report)
@@ -205,6 +229,7 @@ class Indexer:
 
     @staticmethod
     def _report(collection: Collection, folder: Path, counts: "_Counts", seconds: float) -> IndexReport:
+        text = counts.text
         return IndexReport(
             collection=collection.name,
             folder=str(folder),
@@ -219,7 +244,16 @@ class Indexer:
             embedded=counts.embedded,
             skipped_raw_with_sibling=counts.raw_with_sibling,
             seconds=round(seconds, 3),
-            images_per_second=round(counts.embedded / seconds, 2) if seconds > 0 else 0.0,
+            images_per_second=_rate(counts.embedded, counts.embedding_seconds or seconds),
+            ocr=collection.manifest.ocr,
+            text_to_read=text.to_read,
+            text_read=text.read,
+            text_first_pass_only=text.first_pass_only,
+            text_found=text.with_text,
+            text_seconds=round(text.seconds, 3),
+            text_images_per_second=_rate(text.done, text.seconds),
+            text_note=text.note,
+            text_problems=text.problems,
         )
 
     def _prepare_all(self, todo: list[tuple[FileStat, CatalogEntry | None]], known: set[str]) -> Iterator[_Prepared]:
@@ -391,3 +425,23 @@ class _Run:
         if self.progress:
             counts = self.counts
             self.progress(IndexProgress(self.found, self.total, self.done, counts.embedded, len(counts.failures)))
+
+    def text_progress(self, text: TextCounts) -> None:
+        if self.progress:
+            counts = self.counts
+            self.progress(
+                IndexProgress(
+                    self.found,
+                    self.total,
+                    self.done,
+                    counts.embedded,
+                    len(counts.failures),
+                    "text",
+                    text.to_read,
+                    text.done,
+                )
+            )
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 2) if seconds > 0 else 0.0

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from server.atomic_files import write_atomically
 from server.errors import ClipSearchError, CollectionBusy, FileMissing, IndexingCancelled, InvalidArgument, JobNotFound
-from server.limits import INDEX_TYPES
+from server.limits import INDEX_TYPES, OCR_POLICIES
 from server.paths import UNCONFINED, PathGuard
 from server.results import IndexReport, JobList, JobProgress, JobStatus
 
@@ -90,6 +90,7 @@ class JobRecord:
     state: str = "queued"
     model: str | None = None  # the model a new collection is built with (None: the default)
     precision: str | None = None  # of a new collection's vectors (None: fp32)
+    ocr: str | None = None  # the collection's text reading to set (None: keep)
     created: str = field(default_factory=_now)
     started: str | None = None
     finished: str | None = None
@@ -135,6 +136,7 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     started_at: float = 0.0
     saved_at: float = 0.0
+    text_started_at: float | None = None  # when the run's text stage began
 
 
 class IndexingService(Protocol):
@@ -154,6 +156,7 @@ class IndexingService(Protocol):
         cancel: threading.Event | None,
         model: str | None,
         precision: str | None,
+        ocr: str | None = None,
     ) -> IndexReport: ...
 
 
@@ -184,18 +187,21 @@ class JobManager:
         again: bool = False,
         model: str | None = None,
         precision: str | None = None,
+        ocr: str | None = None,
     ) -> JobStatus:
         """Queue the indexing of `folder` into `collection`, or return the job already queued or running for it
         (in this process or, read from its record, in another server). With `again` (changes seen after a run
         began), a running job gets one follow-up queued behind it. `model` builds a new collection with that model
         (checked at once against an existing collection's; loaded, or downloaded, by the job), `precision` with
-        vectors of that precision (checked at once too)."""
+        vectors of that precision (checked at once too); `ocr` sets the collection's text reading (auto, on, off)."""
         # Here, not above: the MCP handshake must not wait for numpy.
         from server.store.collection_store import validate_name
 
         validate_name(collection)
         if index_type is not None and index_type not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
+        if ocr is not None and ocr not in OCR_POLICIES:
+            raise InvalidArgument(f"ocr must be one of {', '.join(OCR_POLICIES)}, got {ocr!r}.")
         path = guard.check(folder)
         if not path.is_dir():
             raise FileMissing(f"Folder '{folder}' does not exist or is not a folder.")
@@ -235,6 +241,7 @@ class JobManager:
                 index_type=index_type,
                 model=model,
                 precision=precision,
+                ocr=ocr,
                 owner=_OWNER,
             )
             job = _Job(record, guard)
@@ -313,7 +320,7 @@ class JobManager:
 
     def _run(self, job: _Job) -> None:
         record = job.record
-        job.started_at = time.monotonic()
+        job.started_at, job.text_started_at = time.monotonic(), None
         self._update(job, state="running", started=_now(), note=None, owner=_OWNER)
         try:
             report = self._service().index_folder(
@@ -327,6 +334,7 @@ class JobManager:
                 job.cancel,
                 record.model,
                 record.precision,
+                record.ocr,
             )
         except IndexingCancelled as exc:
             self._finish(job, "cancelled", report=exc.report, note="stopped on request; what it committed stays")
@@ -341,19 +349,36 @@ class JobManager:
             self._finish(job, "done", report=report)
 
     def _progress(self, job: _Job, progress: "IndexProgress") -> None:
-        elapsed = max(time.monotonic() - job.started_at, 1e-6)
-        rate = progress.done / elapsed
-        left = progress.to_process - progress.done
-        values = {
-            "found": progress.found,
-            "to_process": progress.to_process,
-            "done": progress.done,
-            "embedded": progress.embedded,
-            "failed": progress.failed,
-            "images_per_second": round(rate, 2),
-            "eta_seconds": round(left / rate, 1) if rate > 0 and progress.done else None,
-        }
-        save = time.monotonic() - job.saved_at >= SAVE_INTERVAL_SECONDS or progress.done == progress.to_process
+        now = time.monotonic()
+        if progress.stage == "text":
+            if job.text_started_at is None:
+                job.text_started_at = now
+            values = dict(job.record.progress)  # the embedding stage's figures stay as they ended
+            rate = progress.text_done / max(now - job.text_started_at, 1e-6)
+            left = progress.text_to_read - progress.text_done
+            values.update(
+                stage="text",
+                text_to_read=progress.text_to_read,
+                text_done=progress.text_done,
+                text_images_per_second=round(rate, 2),
+                text_eta_seconds=round(left / rate, 1) if rate > 0 and progress.text_done else None,
+                eta_seconds=None,
+            )
+            finished = progress.text_done == progress.text_to_read
+        else:
+            rate = progress.done / max(now - job.started_at, 1e-6)
+            left = progress.to_process - progress.done
+            values = {
+                "found": progress.found,
+                "to_process": progress.to_process,
+                "done": progress.done,
+                "embedded": progress.embedded,
+                "failed": progress.failed,
+                "images_per_second": round(rate, 2),
+                "eta_seconds": round(left / rate, 1) if rate > 0 and progress.done else None,
+            }
+            finished = progress.done == progress.to_process
+        save = now - job.saved_at >= SAVE_INTERVAL_SECONDS or finished
         self._update(job, save=save, progress=values)
 
     def _update(self, job: _Job, save: bool = True, **changes: Any) -> None:
@@ -370,7 +395,10 @@ class JobManager:
         if report is not None:
             progress = dict(job.record.progress)
             progress.update(done=progress.get("to_process", 0) if state == "done" else progress.get("done", 0))
-            progress.update(embedded=report.embedded, failed=report.failed, eta_seconds=None)
+            progress.update(embedded=report.embedded, failed=report.failed, eta_seconds=None, text_eta_seconds=None)
+            if report.text_to_read:
+                progress.update(text_to_read=report.text_to_read)
+                progress.update(text_done=report.text_read + report.text_first_pass_only)
             changes.update(report=report.model_dump(mode="json"), progress=progress)
         self._update(job, state=state, finished=_now(), **changes)
 

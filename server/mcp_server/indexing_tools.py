@@ -32,7 +32,7 @@ from server.mcp_server.support import (
     tool_result,
 )
 from server.models.files import requested_model
-from server.results import DuplicatesJob, IndexFolderResult, JobList, JobStatus, StoppedJob
+from server.results import DuplicatesJob, IndexFolderResult, IndexReport, JobList, JobStatus, StoppedJob
 
 WaitSeconds = Annotated[
     float,
@@ -93,6 +93,15 @@ def register(server: MCPServer, tools: ToolContext) -> None:
                 "collection keeps its own",
             ),
         ] = None,
+        ocr: Annotated[
+            Literal["auto", "on", "off"] | None,
+            Field(
+                description="Text in photos (screenshots, receipts, signs), read after the embeddings so that "
+                "search_text_in_images and the text filter find it: 'auto' (default for a new collection) reads "
+                "the images a quick first pass finds text in, 'on' reads every image (slower, a little more "
+                "recall), 'off' reads none; omitted keeps the collection's setting",
+            ),
+        ] = None,
         wait_seconds: WaitSeconds = DEFAULT_WAIT_SECONDS,
         watch: Annotated[
             bool | None,
@@ -112,7 +121,15 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         def start() -> JobStatus:
             chosen = requested_model(model, guard) if model is not None else None
             return jobs.start(
-                folder, collection, recursive, remove_missing, index_type, guard, model=chosen, precision=precision
+                folder,
+                collection,
+                recursive,
+                remove_missing,
+                index_type,
+                guard,
+                model=chosen,
+                precision=precision,
+                ocr=ocr,
             )
 
         status = await run_core(start)
@@ -226,6 +243,17 @@ def _next_step(status: JobStatus) -> str:
     return "Search the collection with search_images_by_text or search_similar_images."
 
 
+def _text_summary(report: IndexReport) -> str:
+    if report.text_note:
+        return f" {report.text_note}."
+    if not report.text_to_read:
+        return ""
+    return (
+        f" Text read in {report.text_read + report.text_first_pass_only} of {report.text_to_read} images "
+        f"({report.text_found} hold text), {report.text_seconds:.1f} s."
+    )
+
+
 def _describe(status: JobStatus) -> str:
     """One paragraph for the person and the assistant reading the tool result."""
     where = f"{status.folder} into '{status.collection}'"
@@ -234,10 +262,16 @@ def _describe(status: JobStatus) -> str:
         return (
             f"Indexed {r.folder} into '{r.collection}': {r.indexed_total} images in total; "
             f"{r.added} added, {r.updated} updated, {r.moved} moved, {r.unchanged} unchanged, "
-            f"{r.removed} removed, {r.failed} failed; {r.seconds:.1f} s."
+            f"{r.removed} removed, {r.failed} failed; {r.seconds:.1f} s.{_text_summary(r)}"
         )
     p = status.progress
     counts = f"{p.done:,} of {p.to_process:,} new or changed images processed ({p.found:,} found)"
+    if status.state == "running" and p.stage == "text":
+        eta = f", about {p.text_eta_seconds:.0f} s left" if p.text_eta_seconds is not None else ""
+        return (
+            f"Job {status.job_id}: {counts} and searchable by description; now reading the text in them, "
+            f"{p.text_done:,} of {p.text_to_read:,} images{eta}. {_next_step(status)}"
+        )
     if status.state == "running":
         eta = f", about {p.eta_seconds:.0f} s left" if p.eta_seconds is not None else ""
         return f"Job {status.job_id}: indexing {where}, {counts}{eta}. {_next_step(status)}"

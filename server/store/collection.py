@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from server.atomic_files import write_atomically, write_atomically_with
 from server.errors import CollectionBusy, InvalidArgument
-from server.limits import INDEX_TYPES
+from server.limits import INDEX_TYPES, OCR_POLICIES
 from server.store.catalog import (
     ENTRY_COLUMNS,
     CatalogEntry,
@@ -378,6 +378,13 @@ class Collection:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {policy!r}.")
         if policy != self.manifest.index_policy:
             self._write_manifest(replace(self.manifest, index_policy=policy))
+
+    def set_ocr_policy(self, policy: str) -> None:
+        """Record whether text in photos is read ('auto': after a cheap first pass, 'on': in every image, 'off')."""
+        if policy not in OCR_POLICIES:
+            raise InvalidArgument(f"ocr must be one of {', '.join(OCR_POLICIES)}, got {policy!r}.")
+        if policy != self.manifest.ocr:
+            self._write_manifest(replace(self.manifest, ocr=policy))
 
     def _write_manifest(self, manifest: Manifest) -> None:
         write_manifest(self.folder, manifest)

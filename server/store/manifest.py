@@ -9,14 +9,14 @@ from typing import Any
 
 from server.atomic_files import write_atomically
 from server.errors import CollectionMismatch
-from server.limits import PRECISIONS
+from server.limits import OCR_POLICIES, PRECISIONS
 from server.store.faiss_index import IndexSpec
 
 MANIFEST = "manifest.json"
 # 2: the manifest records the model's identity (content hash), not only its name; 3: and its vectors' precision;
-# 4: and the model's family (clip, siglip, siglip2, metaclip2, ...)
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)  # older ones are migrated to 4 by the first write (Manifest.upgraded)
+# 4: and the model's family (clip, siglip, siglip2, metaclip2, ...); 5: and whether text in photos is read (ocr)
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # older ones are migrated to 5 by the first write (Manifest.upgraded)
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Manifest:
     model_identity: str | None = None  # models/identity.py; None only in version-1 manifests
     precision: str = "fp32"  # of every vector in the collection (limits.PRECISIONS); versions 1-2 made fp32 only
     family: str | None = None  # models/families.py's key; None before version 4, or for a model without one
+    ocr: str = "auto"  # limits.OCR_POLICIES: text read after a cheap first pass, in every image, or not at all
 
     @classmethod
     def new(
@@ -42,6 +43,7 @@ class Manifest:
         model_identity: str | None = None,
         precision: str = "fp32",
         family: str | None = None,
+        ocr: str = "auto",
     ) -> "Manifest":
         # Every collection starts Flat; IVF needs vectors to train on, so it is built at the end of a write.
         created = datetime.now(UTC).isoformat()
@@ -56,6 +58,7 @@ class Manifest:
             model_identity=model_identity,
             precision=precision,
             family=family,
+            ocr=ocr,
         )
 
     @property
@@ -67,7 +70,8 @@ class Manifest:
         Version 1 named its model only: the identity of the model now writing, opened under that same name, is
         recorded, so copies of it under other names open the collection from then on (without one, a version-1
         manifest stays as it is). Version 2 made fp32 vectors only, which is the precision it already reads as.
-        Versions 1-3 did not record the family: that of the model now writing (the collection's own) is."""
+        Versions 1-3 did not record the family: that of the model now writing (the collection's own) is. Versions
+        1-4 read no text in photos: they gain the default, `ocr` "auto", and their images are read by the next run."""
         recorded = self.model_identity or identity
         known = self.family or family
         if recorded is None or (self.schema_version == SCHEMA_VERSION and known == self.family):
@@ -90,13 +94,18 @@ def load_manifest(folder: Path, name: str) -> Manifest:
     required = ("schema_version", "model", "dim", "metric", "index_type", "created")
     optional = {
         key: data[key]
-        for key in ("index_policy", "index_params", "model_identity", "precision", "family")
+        for key in ("index_policy", "index_params", "model_identity", "precision", "family", "ocr")
         if key in data
     }
     if optional.get("precision", "fp32") not in PRECISIONS:
         raise CollectionMismatch(
             f"Collection '{name}' holds vectors of precision {optional['precision']!r}; this clipsearch knows "
             f"{', '.join(PRECISIONS)}. Update clipsearch, or re-index into a new collection name."
+        )
+    if optional.get("ocr", "auto") not in OCR_POLICIES:
+        raise CollectionMismatch(
+            f"Collection '{name}' asks for text reading {optional['ocr']!r}; this clipsearch knows "
+            f"{', '.join(OCR_POLICIES)}. Update clipsearch, or set it again with --ocr."
         )
     return Manifest(**{key: data[key] for key in required}, **optional)
 
