@@ -17,13 +17,15 @@ DEFAULT_KS = (1, 3, 5, 10)
 DEFAULT_TEMPLATE = "a photo of a {label}"
 INDEX_TYPES = ("auto", "flat", "ivf")
 ENGINES = ("auto", "onnx", "torch")
+OCR_POLICIES = ("auto", "on", "off")  # text in photos: after a cheap first pass (default), every image, never
 PRECISIONS = ("fp32", "int8")  # of a collection's vectors: int8 towers are ONNX Runtime's, dynamically quantised
 SORTS = ("score", "taken", "taken_asc")
 
 MAX_QUERY_CHARS = 2000
 MAX_TEMPLATE_CHARS = 200
 MAX_CAMERA_CHARS = 200
-MAX_TEXT_FILTER_CHARS = 200  # the words a `text` filter asks a photo's recognised text to hold
+MAX_TEXT_FILTER_CHARS = 200  # a `text` filter's words, and search_text_in_images' query
+DEFAULT_MIN_TEXT_SCORE = 0.35  # search_text_in_images: half the query's letter triples (search/text_ranking.py)
 MAX_FOLDER_CHARS = 400  # index_folder's folder
 MAX_JOB_ID_CHARS = 64
 MAX_KS = 20  # cut-offs in one evaluation
@@ -105,6 +107,7 @@ OFFSET = Bound("offset", 0, 10_000)
 THUMBNAILS = Bound("thumbnails", 0, 10)
 RADIUS_KM = Bound("radius_km", 0.0, 20_100.0, above_least=True)  # half the Earth's circumference: every place
 MIN_SCORE = Bound("min_score", -1.0, 1.0)
+TEXT_SCORE = Bound("min_score", 0.0, 1.0)  # search_text_in_images' text-match score
 LATITUDE = Bound("latitude", -90.0, 90.0)
 LONGITUDE = Bound("longitude", -180.0, 180.0)
 TERM_WEIGHT = Bound("a term's weight", 0.1, 10.0)

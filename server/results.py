@@ -36,14 +36,28 @@ class IndexReport(BaseModel):
     skipped_raw_with_sibling: int = Field(
         0, description="RAW files not indexed because a JPEG/HEIC of the same name beside them was"
     )
-    seconds: float
-    images_per_second: float = Field(description="Embedded images per second of wall time")
+    seconds: float = Field(description="Wall time of the whole run, both stages")
+    images_per_second: float = Field(description="Embedded images per second of the embedding stage's wall time")
+    ocr: str = Field("auto", description="Whether text in photos is read: auto (after a first pass), on, off")
+    text_to_read: int = Field(0, description="Images whose text was due in this run (new, changed, or never read)")
+    text_read: int = Field(0, description="Images read in full for text in this run")
+    text_first_pass_only: int = Field(0, description="Images the cheap first pass found no text in (not read in full)")
+    text_found: int = Field(0, description="Images read in this run that hold text")
+    text_seconds: float = Field(0.0, description="Wall time of the text stage")
+    text_images_per_second: float = Field(0.0, description="Images per second through the text stage")
+    text_note: str | None = Field(None, description="Why text was not read (e.g. the OCR model missing), if so")
+    text_problems: list[Failure] = Field(
+        default_factory=list, description="The first 50 images whose text was read in part or not at all, and why"
+    )
 
 
 class SearchHit(BaseModel):
     rank: int = Field(ge=1)
     path: PathText
-    score: float = Field(description="Cosine similarity between query and image, in [-1, 1]")
+    score: float = Field(
+        description="Cosine similarity between query and image, in [-1, 1]; for search_text_in_images, how well the "
+        "photo's recognised text matches the query, in [0, 1] (1: the exact words)"
+    )
     taken: str | None = Field(None, description="Capture time as written in the file (ISO 8601; offset if known)")
     taken_source: str | None = Field(None, description="Where 'taken' came from: exif, xmp or file_mtime")
     width: int | None = Field(None, description="Upright width in pixels")
@@ -52,6 +66,16 @@ class SearchHit(BaseModel):
     latitude: float | None = None
     longitude: float | None = None
     also: int | None = Field(None, description="With diverse=true: how many near-duplicates this result stands for")
+    text: str | None = Field(
+        None,
+        description="When text was read in the photo: at most 300 characters of it on one line, around the words "
+        "matched (the text filter's or the text query's), else its start",
+    )
+    text_marks: list[list[int]] | None = Field(
+        None,
+        description="[start, end) offsets in `text` (characters, i.e. code points) of each place the words match, "
+        "in order; empty when nothing was asked of the text; None when `text` is",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -151,6 +175,12 @@ class ThumbnailPage(BaseModel):
     thumbnails: list[Thumbnail] = Field(description="In the order asked")
 
 
+class TextLineView(BaseModel):
+    text: str
+    box: list[list[float]] = Field(description="Four corners [x, y] in the original's pixels, clockwise from top left")
+    confidence: float = Field(description="The recogniser's confidence, 0-1")
+
+
 class ImageView(BaseModel):
     path: PathText
     width: int = Field(description="Upright size of the original, in pixels")
@@ -164,6 +194,13 @@ class ImageView(BaseModel):
     longitude: float | None
     camera: str | None
     collections: list[str] = Field(description="Collections that hold this image")
+    text: str | None = Field(
+        None,
+        description="The text read in the photo, line by line in reading order ('' when it was read and holds none); "
+        "None when no collection holding it has read it",
+    )
+    lines: list[TextLineView] | None = Field(None, description="The lines of `text`, in reading order")
+    text_note: str | None = Field(None, description="What part of the photo was left unread, if any")
 
 
 class DuplicateMember(BaseModel):
@@ -243,6 +280,11 @@ class JobProgress(BaseModel):
     failed: int = Field(0, description="Files skipped as unreadable so far")
     images_per_second: float = Field(0.0, description="Processed images per second so far")
     eta_seconds: float | None = Field(None, description="Estimated seconds left, once there is a rate to go by")
+    stage: str = Field("embedding", description="embedding (first), then text (reading text in photos)")
+    text_to_read: int = Field(0, description="Images whose text the text stage reads")
+    text_done: int = Field(0, description="Of those, read so far")
+    text_images_per_second: float = Field(0.0, description="Images per second through the text stage so far")
+    text_eta_seconds: float | None = Field(None, description="Estimated seconds left in the text stage")
 
 
 class JobStatus(BaseModel):
@@ -336,3 +378,12 @@ class IndexFolderResult(BaseModel):
     skipped_raw_with_sibling: int | None = None
     seconds: float | None = None
     images_per_second: float | None = None
+    ocr: str | None = None
+    text_to_read: int | None = None
+    text_read: int | None = None
+    text_first_pass_only: int | None = None
+    text_found: int | None = None
+    text_seconds: float | None = None
+    text_images_per_second: float | None = None
+    text_note: str | None = None
+    text_problems: list[Failure] | None = None

@@ -15,6 +15,7 @@ from server.config import Settings
 from server.encoders.onnx_engine import OnnxEncoder, resolve_engine
 from server.encoders.pool import EncoderPool
 from server.encoders.protocol import Encoder
+from server.encoders.text_recognition import TextRecognizer, shared_recognizer
 from server.encoders.torch_engine import TransformersEncoder
 from server.errors import ClipSearchError, CollectionMismatch, FileMissing, InvalidArgument, ModelUnavailable
 from server.evaluation.evaluate import evaluate as evaluate_collection
@@ -46,6 +47,7 @@ from server.results import (
 from server.search.composition import Extras
 from server.search.filters import ResultOrder, SearchFilter
 from server.search.searcher import Searcher
+from server.search.text_ranking import search_texts
 from server.store.catalog import read_catalog
 from server.store.collection import Collection
 from server.store.collection_store import CollectionStore, validate_name
@@ -73,6 +75,7 @@ class ClipSearch:
         speaker: str = "this command",
         encoders: EncoderPool | None = None,
         thumbnails: ThumbnailCache | None = None,
+        recognizer: TextRecognizer | None = None,
     ) -> None:
         self.settings = settings
         self.downloads = downloads or DownloadTracker()
@@ -80,6 +83,8 @@ class ClipSearch:
         if encoder is not None:
             self.encoders.add(encoder)
         self.indexer = indexer
+        # Text in photos: a process-wide PP-OCRv4 unless another is passed; its models load on first use.
+        self.recognizer = recognizer if recognizer is not None else shared_recognizer()
         self.thumbnails = thumbnails or ThumbnailCache()
         self.duplicate_tasks = DuplicateTasks()
         self.store = CollectionStore(settings.index_dir, speaker)
@@ -219,7 +224,7 @@ class ClipSearch:
 
     def _indexer(self, encoder: Encoder) -> Indexer:
         if self.indexer is None:
-            return Indexer(encoder)
+            return Indexer(encoder, recognizer=self.recognizer)
         return self.indexer if self.indexer.encoder is encoder else self.indexer.using(encoder)
 
     def index_folder(
@@ -234,13 +239,16 @@ class ClipSearch:
         cancel: threading.Event | None = None,
         model: str | None = None,
         precision: str | None = None,
+        ocr: str | None = None,
     ) -> IndexReport:
-        """Index a folder's images into a collection, embedding only new or changed files.
+        """Index a folder's images into a collection, embedding only new or changed files, then read the text in
+        those not read yet.
 
         `index_type` ('auto', 'flat', 'ivf') changes the collection's index choice; None keeps it. Setting `cancel`
         stops the run after its current batch (`IndexingCancelled`, with what was committed). `model` builds a new
         collection with that model (default: the settings' model) and `precision` ('fp32', the default, or 'int8');
-        an existing one keeps its own."""
+        an existing one keeps its own. `ocr` ('auto': text read after a cheap first pass, 'on': in every image,
+        'off') changes the collection's text reading; None keeps it (new collections: 'auto')."""
         if index_type is not None and index_type not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}.")
         path = guard.check(folder)
@@ -257,6 +265,7 @@ class ClipSearch:
             progress=progress,
             index_type=index_type,
             cancel=cancel,
+            ocr=ocr,
         )
 
     def search_text(
@@ -297,10 +306,24 @@ class ClipSearch:
         radius_km: float | None = None,
         camera: str | None = None,
         guard: PathGuard = UNCONFINED,
+        text: str | None = None,
     ) -> SearchFilter:
-        """Check a search's filters: dates, place and camera, and a folder that is allowed and indexed."""
+        """Check a search's filters: dates, place, camera, words of the photo's recognised text, and a folder that is
+        allowed and indexed."""
         path = self._collection_folder(collection, folder, guard) if folder is not None else None
-        return SearchFilter.parse(path, taken_after, taken_before, near, radius_km, camera)
+        return SearchFilter.parse(path, taken_after, taken_before, near, radius_km, camera, text)
+
+    def search_text_in_images(
+        self,
+        query: str,
+        k: int = 10,
+        collection: str = DEFAULT_COLLECTION,
+        filters: SearchFilter | None = None,
+        order: ResultOrder | None = None,
+    ) -> SearchResponse:
+        """Images ranked by how well the text recognised in them matches `query` (search/text_ranking.py); runs no
+        model."""
+        return search_texts(self.collection(collection), query, k, filters, order)
 
     def _collection_folder(self, collection: str, folder: str | Path, guard: PathGuard) -> Path:
         """A folder that narrows a search or a duplicates report: allowed, existing and holding images of the

@@ -9,7 +9,9 @@ import pytest
 from conftest import mcp_client
 from server.cli.parser import build_parser
 from server.errors import InvalidArgument
-from server.limits import GROUPS, OFFSET, RADIUS_KM, TOP_K, Bound, BoundArgument
+from server.limits import GROUPS, MAX_TEXT_FILTER_CHARS, OFFSET, RADIUS_KM, TOP_K, Bound, BoundArgument
+from server.search.filters import SearchFilter
+from server.search.text_ranking import TextQuery
 from server.service import ClipSearch
 
 pytestmark = pytest.mark.anyio
@@ -17,6 +19,7 @@ pytestmark = pytest.mark.anyio
 TOOLS = {  # CLI subcommand -> the MCP tool taking the same parameters
     "search": "search_images_by_text",
     "similar": "search_similar_images",
+    "text": "search_text_in_images",
     "eval": "evaluate_retrieval",
     "duplicates": "find_duplicates",
 }
@@ -71,6 +74,10 @@ async def test_every_bounded_cli_option_has_the_bounds_and_default_of_the_mcp_pa
             "similar --offset",
             "similar --radius_km",
             "similar --min_score",
+            "text --k",
+            "text --offset",
+            "text --radius_km",
+            "text --min_score",
             "eval --ks",
             "duplicates --threshold",
             "duplicates --max_bits",
@@ -82,7 +89,7 @@ async def test_every_bounded_cli_option_has_the_bounds_and_default_of_the_mcp_pa
 
 async def test_the_cli_sort_choices_are_the_mcp_sort_enum(fake_service: ClipSearch) -> None:
     tools = await schemas(fake_service)
-    for command in ("search", "similar"):
+    for command in ("search", "similar", "text"):
         [sort] = [a for a in subcommands()[command]._actions if a.dest == "sort"]
         assert list(sort.choices or ()) == tools[TOOLS[command]]["sort"]["enum"]
 
@@ -106,3 +113,22 @@ def test_the_cli_refuses_a_value_past_a_bound_before_any_work(capsys: pytest.Cap
         build_parser().parse_args(["duplicates", "--max-groups", str(GROUPS.most + 1)])
     assert exited.value.code == 2
     assert f"must be {GROUPS.describe()}, got {GROUPS.most + 1}" in capsys.readouterr().err
+
+
+async def test_the_text_filter_and_the_text_query_have_one_length_limit_in_the_schemas_and_the_core(
+    fake_service: ClipSearch,
+) -> None:
+    tools = await schemas(fake_service)
+    limits = [
+        tools["search_images_by_text"]["text"],
+        tools["search_similar_images"]["text"],
+        tools["search_text_in_images"]["query"],
+    ]
+    lengths = [next(p for p in [prop, *prop.get("anyOf", [])] if "maxLength" in p)["maxLength"] for prop in limits]
+    assert lengths == [MAX_TEXT_FILTER_CHARS] * 3
+    longest = "x" * MAX_TEXT_FILTER_CHARS
+    assert SearchFilter.parse(text=longest).text == longest and TextQuery.parse(longest).letters == longest
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_TEXT_FILTER_CHARS}"):
+        SearchFilter.parse(text=longest + "x")
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_TEXT_FILTER_CHARS}"):
+        TextQuery.parse(longest + "x")

@@ -38,6 +38,7 @@ TOOLS = {
     "cancel_indexing",
     "search_images_by_text",
     "search_similar_images",
+    "search_text_in_images",
     "evaluate_retrieval",
     "list_collections",
 }

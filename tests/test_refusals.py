@@ -54,6 +54,11 @@ docs/search.md
   image terms outside the roots: test_composition.py::test_tools_refuse_image_terms_outside_the_roots_or_too_many_terms
 - view_image outside the roots, not an image, max_side:
   test_view.py::test_bad_paths_and_sizes_are_refused_and_nothing_outside_the_roots_is_opened
+- a `text` filter or text query without a word or over 200 characters, `min_score` of a text search outside 0-1:
+  test_text_queries.py::test_an_empty_or_too_long_text_is_refused_saying_what_to_fix,
+  test_text_queries.py::test_the_cli_refuses_an_empty_or_too_long_text_with_exit_code_2,
+  test_text_queries.py::test_the_cli_refuses_a_text_score_outside_0_to_1_before_any_work; FTS syntax taken as
+  text: test_text_queries.py::test_fts_syntax_in_a_query_or_filter_is_text_never_an_sql_error
 
 docs/safety.md
 - a ground-truth file outside the roots: test_mcp.py::test_ground_truth_file_outside_the_roots_is_refused; query

@@ -26,6 +26,7 @@ async def test_stdio_server_lists_tools_indexes_and_searches(tiny_clip: Path, tm
             "index_folder",
             "search_images_by_text",
             "search_similar_images",
+            "search_text_in_images",
             "evaluate_retrieval",
             "list_collections",
             "index_status",

@@ -78,6 +78,7 @@ def index_folder(args: argparse.Namespace, settings: "Settings", make_service: S
                 cancel=stop,
                 model=model,
                 precision=args.precision,
+                ocr=args.ocr,
             )
         except IndexingCancelled as exc:
             bar.close()
@@ -128,7 +129,7 @@ def _search_options(service: "ClipSearch", args: argparse.Namespace) -> tuple["S
     from server.search.filters import ResultOrder
 
     filters = service.make_filter(
-        args.collection, args.folder, args.after, args.before, args.near, args.radius_km, args.camera
+        args.collection, args.folder, args.after, args.before, args.near, args.radius_km, args.camera, text=args.text
     )
     order = ResultOrder(args.min_score, args.sort, args.offset, args.diverse)
     flags = Extras(*(tuple(getattr(args, n)) for n in ("and_texts", "not_texts", "and_images", "not_images")))
@@ -143,7 +144,7 @@ def search(args: argparse.Namespace, settings: "Settings", make_service: Service
 
     service = _service(settings, make_service)
     filters, order, flags = _search_options(service, args)
-    text, infix = split_infix(args.text)  # rclip's "horse + stripes - grass"
+    text, infix = split_infix(args.query)  # rclip's "horse + stripes - grass"
     extras = Extras(*(a + b for a, b in zip(astuple(infix), astuple(flags), strict=True)))
     _show(service.search_text(text, args.k, args.collection, filters, order, extras), args.json)
     return 0
@@ -155,6 +156,19 @@ def similar(args: argparse.Namespace, settings: "Settings", make_service: Servic
     filters, order, flags = _search_options(service, args)
     result = service.search_image(args.image, args.k, args.collection, filters=filters, order=order, extras=flags)
     _show(result, args.json)
+    return 0
+
+
+def text_in_images(args: argparse.Namespace, settings: "Settings", make_service: ServiceFactory) -> int:
+    """`clipsearch text`: photos ranked by how well the text read in them matches the query."""
+    from server.search.filters import ResultOrder
+
+    service = _service(settings, make_service)
+    filters = service.make_filter(
+        args.collection, args.folder, args.after, args.before, args.near, args.radius_km, args.camera
+    )
+    order = ResultOrder(args.min_score, args.sort, args.offset)
+    _show(service.search_text_in_images(args.query, args.k, args.collection, filters, order), args.json)
     return 0
 
 
@@ -246,6 +260,7 @@ COMMANDS: dict[str, Command] = {
     "index": index_folder,
     "search": search,
     "similar": similar,
+    "text": text_in_images,
     "eval": evaluate,
     "duplicates": duplicates,
     "collections": collections,

@@ -10,6 +10,7 @@ from server.limits import (
     DEFAULT_K,
     DEFAULT_KS,
     DEFAULT_MAX_GROUPS,
+    DEFAULT_MIN_TEXT_SCORE,
     DEFAULT_NEAR_BITS,
     DEFAULT_TEMPLATE,
     DEFAULT_THRESHOLD,
@@ -19,12 +20,15 @@ from server.limits import (
     INDEX_TYPES,
     MAX_BITS,
     MAX_COMPARED,
+    MAX_TEXT_FILTER_CHARS,
     MIN_COMPARED,
     MIN_SCORE,
+    OCR_POLICIES,
     OFFSET,
     PRECISIONS,
     RADIUS_KM,
     SORTS,
+    TEXT_SCORE,
     THRESHOLD,
     TOP_K,
 )
@@ -49,17 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="Print the structured result as JSON")
     named = argparse.ArgumentParser(add_help=False)
     named.add_argument("--collection", "-c", default=DEFAULT_COLLECTION, help="Collection name (default: %(default)s)")
-    topk = argparse.ArgumentParser(add_help=False)
-    topk.add_argument("-k", type=TOP_K.arg(int), default=DEFAULT_K, help="Number of results (default: %(default)s)")
-    topk.add_argument("--folder", help="Only images under this folder")
-    topk.add_argument("--after", help="Only photos taken on/after this date or datetime (ISO 8601)")
-    topk.add_argument("--before", help="Only photos taken before this datetime, or on/before this date")
-    topk.add_argument("--camera", help="Only photos whose camera make/model contains this (any case)")
-    topk.add_argument("--near", metavar="LAT,LON", type=_place, help="Only photos taken near this place")
-    topk.add_argument("--radius-km", type=RADIUS_KM.arg(float), help="Distance around --near, in kilometres")
+    filtered = argparse.ArgumentParser(add_help=False)  # every search's: how many, which images, in what order
+    filtered.add_argument("-k", type=TOP_K.arg(int), default=DEFAULT_K, help="Number of results (default: %(default)s)")
+    filtered.add_argument("--folder", help="Only images under this folder")
+    filtered.add_argument("--after", help="Only photos taken on/after this date or datetime (ISO 8601)")
+    filtered.add_argument("--before", help="Only photos taken before this datetime, or on/before this date")
+    filtered.add_argument("--camera", help="Only photos whose camera make/model contains this (any case)")
+    filtered.add_argument("--near", metavar="LAT,LON", type=_place, help="Only photos taken near this place")
+    filtered.add_argument("--radius-km", type=RADIUS_KM.arg(float), help="Distance around --near, in kilometres")
+    filtered.add_argument("--sort", choices=SORTS, default="score", help="Order of the k most relevant")
+    filtered.add_argument("--offset", type=OFFSET.arg(int), default=0, help="Skip this many results (paging)")
+    topk = argparse.ArgumentParser(add_help=False, parents=[filtered])  # the searches by meaning
+    topk.add_argument(
+        "--text",
+        help=f"Only photos whose recognised text holds every one of these words, any case, parts of words too "
+        f"(at most {MAX_TEXT_FILTER_CHARS} characters)",
+    )
     topk.add_argument("--min-score", type=MIN_SCORE.arg(float), help="Drop results under this cosine similarity")
-    topk.add_argument("--sort", choices=SORTS, default="score", help="Order of the k most relevant")
-    topk.add_argument("--offset", type=OFFSET.arg(int), default=0, help="Skip this many results (paging)")
     topk.add_argument("--diverse", action="store_true", help="Fold near-duplicates into the best of them")
     weight = " (repeatable; a weight prefix like '2:' or '0.5:' scales it)"
     for flag, dest, what in (
@@ -90,12 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
         "a collection keeps its own",
     )
     index.add_argument(
+        "--ocr",
+        choices=OCR_POLICIES,
+        help="Text in photos, read after embedding: auto (images a quick first pass finds text in; the default), "
+        "on (every image), off; default: keep the collection's",
+    )
+    index.add_argument(
         "--watch", action="store_true", help="After indexing, keep the collection in sync with the folder until Ctrl-C"
     )
     search = commands.add_parser("search", parents=[common, output, named, topk], help="Find images by description")
-    search.add_argument("text", help="What to find; rclip's 'horse + stripes - grass' form composes texts (and images)")
+    search.add_argument(
+        "query", help="What to find; rclip's 'horse + stripes - grass' form composes texts (and images)"
+    )
     similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
     similar.add_argument("image")
+    text = commands.add_parser(
+        "text",
+        parents=[common, output, named, filtered],
+        help="Find photos by the text read in them (signs, screenshots, receipts); OCR slips tolerated",
+    )
+    text.add_argument("query", help="Words to find in the photos' text, as they would appear (e.g. 'wifi password')")
+    text.add_argument(
+        "--min-score",
+        type=TEXT_SCORE.arg(float),
+        default=DEFAULT_MIN_TEXT_SCORE,
+        help="Drop results whose text matches less: 1 the exact words, 0.8 every word apart (default: %(default)s)",
+    )
     evaluate = commands.add_parser("eval", parents=[common, output], help="Measure retrieval quality")
     evaluate.add_argument(
         "--collection",

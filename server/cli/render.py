@@ -13,16 +13,37 @@ from server.results import (
 )
 
 
+def _text_stage_lines(result: IndexReport) -> list[str]:
+    """What the text stage did, when it had work or something to say."""
+    lines = []
+    if result.text_to_read:
+        lines.append(
+            f"  text: {result.text_read + result.text_first_pass_only} of {result.text_to_read} images read in "
+            f"{result.text_seconds:.1f} s ({result.text_images_per_second:.1f} images/s); {result.text_found} hold "
+            f"text, {result.text_first_pass_only} passed over by the first pass"
+        )
+    if result.text_note:
+        lines.append(f"  {result.text_note}")
+    lines += [f"  text of {f.path}: {f.reason}" for f in result.text_problems]
+    return lines
+
+
+def _printable(text: str) -> str:
+    """Text read in a photo, safe to print: control characters and direction marks shown as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def render(result: BaseModel) -> str:
     """A readable plain-text view of any result model."""
     if isinstance(result, SearchResponse):
         if not result.results:
-            return f"No images in '{result.collection}'."
+            return f"No images in '{result.collection}' match {result.query!r}."
         width = max(len(str(len(result.results))), 4)
         rows = [f"{'rank':>{width}}  {'score':>6}  {'taken':<25}  path"]
-        rows += [
-            f"{hit.rank:>{width}}  {hit.score:6.3f}  {(hit.taken or '-'):<25}  {hit.path}" for hit in result.results
-        ]
+        for hit in result.results:
+            rows.append(f"{hit.rank:>{width}}  {hit.score:6.3f}  {(hit.taken or '-'):<25}  {hit.path}")
+            if hit.text:
+                rows.append(f"{'':>{width}}  text: {_printable(hit.text)}")
         return "\n".join(rows)
     if isinstance(result, IndexReport):
         lines = [
@@ -35,6 +56,7 @@ def render(result: BaseModel) -> str:
             twins = result.skipped_raw_with_sibling
             lines.append(f"  {twins} RAW files left out: a JPEG/HEIC of the same name was indexed instead")
         lines += [f"  skipped {f.path}: {f.reason}" for f in result.failures]
+        lines += _text_stage_lines(result)
         return "\n".join(lines)
     if isinstance(result, EvaluationReport):
         return render_evaluation(result)

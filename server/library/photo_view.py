@@ -1,6 +1,6 @@
 """One photo for the assistant to look at closely: upright, as a JPEG of bounded size, with what is known of it
-(size, capture time, place, camera) and the collections that hold it. The file is read once; the caller checks the
-path against the allowed roots before anything is opened."""
+(size, capture time, place, camera, the text read in it) and the collections that hold it. The file is read once; the
+caller checks the path against the allowed roots before anything is opened."""
 
 import io
 import os
@@ -8,12 +8,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from server.encoders.text_recognition import RecognisedText, TextLine
 from server.errors import FileMissing, InvalidArgument
 from server.images.decode import decode, is_image_name, is_raw_name, jpeg_of, read_file
 from server.images.metadata import read_metadata
 from server.limits import VIEW_SIDE
-from server.results import ImageView
+from server.results import ImageView, TextLineView
 from server.store.catalog import read_catalog
+from server.store.text_search import text_from_json
 
 MAX_JPEG_BYTES = 1_000_000
 
@@ -32,6 +34,7 @@ def view_image(path: Path, max_side: int, index_dir: Path, collections: list[str
     key = os.fsencode(str(path))
     query = "SELECT 1 FROM images WHERE path = ?"
     holding = [name for name in collections if read_catalog(index_dir / name, query, (key,))]
+    text = _recognised_text(key, [index_dir / name for name in holding])
     with Image.open(io.BytesIO(jpeg)) as shown:  # the header only
         shown_size = shown.size
     return jpeg, ImageView(
@@ -47,4 +50,19 @@ def view_image(path: Path, max_side: int, index_dir: Path, collections: list[str
         longitude=meta.longitude,
         camera=meta.camera,
         collections=holding,
+        text=text.text if text is not None else None,
+        lines=[_line_view(line) for line in text.lines] if text is not None else None,
+        text_note=text.note if text is not None else None,
     )
+
+
+def _recognised_text(key: bytes, folders: list[Path]) -> RecognisedText | None:
+    """What was read in the photo, from the first collection (by name) that found text in it, else the first that
+    read it and found none; None when none has read it (or a catalog predates text)."""
+    query = "SELECT texts.lines FROM images JOIN texts ON texts.id = images.id WHERE images.path = ?"
+    read = [text_from_json(rows[0][0]) for folder in folders if (rows := read_catalog(folder, query, (key,)))]
+    return next((text for text in read if text.lines), read[0] if read else None)
+
+
+def _line_view(line: TextLine) -> TextLineView:
+    return TextLineView(text=line.text, box=[list(point) for point in line.box], confidence=line.confidence)

@@ -32,6 +32,8 @@ from server.results import CollectionList, DuplicateReport, ImageView, ModelList
 if TYPE_CHECKING:
     pass
 
+VIEW_TEXT_CHARS = 4000  # of a photo's text in view_image's text for the assistant; all of it is in `text`
+
 
 def register(server: MCPServer, tools: ToolContext) -> None:
     """Add list_collections, view_image, find_duplicates and list_models to `server`."""
@@ -53,8 +55,9 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         ] = DEFAULT_VIEW_SIDE,
     ) -> Annotated[CallToolResult, ImageView]:
         """Look closely at one image: it comes back upright as a JPEG (at most max_side px, under 1 MB) with its
-        size, capture time, place, camera and the collections that hold it. Use it to read a sign or check a
-        detail in a search result before answering."""
+        size, capture time, place, camera, the collections that hold it and, once indexing has read it, the text
+        in it (`text`, and `lines` with their boxes and confidences, in reading order). Use it to read a sign or
+        check a detail in a search result before answering."""
         guard = tools.access.guard(client_roots)
         data, view = await run_core(lambda: tools.get().view_image(path, max_side, guard))
         about = [f"{view.width}×{view.height}"]
@@ -65,6 +68,13 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         if view.latitude is not None and view.longitude is not None:
             about.append(f"at {view.latitude:.5f}, {view.longitude:.5f}")
         text = f"{view.path} ({'; '.join(about)}), shown at {view.shown_width}×{view.shown_height}"
+        if view.text:
+            shown = view.text if len(view.text) <= VIEW_TEXT_CHARS else view.text[:VIEW_TEXT_CHARS] + "…"
+            text += f"\nText read in it (OCR, {len(view.lines or [])} lines): {shown!r}"  # repr: controls escaped
+        elif view.text == "":
+            text += "\nNo text was found in it when it was indexed."
+        if view.text_note:
+            text += f"\n({view.text_note})"
         return tool_result(view, text, [Image(data=data, format="jpeg").to_image_content()])
 
     @server.tool(meta=GALLERY_META, annotations=ToolAnnotations(title="Find duplicate images", **READ_ONLY))

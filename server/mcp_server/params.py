@@ -5,15 +5,18 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from server.limits import (
+    DEFAULT_MIN_TEXT_SCORE,
     LATITUDE,
     LONGITUDE,
     MAX_CAMERA_CHARS,
     MAX_QUERY_CHARS,
     MAX_TERMS,
+    MAX_TEXT_FILTER_CHARS,
     MIN_SCORE,
     OFFSET,
     RADIUS_KM,
     TERM_WEIGHT,
+    TEXT_SCORE,
     THUMBNAILS,
     TOP_K,
 )
@@ -47,6 +50,14 @@ RadiusKm = Annotated[float | None, Field(**RADIUS_KM.schema(), description="Dist
 Camera = Annotated[
     str | None,
     Field(max_length=MAX_CAMERA_CHARS, description="Camera make/model contains this, any case (e.g. 'iphone')"),
+]
+TextFilter = Annotated[
+    str | None,
+    Field(
+        max_length=MAX_TEXT_FILTER_CHARS,
+        description="Only photos whose recognised text (OCR, read at indexing) holds every one of these words, any "
+        "case or accents, parts of words too (e.g. 'lh 1234'); each result then shows that text, words marked",
+    ),
 ]
 MinScore = Annotated[
     float | None, Field(**MIN_SCORE.schema(), description="Drop results with a lower cosine similarity")
@@ -86,5 +97,21 @@ Diverse = Annotated[
     Field(
         description="Fold near-duplicates (bursts, copies) into the best of them, each result saying how many it "
         "stands for in `also`, so one scene does not fill the page"
+    ),
+]
+TextQuery = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_TEXT_FILTER_CHARS,
+        description="Words to find in the photos' text, as they would appear (e.g. 'wifi password', 'LH 1234')",
+    ),
+]
+TextMinScore = Annotated[
+    float,
+    Field(
+        **TEXT_SCORE.schema(),
+        description=f"Drop results whose text matches less (default {DEFAULT_MIN_TEXT_SCORE}: about half the "
+        "query's letters in one place; 0.8 and up: every word)",
     ),
 ]

@@ -1,5 +1,6 @@
 """The search tools: `search_images_by_text` and `search_similar_images`, with the same filters, refinements and
-thumbnails; the gallery shows their results."""
+thumbnails, whose results the gallery shows; and `search_text_in_images`, the photos ranked by the text read in them,
+with the same filters."""
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated
@@ -10,7 +11,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ListRootsResult, ToolAnnotations
 from pydantic import Field
 
-from server.limits import DEFAULT_COLLECTION, DEFAULT_K, MAX_QUERY_CHARS
+from server.limits import DEFAULT_COLLECTION, DEFAULT_K, DEFAULT_MIN_TEXT_SCORE, MAX_QUERY_CHARS
 from server.mcp_server.gallery import GALLERY_META, gallery_note
 from server.mcp_server.params import (
     AndImages,
@@ -28,6 +29,9 @@ from server.mcp_server.params import (
     Sort,
     TakenAfter,
     TakenBefore,
+    TextFilter,
+    TextMinScore,
+    TextQuery,
     Thumbnails,
     TopK,
 )
@@ -42,9 +46,10 @@ if TYPE_CHECKING:
 
 
 def register(server: MCPServer, tools: ToolContext) -> None:
-    """Add search_images_by_text and search_similar_images to `server`."""
+    """Add search_images_by_text, search_similar_images and search_text_in_images to `server`."""
     ClientRoots = tools.client_roots()
     ThumbnailRoots = Annotated[ListRootsResult, Resolve(tools.access.ask_for_thumbnails)]
+    TextSearchRoots = Annotated[ListRootsResult, Resolve(tools.access.ask_for_thumbnails_or_folder)]
 
     def indexing_note(collection: str) -> list[str]:
         status = tools.background.jobs.active(collection)
@@ -65,15 +70,16 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         near: Place | None,
         radius_km: float | None,
         camera: str | None,
+        text: str | None,
         min_score: float | None,
         sort: str,
         offset: int,
-        diverse: bool,
+        diverse: bool = False,
     ) -> tuple[SearchFilter, ResultOrder]:
         """The search tools' filter and order parameters, checked (in a worker thread: it may open the collection)."""
         place = (near.latitude, near.longitude) if near else None
         filters = tools.get().make_filter(
-            collection, folder, taken_after, taken_before, place, radius_km, camera, guard
+            collection, folder, taken_after, taken_before, place, radius_km, camera, guard, text
         )
         return filters, ResultOrder(min_score, sort, offset, diverse)
 
@@ -93,6 +99,7 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         near: Near = None,
         radius_km: RadiusKm = None,
         camera: Camera = None,
+        text: TextFilter = None,
         min_score: MinScore = None,
         sort: Sort = "score",
         offset: Offset = 0,
@@ -105,10 +112,11 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         """Find the images in a collection that best match a text description, best first, with cosine scores.
         Refine it like "beach, and sunset, but not people": and_texts/not_texts/and_images/not_images add or take
         away texts and example images (weighted; the query's vector is the normalised weighted sum). Optional
-        filters (folder, capture date, place, camera) narrow the search exactly; each result carries its capture
-        time, size, camera and GPS position when known."""
+        filters (folder, capture date, place, camera, words of the text read in the photo) narrow the search
+        exactly; each result carries its capture time, size, camera and GPS position when known, and a snippet of
+        the photo's text when it has any."""
         guard = tools.access.guard(client_roots)
-        options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset, diverse)
+        options = (folder, taken_after, taken_before, near, radius_km, camera, text, min_score, sort, offset, diverse)
         extras = _extras(and_texts, not_texts, and_images, not_images)
 
         def search() -> SearchResponse:
@@ -133,6 +141,7 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         near: Near = None,
         radius_km: RadiusKm = None,
         camera: Camera = None,
+        text: TextFilter = None,
         min_score: MinScore = None,
         sort: Sort = "score",
         offset: Offset = 0,
@@ -146,7 +155,7 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         An indexed example comes back first with a score of about 1. Takes the same refinements ("like this photo,
         but at night": and_texts=['night']) and filters as search_images_by_text."""
         guard = tools.access.guard(client_roots)
-        options = (folder, taken_after, taken_before, near, radius_km, camera, min_score, sort, offset, diverse)
+        options = (folder, taken_after, taken_before, near, radius_km, camera, text, min_score, sort, offset, diverse)
         extras = _extras(and_texts, not_texts, and_images, not_images)
 
         def search() -> SearchResponse:
@@ -155,6 +164,44 @@ def register(server: MCPServer, tools: ToolContext) -> None:
 
         response = await tools.run(search, ctx)
         notes = indexing_note(collection) + gallery_note(ctx)
+        return await _search_result(tools.get, response, thumbnails, guard, notes)
+
+    @server.tool(annotations=ToolAnnotations(title="Find text in photos", **READ_ONLY))
+    async def search_text_in_images(
+        query: TextQuery,
+        ctx: Context,
+        client_roots: TextSearchRoots,
+        k: TopK = DEFAULT_K,
+        collection: CollectionName = DEFAULT_COLLECTION,
+        thumbnails: Thumbnails = 0,
+        folder: FolderFilter = None,
+        taken_after: TakenAfter = None,
+        taken_before: TakenBefore = None,
+        near: Near = None,
+        radius_km: RadiusKm = None,
+        camera: Camera = None,
+        min_score: TextMinScore = DEFAULT_MIN_TEXT_SCORE,
+        sort: Sort = "score",
+        offset: Offset = 0,
+    ) -> Annotated[CallToolResult, SearchResponse]:
+        """Find photos by the text in them (signs, screenshots, receipts, tickets, whiteboards), read by OCR when
+        they were indexed: each result gives the text around the match, so "what's the wifi password in that
+        screenshot" or "the booking code on my boarding pass" is answered without looking at any image. Ranked by
+        how well the text matches, tolerating OCR slips ("lh1234" finds "LH 1234", "wi fi password" finds "WiFi
+        Password"); score 1 is the exact words, 0.8 every word apart, less a partial match; equal scores newest
+        first. Takes the filters of search_images_by_text. Photos not read yet (indexed without OCR) are not
+        found."""
+        guard = tools.access.guard(client_roots)
+        options = (folder, taken_after, taken_before, near, radius_km, camera, None, min_score, sort, offset)
+
+        def search() -> SearchResponse:
+            filters, order = search_options(collection, guard, *options)
+            return tools.get().search_text_in_images(query, k, collection, filters, order)
+
+        response = await tools.run(search, ctx)
+        notes = indexing_note(collection)
+        if not response.results and not offset:
+            notes.append("(No photo's recognised text matches. Only photos indexed with text reading are searched.)")
         return await _search_result(tools.get, response, thumbnails, guard, notes)
 
 
@@ -186,6 +233,7 @@ async def _search_result(
     lines += [
         f"{hit.rank}. {hit.score:.3f}  {hit.path}{_about(hit)}"
         + (f" (+{hit.also} near-duplicates)" if hit.also else "")
+        + (f"\n   text: {hit.text!r}" if hit.text else "")  # repr: control and direction marks shown escaped
         for hit in response.results
     ]
     lines += notes

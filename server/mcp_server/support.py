@@ -60,6 +60,12 @@ class RootAccess:
         needed = thumbnails or folder or and_images or not_images
         return self.ask(ctx) if needed else ListRootsResult(roots=[])
 
+    def ask_for_thumbnails_or_folder(
+        self, ctx: Context, thumbnails: int = 0, folder: str | None = None
+    ) -> ListRoots | ListRootsResult:
+        """Roots for a search of the text in photos: needed only to show thumbnails or check a folder filter."""
+        return self.ask_for_thumbnails(ctx, thumbnails, folder)
+
     def guard(self, client_roots: ListRootsResult) -> PathGuard:
         return PathGuard(self.configured or file_roots(client_roots))
 

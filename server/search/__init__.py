@@ -1,2 +1,3 @@
 """Queries against one collection: `Searcher` (`searcher`), filters and order (`filters`), how a filtered search
-runs (`filtered`) and composed queries (`composition`). Imports `store`, `encoders`, `library`, `images`."""
+runs (`filtered`), composed queries (`composition`), photos ranked by the text read in them (`text_ranking`) and the
+results as the tools return them, with text snippets (`hits`). Imports `store`, `encoders`, `library`, `images`."""

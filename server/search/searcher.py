@@ -12,11 +12,13 @@ from server.images.decode import load_image
 from server.library.duplicates import collapse
 from server.limits import MAX_QUERY_CHARS, TOP_K
 from server.paths import UNCONFINED, PathGuard
-from server.results import SearchHit, SearchResponse
+from server.results import SearchResponse
 from server.search.composition import Extras, Term, extra_terms
 from server.search.filtered import filtered_hits
 from server.search.filters import ResultOrder, SearchFilter
+from server.search.hits import search_response, sorted_by, word_spans
 from server.store.collection import Collection, Hit
+from server.store.text_search import words_of
 
 
 def check_k(k: int) -> int:
@@ -81,7 +83,9 @@ class Searcher:
     ) -> SearchResponse:
         order = order or ResultOrder()
         vector, label = self._composed(collection, main, extras or Extras(), guard)
-        return _response(collection, label, *_hits(collection, vector, k, filters, order), order.offset)
+        hits, also = _hits(collection, vector, k, filters, order)
+        words = words_of(filters.text) if filters is not None and filters.text else []
+        return search_response(collection, label, hits, also, order.offset, word_spans(words))
 
     def image_vector(self, collection: Collection, image_path: Path) -> npt.NDArray[np.float32]:
         """One image's unit vector: its stored vector when the collection holds it unchanged, else embedded now."""
@@ -144,34 +148,4 @@ def _hits(
         hits = [h for h in hits if h.id in also][:need]
     if order.min_score is not None:
         hits = [h for h in hits if h.score >= order.min_score]
-    if order.sort != "score":
-        # Newest (or oldest) first among the relevant ones; images without a date go last.
-        newest = order.sort == "taken"
-        dated = sorted((h for h in hits if h.taken_utc is not None), key=lambda h: h.taken_utc or 0.0, reverse=newest)
-        hits = dated + [h for h in hits if h.taken_utc is None]
-    return hits[order.offset : order.offset + k], also
-
-
-def _response(
-    collection: Collection, query: str, hits: list[Hit], also: dict[int, int], offset: int = 0
-) -> SearchResponse:
-    return SearchResponse(
-        collection=collection.name,
-        query=query,
-        results=[
-            SearchHit(
-                rank=rank,
-                path=str(hit.path),
-                score=round(hit.score, 6),
-                taken=hit.taken,
-                taken_source=hit.taken_source,
-                width=hit.width or None,
-                height=hit.height or None,
-                camera=hit.camera,
-                latitude=hit.latitude,
-                longitude=hit.longitude,
-                also=also.get(hit.id),
-            )
-            for rank, hit in enumerate(hits, start=offset + 1)
-        ],
-    )
+    return sorted_by(hits, order.sort)[order.offset : order.offset + k], also

@@ -13,14 +13,18 @@ SQLite 3.40 (Python 3.11's) has the trigram tokenizer but not its `remove_diacri
 here.
 """
 
+import functools
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from server.encoders.text_recognition import RecognisedText, TextLine
+from server.store.schema import under_folder
 
 SNIPPET_CHARS = 300
 _SPACE = re.compile(r"\s+")
@@ -105,19 +109,92 @@ def unread(query: Query, model: str) -> list[int]:
     return [int(row[0]) for row in rows]
 
 
+@dataclass(frozen=True)
+class Unread:
+    """A catalogued image whose text is still to be read: its id, path and content hash as catalogued."""
+
+    id: int
+    path: Path
+    hash: str
+
+
+def unread_under(query: Query, models: Sequence[str], folder: Path, recursive: bool = True) -> list[Unread]:
+    """The images under `folder` (directly in it, when not `recursive`) not read yet by any of `models` (never read,
+    or read by another model), in id order."""
+    clause, bounds = under_folder(folder)
+    rows = query(
+        "SELECT images.id, images.path, images.hash FROM images LEFT JOIN texts ON texts.id = images.id "
+        f"WHERE (texts.id IS NULL OR texts.model NOT IN ({','.join('?' * len(models))})) AND {clause} "
+        "ORDER BY images.id",
+        (*models, *bounds),
+    )
+    found = (Unread(int(image_id), Path(os.fsdecode(path)), str(content)) for image_id, path, content in rows)
+    return [item for item in found if recursive or item.path.parent == folder]
+
+
+@functools.lru_cache(maxsize=65_536)
+def _folded_char(character: str) -> str:
+    return " " if character == " " else fold(character)
+
+
+@dataclass(frozen=True)
+class FoldedText:
+    """A text on one line (`flat`: control characters dropped, white space made one space) and its folded form,
+    folded character by character so that `origin` tells, for each folded character, the offset in `flat` it came
+    from: a match found in the folded form can be marked in the original."""
+
+    flat: str
+    folded: str
+    origin: tuple[int, ...]
+
+    @classmethod
+    def of(cls, text: str) -> "FoldedText":
+        flat = _SPACE.sub(" ", text.translate(_CONTROL)).strip()
+        parts = [_folded_char(c) for c in flat]
+        return cls(flat, "".join(parts), tuple(i for i, part in enumerate(parts) for _ in part))
+
+    def occurrences(self, needle: str) -> list[tuple[int, int]]:
+        """Every place the folded `needle` occurs (folded offsets, start and end, not overlapping)."""
+        found: list[tuple[int, int]] = []
+        at = self.folded.find(needle) if needle else -1
+        while at >= 0:
+            found.append((at, at + len(needle)))
+            at = self.folded.find(needle, at + len(needle))
+        return found
+
+    def in_flat(self, start: int, end: int) -> tuple[int, int]:
+        """A span of the folded form as the span of `flat` it came from."""
+        return self.origin[start], self.origin[end - 1] + 1
+
+
+def excerpt(
+    text: FoldedText, spans: Sequence[tuple[int, int]], width: int = SNIPPET_CHARS
+) -> tuple[str, list[list[int]]]:
+    """At most `width` characters of the flat text around the first of `spans` (folded offsets; its start when
+    there are none), and the spans inside it as [start, end) offsets of the excerpt, in order, overlaps merged."""
+    places = sorted({text.in_flat(a, b) for a, b in spans if b > a})
+    start = 0
+    if len(text.flat) > width:
+        centre = places[0][0] if places else 0
+        start = max(0, min(centre - width // 3, len(text.flat) - width))
+        if places and places[0][1] > start + width:  # a long first match: from its start
+            start = max(0, min(places[0][0], len(text.flat) - width))
+    marks: list[list[int]] = []
+    for a, b in places:
+        if a < start or b > start + width:
+            continue
+        if marks and a - start <= marks[-1][1]:
+            marks[-1][1] = max(marks[-1][1], b - start)
+        else:
+            marks.append([a - start, b - start])
+    return text.flat[start : start + width], marks
+
+
 def snippet(text: str, words: Sequence[str], width: int = SNIPPET_CHARS) -> str:
     """At most `width` characters of `text` around the first place any of the folded `words` occurs (its start when
     none does), on one line."""
-    flat = _SPACE.sub(" ", text.translate(_CONTROL)).strip()
-    if len(flat) <= width:
-        return flat
-    folded = [fold(c) for c in flat]  # per character, so that a match maps back to the original's offsets
-    positions = [i for i, f in enumerate(folded) for _ in f]
-    haystack = "".join(folded)
-    found = [at for at in (haystack.find(word) for word in words if word) if at >= 0]
-    centre = positions[min(found)] if found else 0
-    start = max(0, min(centre - width // 3, len(flat) - width))
-    return flat[start : start + width]
+    folded = FoldedText.of(text)
+    return excerpt(folded, [span for word in words for span in folded.occurrences(word)], width)[0]
 
 
 def contains_pattern(word: str) -> str:
