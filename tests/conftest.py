@@ -178,6 +178,42 @@ def color_folder(tmp_path: Path) -> Path:
     return root
 
 
+class FakeRecognizer:
+    """Stand-in for OCR: an image "shows" the text registered for its mean colour (within 8 levels; `save_color`
+    images). Records every first pass and full read; `miss_first_pass` makes the first pass say no to every image."""
+
+    identity = "sha256:" + "0c" * 32
+
+    def __init__(self, texts: dict[tuple[int, int, int], str] | None = None, miss_first_pass: bool = False) -> None:
+        self.texts = dict(texts or {})
+        self.miss_first_pass = miss_first_pass
+        self.probed: list[tuple[int, int, int]] = []
+        self.read_colors: list[tuple[int, int, int]] = []
+
+    def _shown(self, image: Image.Image) -> tuple[tuple[int, int, int], str | None]:
+        mean = np.asarray(image.convert("RGB"), dtype=np.float32).reshape(-1, 3).mean(axis=0)
+        color = (round(mean[0]), round(mean[1]), round(mean[2]))
+        for known, text in self.texts.items():
+            if max(abs(a - b) for a, b in zip(known, color, strict=True)) <= 8:
+                return known, text
+        return color, None
+
+    def likely_has_text(self, image: Image.Image) -> bool:
+        color, text = self._shown(image)
+        self.probed.append(color)
+        return text is not None and not self.miss_first_pass
+
+    def read(self, image: Image.Image) -> Any:
+        from server.encoders.text_recognition import RecognisedText, TextLine
+
+        color, text = self._shown(image)
+        self.read_colors.append(color)
+        if text is None:
+            return RecognisedText()
+        box = ((0.0, 0.0), (float(image.width), 0.0), (float(image.width), 10.0), (0.0, 10.0))
+        return RecognisedText(tuple(TextLine(line, box, 0.9) for line in text.split("\n")))
+
+
 @pytest.fixture
 def fake_encoder() -> FakeEncoder:
     return FakeEncoder()

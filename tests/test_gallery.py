@@ -22,7 +22,13 @@ from server.service import ClipSearch
 
 pytestmark = pytest.mark.anyio
 
-UI_BOUND = {"search_images_by_text", "search_similar_images", "find_duplicates", "evaluate_retrieval"}
+UI_BOUND = {
+    "search_images_by_text",
+    "search_similar_images",
+    "search_text_in_images",
+    "find_duplicates",
+    "evaluate_retrieval",
+}
 
 
 def untimed(data: dict[str, Any] | None) -> dict[str, Any]:
@@ -107,6 +113,7 @@ async def test_hosts_without_apps_get_the_same_text_and_data_and_hosts_with_apps
         for tool, args in (
             ("search_images_by_text", {"query": "red", "k": 3, "thumbnails": 1}),
             ("search_similar_images", {"image_path": str(folder / "blue" / "a.jpg"), "k": 2}),
+            ("search_text_in_images", {"query": "red", "k": 3}),
             ("find_duplicates", {}),
             ("evaluate_retrieval", {"ground_truth": "folders"}),
         ):

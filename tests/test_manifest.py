@@ -101,5 +101,5 @@ def test_a_manifest_asking_for_an_unknown_text_reading_is_refused_saying_what_is
     path = tmp_path / "index" / "odd" / "manifest.json"
     path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), "ocr": "sometimes"}), "utf-8")
 
-    with pytest.raises(CollectionMismatch, match="'sometimes'.*auto, on, off"):
+    with pytest.raises(CollectionMismatch, match=r"'sometimes'.*auto, on, off"):
         CollectionStore(tmp_path / "index").read_manifest("odd")

@@ -166,7 +166,7 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         notes = indexing_note(collection) + gallery_note(ctx)
         return await _search_result(tools.get, response, thumbnails, guard, notes)
 
-    @server.tool(annotations=ToolAnnotations(title="Find text in photos", **READ_ONLY))
+    @server.tool(meta=GALLERY_META, annotations=ToolAnnotations(title="Find text in photos", **READ_ONLY))
     async def search_text_in_images(
         query: TextQuery,
         ctx: Context,
@@ -202,6 +202,7 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         notes = indexing_note(collection)
         if not response.results and not offset:
             notes.append("(No photo's recognised text matches. Only photos indexed with text reading are searched.)")
+        notes += gallery_note(ctx)
         return await _search_result(tools.get, response, thumbnails, guard, notes)
 
 
