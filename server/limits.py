@@ -20,6 +20,7 @@ ENGINES = ("auto", "onnx", "torch")
 OCR_POLICIES = ("auto", "on", "off")  # text in photos: after a cheap first pass (default), every image, never
 PRECISIONS = ("fp32", "int8")  # of a collection's vectors: int8 towers are ONNX Runtime's, dynamically quantised
 SORTS = ("score", "taken", "taken_asc")
+MEDIA = ("all", "photos", "videos")  # what a search may return
 
 MAX_QUERY_CHARS = 2000
 MAX_TEMPLATE_CHARS = 200
@@ -117,4 +118,5 @@ THRESHOLD = Bound("threshold", 0.0, 1.0, above_least=True)
 MAX_BITS = Bound("max_bits", 0, 64)
 GROUPS = Bound("max_groups", 1, 1000)
 GROUP_OFFSET = Bound("offset", 0, 1_000_000)
+TIME_SECONDS = Bound("time_seconds", 0.0, 30 * 86400.0, unit="seconds")  # a moment of a video, from its start
 WAIT_SECONDS = Bound("wait_seconds", 0, 50)  # below the ~60 s after which common hosts give up on a call

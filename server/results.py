@@ -51,6 +51,13 @@ class IndexReport(BaseModel):
     )
 
 
+class Moment(BaseModel):
+    """A moment of a video: its time from the start, and how well it matched."""
+
+    time_seconds: float
+    score: float
+
+
 class SearchHit(BaseModel):
     rank: int = Field(ge=1)
     path: PathText
@@ -75,6 +82,14 @@ class SearchHit(BaseModel):
         None,
         description="[start, end) offsets in `text` (characters, i.e. code points) of each place the words match, "
         "in order; empty when nothing was asked of the text; None when `text` is",
+    )
+    kind: Literal["photo", "video"] = Field("photo", description="A photo, or a video found at its best moment")
+    time_seconds: float | None = Field(
+        None, description="A video's moment that matched best, in seconds from its start (view_image shows it)"
+    )
+    duration_seconds: float | None = Field(None, description="A video's length in seconds")
+    other_moments: list[Moment] | None = Field(
+        None, description="A video's other matching moments (at most three), best first"
     )
 
 

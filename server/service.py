@@ -291,10 +291,13 @@ class ClipSearch:
         filters: SearchFilter | None = None,
         order: ResultOrder | None = None,
         extras: Extras | None = None,
+        time_seconds: float | None = None,
     ) -> SearchResponse:
+        """Images like an example image, or like a moment of a video (`time_seconds`)."""
         path = guard.check(image_path)
         target = self.collection(collection)
-        return Searcher(self.encoder_for(target)).by_image(target, path, k, filters, order, extras, guard)
+        searcher = Searcher(self.encoder_for(target))
+        return searcher.by_image(target, path, k, filters, order, extras, guard, time_seconds)
 
     def make_filter(
         self,
@@ -307,11 +310,12 @@ class ClipSearch:
         camera: str | None = None,
         guard: PathGuard = UNCONFINED,
         text: str | None = None,
+        media: str = "all",
     ) -> SearchFilter:
-        """Check a search's filters: dates, place, camera, words of the photo's recognised text, and a folder that is
-        allowed and indexed."""
+        """Check a search's filters: dates, place, camera, words of the photo's recognised text, photos or videos,
+        and a folder that is allowed and indexed."""
         path = self._collection_folder(collection, folder, guard) if folder is not None else None
-        return SearchFilter.parse(path, taken_after, taken_before, near, radius_km, camera, text)
+        return SearchFilter.parse(path, taken_after, taken_before, near, radius_km, camera, text, media)
 
     def search_text_in_images(
         self,

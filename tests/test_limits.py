@@ -74,6 +74,7 @@ async def test_every_bounded_cli_option_has_the_bounds_and_default_of_the_mcp_pa
             "similar --offset",
             "similar --radius_km",
             "similar --min_score",
+            "similar --time_seconds",
             "text --k",
             "text --offset",
             "text --radius_km",
@@ -92,6 +93,14 @@ async def test_the_cli_sort_choices_are_the_mcp_sort_enum(fake_service: ClipSear
     for command in ("search", "similar", "text"):
         [sort] = [a for a in subcommands()[command]._actions if a.dest == "sort"]
         assert list(sort.choices or ()) == tools[TOOLS[command]]["sort"]["enum"]
+
+
+async def test_the_cli_media_choices_are_the_mcp_media_enum(fake_service: ClipSearch) -> None:
+    tools = await schemas(fake_service)
+    for command in ("search", "similar"):
+        [media] = [a for a in subcommands()[command]._actions if a.dest == "media"]
+        assert list(media.choices or ()) == tools[TOOLS[command]]["media"]["enum"] == ["all", "photos", "videos"]
+        assert media.default == tools[TOOLS[command]]["media"]["default"] == "all"
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,6 @@ def test_a_catalog_of_the_previous_version_gains_the_text_tables_and_keeps_its_r
     after = collection.query("SELECT id, path, vector FROM images ORDER BY id")
     upgraded = collection.query("SELECT value FROM meta WHERE key = 'catalog_version'")
 
-    assert version == ("3",) and upgraded == [(str(CATALOG_VERSION),)] and CATALOG_VERSION == 4
+    assert version == ("3",) and upgraded == [(str(CATALOG_VERSION),)] and CATALOG_VERSION == 5
     assert after == before and len(unread(collection.query, MODEL)) == len(before)
     assert found(collection, "anything") == set()

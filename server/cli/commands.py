@@ -129,7 +129,15 @@ def _search_options(service: "ClipSearch", args: argparse.Namespace) -> tuple["S
     from server.search.filters import ResultOrder
 
     filters = service.make_filter(
-        args.collection, args.folder, args.after, args.before, args.near, args.radius_km, args.camera, text=args.text
+        args.collection,
+        args.folder,
+        args.after,
+        args.before,
+        args.near,
+        args.radius_km,
+        args.camera,
+        text=args.text,
+        media=args.media,
     )
     order = ResultOrder(args.min_score, args.sort, args.offset, args.diverse)
     flags = Extras(*(tuple(getattr(args, n)) for n in ("and_texts", "not_texts", "and_images", "not_images")))
@@ -154,7 +162,9 @@ def similar(args: argparse.Namespace, settings: "Settings", make_service: Servic
     """`clipsearch similar`: by example image."""
     service = _service(settings, make_service)
     filters, order, flags = _search_options(service, args)
-    result = service.search_image(args.image, args.k, args.collection, filters=filters, order=order, extras=flags)
+    result = service.search_image(
+        args.image, args.k, args.collection, filters=filters, order=order, extras=flags, time_seconds=args.time_seconds
+    )
     _show(result, args.json)
     return 0
 

@@ -21,6 +21,7 @@ from server.limits import (
     MAX_BITS,
     MAX_COMPARED,
     MAX_TEXT_FILTER_CHARS,
+    MEDIA,
     MIN_COMPARED,
     MIN_SCORE,
     OCR_POLICIES,
@@ -30,6 +31,7 @@ from server.limits import (
     SORTS,
     TEXT_SCORE,
     THRESHOLD,
+    TIME_SECONDS,
     TOP_K,
 )
 
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--text",
         help=f"Only photos whose recognised text holds every one of these words, any case, parts of words too "
         f"(at most {MAX_TEXT_FILTER_CHARS} characters)",
+    )
+    topk.add_argument(
+        "--media", choices=MEDIA, default="all", help="Photos, videos (each once, at its best moment) or all"
     )
     topk.add_argument("--min-score", type=MIN_SCORE.arg(float), help="Drop results under this cosine similarity")
     topk.add_argument("--diverse", action="store_true", help="Fold near-duplicates into the best of them")
@@ -113,7 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         "query", help="What to find; rclip's 'horse + stripes - grass' form composes texts (and images)"
     )
     similar = commands.add_parser("similar", parents=[common, output, named, topk], help="Find images like an image")
-    similar.add_argument("image")
+    similar.add_argument("image", help="An image, or a video (with --at, one of its moments)")
+    similar.add_argument(
+        "--at",
+        dest="time_seconds",
+        metavar="SECONDS",
+        type=TIME_SECONDS.arg(float),
+        help="With a video: the moment to search from, in seconds from its start",
+    )
     text = commands.add_parser(
         "text",
         parents=[common, output, named, filtered],

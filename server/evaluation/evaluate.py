@@ -30,6 +30,7 @@ from server.limits import DEFAULT_KS, TOP_K
 from server.paths import UNCONFINED, PathGuard
 from server.results import DirectionMetrics, EvaluationReport, QueryResult
 from server.store.collection import Collection
+from server.store.frames import FrameIndex
 
 WORST_SHOWN = 10
 _CHUNK = 256
@@ -73,7 +74,8 @@ def evaluate(
     started = time.perf_counter()
     ks = check_ks(ks)
     check_template(template)
-    _, paths, vectors = collection.all_vectors()
+    ids, paths, vectors = collection.all_vectors()
+    moments = VideoScores.of(collection.frame_index(), ids)
     if len(paths) < 2:
         raise GroundTruthError(f"Collection '{collection.name}' holds {len(paths)} image(s); evaluation needs more.")
     if ground_truth == "folders":
@@ -93,6 +95,7 @@ def evaluate(
         ks,
         top_n,
         len(truth.skipped_text),
+        moments,
     )
     image_queries, image_vectors = _image_query_vectors(truth, vectors, encoder, guard)
     own_rows = [q.row for q in image_queries]
@@ -107,6 +110,7 @@ def evaluate(
         # A query image in the collection is never among its own results, so one fewer can be listed.
         min(top_n, len(paths) - 1) if any(row is not None for row in own_rows) else top_n,
         len(truth.skipped_image),
+        moments,
     )
     if not text.per_query and not image.per_query:
         raise GroundTruthError("No usable query: " + "; ".join((truth.skipped_text + truth.skipped_image)[:5]))
@@ -160,6 +164,32 @@ def _image_query_vectors(
     return kept, stacked
 
 
+@dataclass(frozen=True)
+class VideoScores:
+    """Videos scored by their best frame: the frames (store/frames.py) and, per run of one video's frames, the
+    column of that video among the evaluated items."""
+
+    frames: FrameIndex
+    starts: npt.NDArray[np.int64]  # where each video's run of frames begins
+    columns: npt.NDArray[np.int64]  # that video's position among the items
+
+    @classmethod
+    def of(cls, frames: FrameIndex | None, ids: npt.NDArray[np.int64]) -> "VideoScores | None":
+        if frames is None or len(frames) == 0:
+            return None
+        starts = np.flatnonzero(np.r_[True, frames.items[1:] != frames.items[:-1]])
+        columns = np.searchsorted(ids, frames.items[starts])
+        known = (columns < len(ids)) & (ids[np.minimum(columns, len(ids) - 1)] == frames.items[starts])
+        if not known.all():  # a frame of an item not in this snapshot: cannot happen in one, checked anyway
+            raise GroundTruthError("The collection changed while it was being evaluated; run it again.")
+        return cls(frames, starts, columns)
+
+    def raise_to_best_frame(self, scores: npt.NDArray[np.float32], queries: npt.NDArray[np.float32]) -> None:
+        """Each video's column of `scores` becomes its best frame's score (its poster is one of them)."""
+        best = np.maximum.reduceat(queries @ self.frames.vectors.T, self.starts, axis=1)
+        scores[:, self.columns] = np.maximum(scores[:, self.columns], best)
+
+
 def _direction(
     names: list[str],
     query_vectors: npt.NDArray[np.float32] | None,
@@ -170,6 +200,7 @@ def _direction(
     ks: list[int],
     top_n: int,
     skipped: int,
+    moments: "VideoScores | None" = None,
 ) -> Direction:
     per_query: list[QueryResult] = []
     top_scores = np.zeros((len(names), top_n), np.float32)
@@ -178,6 +209,8 @@ def _direction(
         stop = min(start + _CHUNK, len(names))
         assert query_vectors is not None
         scores = query_vectors[start:stop] @ vectors.T
+        if moments is not None:
+            moments.raise_to_best_frame(scores, query_vectors[start:stop])
         relevance = np.zeros(scores.shape, np.bool_)
         for i in range(stop - start):
             relevance[i, relevant[start + i]] = True

@@ -81,6 +81,19 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def file_hash(path: Path) -> str:
+    """`content_hash` of a file read in pieces (a video need not fit in memory); ImageUnreadable if it cannot be
+    read."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ImageUnreadable(f"cannot read file: {exc.strerror or exc}") from exc
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image

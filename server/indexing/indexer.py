@@ -20,17 +20,18 @@ import numpy.typing as npt
 
 from server.encoders.protocol import Encoder
 from server.encoders.text_recognition import TextRecognizer
-from server.errors import ClipSearchError, FileMissing, IndexingCancelled
-from server.images.decode import content_hash, decode, is_raw_name, read_file
+from server.errors import ClipSearchError, FileMissing, ImageUnreadable, IndexingCancelled
+from server.images.decode import content_hash, decode, file_hash, is_raw_name, read_file
 from server.images.fingerprint import Perceptual, perceptual
 from server.images.metadata import PhotoMetadata, read_metadata
+from server.images.video import is_video_name, read_video
 from server.indexing.scan import FileStat, scan_folder
 from server.indexing.text_stage import TextCounts, TextStage
 from server.paths import UNCONFINED, PathGuard
 from server.results import Failure, IndexReport
 from server.store.catalog import CatalogEntry
 from server.store.collection import Collection
-from server.store.writer import CollectionWriter, NewImage
+from server.store.writer import CollectionWriter, NewImage, NewVideo
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,14 @@ class _Prepared:
     perceptual: Perceptual | None = None
     pixels: npt.NDArray[np.float32] | None = None
     error: str | None = None
+    video: "_VideoFrames | None" = None  # a video's sampled frames, preprocessed
+
+
+@dataclass
+class _VideoFrames:
+    duration: float | None
+    times: list[float]
+    pixels: npt.NDArray[np.float32]  # one row per frame, the first the poster
 
 
 @dataclass
@@ -81,6 +90,7 @@ class _Counts:
     raw_with_sibling: int = 0
     failures: list[Failure] = field(default_factory=list)
     embedding_seconds: float = 0.0
+    frames: int = 0  # video frames embedded
     text: TextCounts = field(default_factory=TextCounts)
 
 
@@ -271,6 +281,8 @@ class Indexer:
     def prepare(self, file: FileStat, previous: CatalogEntry | None, known: set[str] | None = None) -> _Prepared:
         """One file: read once, hash, and decode + preprocess unless the hash is already in the collection."""
         result = _Prepared(file=file, previous=previous)
+        if is_video_name(file.path):
+            return self._prepare_video(result)
         try:
             data = read_file(file.path)
             result.hash = content_hash(data)
@@ -286,6 +298,30 @@ class Indexer:
             result.error = str(exc)
         except Exception as exc:  # a decoder bug on one odd file must not stop the run
             log.exception("unexpected failure preparing %s", file.path)
+            result.error = f"unexpected error: {type(exc).__name__}: {exc}"
+        return result
+
+    def _prepare_video(self, result: _Prepared) -> _Prepared:
+        """A video: hashed in pieces, its frames sampled small (images/video.py) and preprocessed. Always decoded:
+        a copy of known content needs its own frames, and a move is found by the hash alone."""
+        path = result.file.path
+        try:
+            result.hash = file_hash(path)
+            info, frames = read_video(path, min_side=self.encoder.input_size)
+            result.metadata = info.metadata
+            result.width, result.height = info.width, info.height
+            if not frames:
+                raise ImageUnreadable("no frame could be decoded")
+            result.perceptual = perceptual(frames[0].image)  # so later runs have nothing to fill in
+            result.video = _VideoFrames(
+                info.duration_seconds,
+                [frame.time_seconds for frame in frames],
+                np.stack([self.encoder.preprocess(frame.image) for frame in frames]),
+            )
+        except ClipSearchError as exc:
+            result.error = str(exc)
+        except Exception as exc:  # a demuxer bug on one odd file must not stop the run
+            log.exception("unexpected failure preparing %s", path)
             result.error = f"unexpected error: {type(exc).__name__}: {exc}"
         return result
 
@@ -350,6 +386,10 @@ class _Run:
             self.counts.moved += 1
             self._advance(1)
             return
+        if item.video is not None:
+            self._store_video(item, item.video)
+            self._advance(1)
+            return
         vector = self._known_vector(item.hash, same_content)
         if vector is not None:
             self._store(item, vector)
@@ -377,10 +417,29 @@ class _Run:
             self.batch = []
             self._advance(done)
 
-    def _store(self, item: _Prepared, vector: npt.NDArray[np.float32]) -> None:
+    def _store_video(self, item: _Prepared, video: _VideoFrames) -> None:
+        """A video's frames through the model, in batches; the poster's vector is its row's."""
+        size = self.indexer.batch_size
+        vectors = np.concatenate(
+            [self.indexer.encoder.encode_pixels(video.pixels[i : i + size]) for i in range(0, len(video.pixels), size)]
+        )
+        self.counts.embedded += 1
+        self.counts.frames += len(vectors)
+        frames = tuple(zip(video.times, vectors, strict=True))
+        self._store(item, vectors[0], NewVideo(video.duration, video.times[0], frames))
+
+    def _store(self, item: _Prepared, vector: npt.NDArray[np.float32], video: NewVideo | None = None) -> None:
         width, height = item.width, item.height
         image = NewImage(
-            item.file.path, item.file.size, item.file.mtime_ns, item.hash, width, height, item.metadata, item.perceptual
+            item.file.path,
+            item.file.size,
+            item.file.mtime_ns,
+            item.hash,
+            width,
+            height,
+            item.metadata,
+            item.perceptual,
+            video,
         )
         if item.previous is not None:
             self.writer.replace(item.previous.id, image, vector)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.images.decode import RAW_SIBLING_EXTENSIONS, is_image_name, is_raw_name
+from server.images.video import is_video_name
 from server.paths import UNCONFINED, PathGuard
 from server.results import Failure
 
@@ -57,7 +58,7 @@ def scan_folder(
                     if recursive:
                         pending.append(path)
                     continue
-                if not is_image_name(path):
+                if not is_image_name(path) and not is_video_name(path):
                     continue
                 real = Path(os.path.realpath(path))
                 if not guard.allows(real):

@@ -217,12 +217,14 @@ def _fingerprints(
 ) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """The matching images' ids (ascending), content hashes, difference hashes and contrasts (`_MISSING` and -1 where
     not taken yet)."""
-    rows = collection.query(f"SELECT id, hash, dhash, contrast FROM images WHERE {where} ORDER BY id", params)
+    rows = collection.query(f"SELECT id, hash, dhash, contrast, kind FROM images WHERE {where} ORDER BY id", params)
     return (
         np.array([r[0] for r in rows], dtype=np.int64),
         [r[1] for r in rows],
         np.array([_MISSING if r[2] is None else r[2] for r in rows], dtype=np.int64),
-        np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64),
+        # A video is never a near-duplicate (two clips sharing a black fade-in look alike), only a byte-identical
+        # copy: no contrast, as for a blank picture.
+        np.array([-1 if r[3] is None or r[4] is not None else r[3] for r in rows], dtype=np.int64),
     )
 
 

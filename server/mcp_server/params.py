@@ -18,6 +18,7 @@ from server.limits import (
     TERM_WEIGHT,
     TEXT_SCORE,
     THUMBNAILS,
+    TIME_SECONDS,
     TOP_K,
 )
 
@@ -50,6 +51,17 @@ RadiusKm = Annotated[float | None, Field(**RADIUS_KM.schema(), description="Dist
 Camera = Annotated[
     str | None,
     Field(max_length=MAX_CAMERA_CHARS, description="Camera make/model contains this, any case (e.g. 'iphone')"),
+]
+Media = Annotated[
+    Literal["all", "photos", "videos"],
+    Field(description="'photos' or 'videos' only; 'all' (default) both: a video is found once, at its best moment"),
+]
+TimeSeconds = Annotated[
+    float | None,
+    Field(
+        **TIME_SECONDS.schema(),
+        description="With a video as the example: the moment to search from, in seconds (omitted: its first frame)",
+    ),
 ]
 TextFilter = Annotated[
     str | None,

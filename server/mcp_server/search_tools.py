@@ -19,6 +19,7 @@ from server.mcp_server.params import (
     Camera,
     Diverse,
     FolderFilter,
+    Media,
     MinScore,
     Near,
     NotImages,
@@ -33,6 +34,7 @@ from server.mcp_server.params import (
     TextMinScore,
     TextQuery,
     Thumbnails,
+    TimeSeconds,
     TopK,
 )
 from server.mcp_server.support import READ_ONLY, CollectionName, ToolContext, run_core, tool_result
@@ -75,11 +77,12 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         sort: str,
         offset: int,
         diverse: bool = False,
+        media: str = "all",
     ) -> tuple[SearchFilter, ResultOrder]:
         """The search tools' filter and order parameters, checked (in a worker thread: it may open the collection)."""
         place = (near.latitude, near.longitude) if near else None
         filters = tools.get().make_filter(
-            collection, folder, taken_after, taken_before, place, radius_km, camera, guard, text
+            collection, folder, taken_after, taken_before, place, radius_km, camera, guard, text, media
         )
         return filters, ResultOrder(min_score, sort, offset, diverse)
 
@@ -100,6 +103,7 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         radius_km: RadiusKm = None,
         camera: Camera = None,
         text: TextFilter = None,
+        media: Media = "all",
         min_score: MinScore = None,
         sort: Sort = "score",
         offset: Offset = 0,
@@ -114,13 +118,14 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         away texts and example images (weighted; the query's vector is the normalised weighted sum). Optional
         filters (folder, capture date, place, camera, words of the text read in the photo) narrow the search
         exactly; each result carries its capture time, size, camera and GPS position when known, and a snippet of
-        the photo's text when it has any."""
+        the photo's text when it has any. Videos are found at their best moment (kind 'video', time_seconds,
+        duration_seconds, other_moments)."""
         guard = tools.access.guard(client_roots)
         options = (folder, taken_after, taken_before, near, radius_km, camera, text, min_score, sort, offset, diverse)
         extras = _extras(and_texts, not_texts, and_images, not_images)
 
         def search() -> SearchResponse:
-            filters, order = search_options(collection, guard, *options)
+            filters, order = search_options(collection, guard, *options, media=media)
             return tools.get().search_text(query, k, collection, filters, order, extras, guard)
 
         response = await tools.run(search, ctx)
@@ -129,9 +134,12 @@ def register(server: MCPServer, tools: ToolContext) -> None:
 
     @server.tool(meta=GALLERY_META, annotations=ToolAnnotations(title="Find similar images", **READ_ONLY))
     async def search_similar_images(
-        image_path: Annotated[str, Field(description="Absolute path of the example image (need not be indexed)")],
+        image_path: Annotated[
+            str, Field(description="Absolute path of the example image or video (need not be indexed)")
+        ],
         ctx: Context,
         client_roots: ClientRoots,
+        time_seconds: TimeSeconds = None,
         k: TopK = DEFAULT_K,
         collection: CollectionName = DEFAULT_COLLECTION,
         thumbnails: Thumbnails = 0,
@@ -142,6 +150,7 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         radius_km: RadiusKm = None,
         camera: Camera = None,
         text: TextFilter = None,
+        media: Media = "all",
         min_score: MinScore = None,
         sort: Sort = "score",
         offset: Offset = 0,
@@ -153,14 +162,16 @@ def register(server: MCPServer, tools: ToolContext) -> None:
     ) -> Annotated[CallToolResult, SearchResponse]:
         """Find the images in a collection most similar to an example image, best first, with cosine scores.
         An indexed example comes back first with a score of about 1. Takes the same refinements ("like this photo,
-        but at night": and_texts=['night']) and filters as search_images_by_text."""
+        but at night": and_texts=['night']) and filters as search_images_by_text. The example may be a video,
+        with time_seconds the moment to search from ("more like this moment"); a still from a video finds the
+        moment it came from."""
         guard = tools.access.guard(client_roots)
         options = (folder, taken_after, taken_before, near, radius_km, camera, text, min_score, sort, offset, diverse)
         extras = _extras(and_texts, not_texts, and_images, not_images)
 
         def search() -> SearchResponse:
-            filters, order = search_options(collection, guard, *options)
-            return tools.get().search_image(image_path, k, collection, guard, filters, order, extras)
+            filters, order = search_options(collection, guard, *options, media=media)
+            return tools.get().search_image(image_path, k, collection, guard, filters, order, extras, time_seconds)
 
         response = await tools.run(search, ctx)
         notes = indexing_note(collection) + gallery_note(ctx)
@@ -211,9 +222,19 @@ def _extras(*terms: list[str] | None) -> Extras:
     return Extras(and_texts, not_texts, and_images, not_images)
 
 
+def _clock(seconds: float) -> str:
+    """12.5 as 0:12, 3725 as 1:02:05."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02}:{rest % 60:02}" if hours else f"{rest // 60}:{rest % 60:02}"
+
+
 def _about(hit: SearchHit) -> str:
     """What is known of a result besides its score, for the reader of the text."""
     parts = []
+    if hit.kind == "video" and hit.time_seconds is not None:
+        length = f" of {_clock(hit.duration_seconds)}" if hit.duration_seconds is not None else ""
+        parts.append(f"video, at {_clock(hit.time_seconds)}{length}")
     if hit.taken:
         parts.append(f"taken {hit.taken}" + (" (file date)" if hit.taken_source == "file_mtime" else ""))
     if hit.camera:

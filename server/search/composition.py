@@ -22,6 +22,7 @@ class Term:
     text: str | None  # a text term, or
     image: Path | None  # an image term
     weight: float  # negative for an unwanted term
+    time_seconds: float | None = None  # of a video image term: that moment (None: its poster frame)
 
     def describe(self) -> str:
         sign = "-" if self.weight < 0 else "+"

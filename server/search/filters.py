@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import InvalidArgument
-from server.limits import LATITUDE, LONGITUDE, MAX_TEXT_FILTER_CHARS, MIN_SCORE, OFFSET, RADIUS_KM, SORTS
+from server.limits import LATITUDE, LONGITUDE, MAX_TEXT_FILTER_CHARS, MEDIA, MIN_SCORE, OFFSET, RADIUS_KM, SORTS
 from server.store.schema import under_folder
 from server.store.text_search import contains_pattern, match_sql, words_of
 
@@ -64,6 +64,7 @@ class SearchFilter:
     radius_km: float | None = None
     camera: str | None = None
     text: str | None = None  # words the photo's recognised text holds (store/text_search.py)
+    media: str = "all"  # limits.MEDIA: photos and videos, photos only, or videos only
 
     @classmethod
     def parse(
@@ -75,6 +76,7 @@ class SearchFilter:
         radius_km: float | None = None,
         camera: str | None = None,
         text: str | None = None,
+        media: str = "all",
     ) -> "SearchFilter":
         """Check and normalise the caller's values (the folder is checked against the roots by the caller)."""
         after = TimeBound.parse(taken_after, "taken_after", end=False) if taken_after else None
@@ -99,12 +101,14 @@ class SearchFilter:
                 raise InvalidArgument(f"text is at most {MAX_TEXT_FILTER_CHARS} characters, got {len(text)}.")
             if not words_of(text):
                 raise InvalidArgument("text needs at least one word to look for in the photos' recognised text.")
-        return cls(folder, after, before, near, radius_km, wanted or None, text)
+        if media not in MEDIA:
+            raise InvalidArgument(f"media must be one of {', '.join(MEDIA)}, got {media!r}.")
+        return cls(folder, after, before, near, radius_km, wanted or None, text, media)
 
     @property
     def active(self) -> bool:
         values = (self.folder, self.taken_after, self.taken_before, self.near, self.camera, self.text)
-        return any(v is not None for v in values)
+        return any(v is not None for v in values) or self.media != "all"
 
     def sql(self, cameras: Sequence[str] | None = None) -> tuple[str, list[Any]]:
         """A WHERE clause over the catalog's `images` table (indexed columns first) and its parameters. Given the
@@ -144,6 +148,8 @@ class SearchFilter:
             clause, words = match_sql(words_of(self.text))
             clauses.append(clause)
             params += words
+        if self.media != "all":
+            clauses.append("kind IS NULL" if self.media == "photos" else "kind = 'video'")
         return " AND ".join(clauses) or "1", params
 
     def keeps_place(self, latitude: float | None, longitude: float | None) -> bool:

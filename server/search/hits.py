@@ -3,8 +3,9 @@ read in the photo, a snippet of that text (at most 300 characters, around the ma
 words match marked as [start, end) offsets of the snippet. The texts of a page's hits are read in one query."""
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from server.results import SearchHit, SearchResponse
+from server.results import Moment, SearchHit, SearchResponse
 from server.store.collection import Collection, Hit
 from server.store.text_search import FoldedText, excerpt, texts_by_id
 
@@ -29,6 +30,17 @@ def sorted_by(hits: list[Hit], sort: str) -> list[Hit]:
     newest = sort == "taken"
     dated = sorted((h for h in hits if h.taken_utc is not None), key=lambda h: h.taken_utc or 0.0, reverse=newest)
     return dated + [h for h in hits if h.taken_utc is None]
+
+
+def _video_fields(hit: Hit) -> dict[str, Any]:
+    if not hit.is_video:
+        return {}
+    return {
+        "kind": "video",
+        "time_seconds": hit.time_seconds,
+        "duration_seconds": None if hit.duration is None else round(hit.duration, 3),
+        "other_moments": [Moment(time_seconds=m.time_seconds, score=round(m.score, 6)) for m in hit.other_moments],
+    }
 
 
 def search_response(
@@ -67,6 +79,7 @@ def search_response(
                 also=(also or {}).get(hit.id),
                 text=snippet,
                 text_marks=marks,
+                **_video_fields(hit),
             )
         )
     return SearchResponse(collection=collection.name, query=query, results=results)

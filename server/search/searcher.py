@@ -9,8 +9,9 @@ import numpy.typing as npt
 from server.encoders.protocol import Encoder
 from server.errors import FileMissing, InvalidArgument
 from server.images.decode import load_image
+from server.images.video import is_video_name, read_video
 from server.library.duplicates import collapse
-from server.limits import MAX_QUERY_CHARS, TOP_K
+from server.limits import MAX_QUERY_CHARS, TIME_SECONDS, TOP_K
 from server.paths import UNCONFINED, PathGuard
 from server.results import SearchResponse
 from server.search.composition import Extras, Term, extra_terms
@@ -65,11 +66,17 @@ class Searcher:
         order: ResultOrder | None = None,
         extras: Extras | None = None,
         guard: PathGuard = UNCONFINED,
+        time_seconds: float | None = None,
     ) -> SearchResponse:
-        """The k images closest to the given image (composed with `extras`, if any); an indexed image's stored
-        vector is reused."""
+        """The k images closest to the given image, or to a video's moment `time_seconds` (composed with `extras`,
+        if any); an indexed image's stored vector (a video's frame nearest that moment) is reused."""
         check_k(k)
-        return self._search(collection, Term(None, image_path, 1.0), k, filters, order, extras, guard)
+        if time_seconds is not None and not is_video_name(image_path):
+            raise InvalidArgument("time_seconds is a moment of a video; the example given is a photo.")
+        if time_seconds is not None:
+            TIME_SECONDS.check(time_seconds)
+        main = Term(None, image_path, 1.0, time_seconds)
+        return self._search(collection, main, k, filters, order, extras, guard)
 
     def _search(
         self,
@@ -87,8 +94,11 @@ class Searcher:
         words = words_of(filters.text) if filters is not None and filters.text else []
         return search_response(collection, label, hits, also, order.offset, word_spans(words))
 
-    def image_vector(self, collection: Collection, image_path: Path) -> npt.NDArray[np.float32]:
-        """One image's unit vector: its stored vector when the collection holds it unchanged, else embedded now."""
+    def image_vector(
+        self, collection: Collection, image_path: Path, time_seconds: float | None = None
+    ) -> npt.NDArray[np.float32]:
+        """One image's unit vector (a video's: that of its frame nearest `time_seconds`, its poster's without):
+        its stored vector when the collection holds it unchanged, else embedded now."""
         path = Path(os.path.realpath(image_path))
         if not path.exists():
             raise FileMissing(f"Image '{image_path}' does not exist.")
@@ -96,10 +106,27 @@ class Searcher:
             raise InvalidArgument(f"'{image_path}' is not a file; give the path of an image.")
         entry = collection.find_path(path)
         info = path.stat()
-        if entry is not None and entry.size == info.st_size and entry.mtime_ns == info.st_mtime_ns:
+        unchanged = entry is not None and entry.size == info.st_size and entry.mtime_ns == info.st_mtime_ns
+        if is_video_name(path):
+            return self._moment_vector(collection, path, entry.id if entry and unchanged else None, time_seconds)
+        if entry is not None and unchanged:
             return collection.vector(entry.id)
         decoded = load_image(path, min_side=self.encoder.input_size)
         return self.encoder.encode_pixels(self.encoder.preprocess(decoded.image)[np.newaxis])[0]
+
+    def _moment_vector(
+        self, collection: Collection, path: Path, item: int | None, time_seconds: float | None
+    ) -> npt.NDArray[np.float32]:
+        """A video's frame vector nearest `time_seconds`: stored when catalogued, else sampled and embedded now."""
+        frames = collection.frame_index() if item is not None else None
+        if frames is not None and item is not None:
+            times, vectors = frames.frames_of(item)
+            if len(times):
+                at = 0 if time_seconds is None else int(np.argmin(np.abs(times - time_seconds)))
+                return vectors[at].copy()
+        _, sampled = read_video(path, min_side=self.encoder.input_size)
+        at = 0 if time_seconds is None else int(np.argmin([abs(f.time_seconds - time_seconds) for f in sampled]))
+        return self.encoder.encode_pixels(self.encoder.preprocess(sampled[at].image)[np.newaxis])[0]
 
     def _composed(
         self, collection: Collection, main: Term, extras: Extras, guard: PathGuard
@@ -116,7 +143,9 @@ class Searcher:
         if text_terms:  # one batch through the text tower
             encoded = self.encoder.encode_texts([clean_query(t.text or "") for t in text_terms])
             weighted += [(t.weight, v) for t, v in zip(text_terms, encoded, strict=True)]
-        weighted += [(t.weight, self.image_vector(collection, t.image)) for t in terms if t.image is not None]
+        weighted += [
+            (t.weight, self.image_vector(collection, t.image, t.time_seconds)) for t in terms if t.image is not None
+        ]
         first = main.text if main.text is not None else str(main.image)
         label = " ".join([first, *(t.describe() for t in terms[1:])])
         if len(weighted) == 1:

@@ -49,6 +49,7 @@ from server.store.faiss_index import (
     selection_params,
     stored_lists,
 )
+from server.store.frames import FrameIndex, Moment
 from server.store.manifest import SCHEMA_VERSION, Manifest, load_manifest, write_manifest
 from server.store.schema import (
     METADATA_COLUMNS,
@@ -94,6 +95,14 @@ class Hit:
     latitude: float | None
     longitude: float | None
     camera: str | None
+    kind: str | None = None  # None: a photo; "video"
+    duration: float | None = None  # a video's, in seconds
+    time_seconds: float | None = None  # a video's moment that matched (its poster frame's, from the index alone)
+    other_moments: tuple[Moment, ...] = ()  # a video's other matching moments
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind == "video"
 
 
 def is_being_written(folder: Path) -> bool:
@@ -136,6 +145,7 @@ class Collection:
         self._index: Any = None
         self._index_serial = 0  # bumped whenever `_index` is replaced (a load, a conversion): see `stored_lists`
         self._stored: StoredLists | None = None  # the views `stored_lists` made last, with their token
+        self._frames: tuple[int, FrameIndex | None] | None = None  # (generation, the videos' frames)
         self._load_index()
 
     # --- reading -------------------------------------------------------------------------------------------------
@@ -276,12 +286,65 @@ class Collection:
                 valid = found[0] >= 0
                 found_scores, found_ids = scores[0][valid], found[0][valid]
             details = self._details([int(i) for i in found_ids], where, params)
-        hits = (
-            Hit(float(score), *details[int(image_id)])
-            for score, image_id in zip(found_scores, found_ids, strict=True)
-            if int(image_id) in details
-        )
-        return [hit for hit in hits if keep is None or keep(hit.latitude, hit.longitude)]
+            found_pairs = [(float(s), int(i)) for s, i in zip(found_scores, found_ids, strict=True)]
+            videos = self._video_matches(vector[0], k, ids, where, params, keep) if self._has_frames() else None
+            if videos is not None:  # a video is found at its best frame, not by its poster's vector alone
+                found_pairs = [pair for pair in found_pairs if pair[1] in details and details[pair[1]][-3] is None]
+        hits = [
+            Hit(score, *details[image_id])
+            for score, image_id in found_pairs
+            if image_id in details and (keep is None or keep(details[image_id][8], details[image_id][9]))
+        ]
+        if videos:
+            hits = sorted(hits + videos, key=lambda hit: -hit.score)[:k]
+        return hits
+
+    def _has_frames(self) -> bool:
+        frames = self._frame_index()
+        return frames is not None and len(frames) > 0
+
+    def frame_index(self) -> FrameIndex | None:
+        """The frames of the collection's videos as of its last commit (None: it has no video)."""
+        with self._lock:
+            self.refresh_if_stale()
+            return self._frame_index()
+
+    def _frame_index(self) -> FrameIndex | None:
+        """The frames of the collection's videos as of this generation (None: it has none), under the lock."""
+        if self._frames is None or self._frames[0] != self.generation:
+            has = self._conn.execute("SELECT 1 FROM frames LIMIT 1").fetchone() is not None
+            loaded = FrameIndex.load(self.query, self.manifest.dim) if has else None
+            self._frames = (self.generation, loaded)
+        return self._frames[1]
+
+    def _video_matches(
+        self,
+        vector: npt.NDArray[np.float32],
+        k: int,
+        ids: npt.NDArray[np.int64] | None,
+        where: str | None,
+        params: Sequence[Any],
+        keep: Callable[[float | None, float | None], bool] | None,
+    ) -> list[Hit]:
+        """The k best videos by their best frame (among `ids`, matching `where` and `keep`), as hits."""
+        frames = self._frame_index()
+        assert frames is not None
+        depth = k
+        while True:
+            matches = frames.best(vector, depth, ids)
+            details = self._details([m.item for m in matches], where, params)
+            hits = [
+                replace(
+                    Hit(match.score, *details[match.item]),
+                    time_seconds=match.time_seconds,
+                    other_moments=match.others,
+                )
+                for match in matches
+                if match.item in details and (keep is None or keep(details[match.item][8], details[match.item][9]))
+            ]
+            if len(hits) >= k or len(matches) < depth:
+                return hits[:k]
+            depth *= 4  # filtered out: look deeper
 
     @contextlib.contextmanager
     def stored_lists(self, token: tuple[int, int] | None = None) -> Iterator[StoredLists | None]:
@@ -301,7 +364,7 @@ class Collection:
         self, ids: list[int], where: str | None = None, params: Sequence[Any] = ()
     ) -> dict[int, tuple[Any, ...]]:
         details: dict[int, tuple[Any, ...]] = {}
-        columns = "id, path, width, height, " + ", ".join(METADATA_COLUMNS)
+        columns = "id, path, width, height, " + ", ".join(METADATA_COLUMNS) + ", kind, duration, poster_time"
         condition = f" AND ({where})" if where else ""
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]

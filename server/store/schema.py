@@ -6,7 +6,9 @@ file's metadata, so the next run fills in older rows from their headers without 
 adds each image's perceptual fingerprint (images/fingerprint.py: `dhash`, `contrast`), NULL until an indexing run has
 decoded the file; the next run computes it for older rows, again without re-embedding. Version 4 adds the text
 recognised in each photo (`texts`, and `text_search` to match it: store/text_search.py); an image without a row
-there has not been read yet.
+there has not been read yet. Version 5 adds videos (store/frames.py): an item's `kind` (NULL for a photo, 'video'),
+a video's `duration` and the time of the frame whose vector is its own (`poster_time`), and `frames`, every sampled
+frame's time and vector; a catalog of version 4 holds photos only, so upgrading it adds empty columns and table.
 """
 
 import logging
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CATALOG_VERSION = 4
+CATALOG_VERSION = 5
 METADATA_COLUMNS = ("taken", "taken_source", "taken_local", "taken_utc", "latitude", "longitude", "camera")
 METADATA_SET_COLUMNS = ", ".join((*METADATA_COLUMNS, "meta_read"))
 
@@ -72,7 +74,21 @@ CREATE TABLE IF NOT EXISTS texts (
 CREATE VIRTUAL TABLE IF NOT EXISTS text_search USING fts5(body, tokenize='trigram');
 INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '4');
 """
-_UPGRADES = {1: _TO_VERSION_2, 2: _TO_VERSION_3, 3: _TO_VERSION_4}  # from each version to the next
+_TO_VERSION_5 = """
+ALTER TABLE images ADD COLUMN kind TEXT;
+ALTER TABLE images ADD COLUMN duration REAL;
+ALTER TABLE images ADD COLUMN poster_time REAL;
+CREATE INDEX IF NOT EXISTS images_kind ON images(kind);
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY,
+    item INTEGER NOT NULL,
+    time REAL NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS frames_item ON frames(item);
+INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_version', '5');
+"""
+_UPGRADES = {1: _TO_VERSION_2, 2: _TO_VERSION_3, 3: _TO_VERSION_4, 4: _TO_VERSION_5}  # from each version to the next
 
 
 def prepare_catalog(conn: sqlite3.Connection, name: str) -> None:

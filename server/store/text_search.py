@@ -125,6 +125,7 @@ def unread_under(query: Query, models: Sequence[str], folder: Path, recursive: b
     rows = query(
         "SELECT images.id, images.path, images.hash FROM images LEFT JOIN texts ON texts.id = images.id "
         f"WHERE (texts.id IS NULL OR texts.model NOT IN ({','.join('?' * len(models))})) AND {clause} "
+        "AND images.kind IS NULL "  # photos only: a video's frames are not read for text
         "ORDER BY images.id",
         (*models, *bounds),
     )

@@ -31,6 +31,17 @@ class NewImage:
     height: int
     metadata: "PhotoMetadata | None" = None
     perceptual: "Perceptual | None" = None  # None: taken from a row of the same content, if one has it
+    video: "NewVideo | None" = None  # for a video: its duration and sampled frames
+
+
+@dataclass(frozen=True)
+class NewVideo:
+    """A video's part of its row: its length, the time of the frame whose vector is the row's, and every sampled
+    frame (time, vector), that one included (store/frames.py)."""
+
+    duration: float | None
+    poster_time: float
+    frames: tuple[tuple[float, npt.NDArray[np.float32]], ...]
 
 
 ApplyCommit = Callable[[sqlite3.Connection, dict[int, npt.NDArray[np.float32]], set[int]], None]
@@ -76,6 +87,8 @@ class CollectionWriter:
         )
         image_id = int(cursor.lastrowid or 0)
         self._set_perceptual(image_id, image)
+        if image.video is not None:
+            self._set_video(image_id, image.video)
         self._added[image_id] = vector
         return image_id
 
@@ -89,8 +102,27 @@ class CollectionWriter:
         )
         self._set_perceptual(image_id, image)
         self._forget_text([image_id])  # new content: its text is read again
+        self._forget_frames([image_id])
+        if image.video is not None:
+            self._set_video(image_id, image.video)
         self._added[image_id] = vector
         self._stale.add(image_id)
+
+    def _set_video(self, image_id: int, video: NewVideo) -> None:
+        self._conn.execute(
+            "UPDATE images SET kind = 'video', duration = ?, poster_time = ? WHERE id = ?",
+            (video.duration, video.poster_time, image_id),
+        )
+        self._conn.executemany(
+            "INSERT INTO frames (item, time, vector) VALUES (?, ?, ?)",
+            [(image_id, float(time), _vector_blob(vector, self._dim)) for time, vector in video.frames],
+        )
+
+    def _forget_frames(self, image_ids: list[int]) -> None:
+        self._conn.executemany("DELETE FROM frames WHERE item = ?", [(i,) for i in image_ids])
+        self._conn.executemany(
+            "UPDATE images SET kind = NULL, duration = NULL, poster_time = NULL WHERE id = ?", [(i,) for i in image_ids]
+        )
 
     def move(self, image_id: int, path: Path, size: int, mtime_ns: int) -> None:
         """Same content under a new path: the id and vector stay, so nothing is re-embedded."""
@@ -159,6 +191,7 @@ class CollectionWriter:
         self._begin()
         self._conn.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in ids])
         self._forget_text(ids)
+        self._conn.executemany("DELETE FROM frames WHERE item = ?", [(i,) for i in ids])
         for image_id in ids:
             self._added.pop(image_id, None)
             self._stale.add(image_id)

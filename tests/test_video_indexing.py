@@ -1,0 +1,176 @@
+"""Videos through indexing and search, end to end (generated with bench/video_corpus.py, embedded by the fake
+colour encoder): a video is one item found at the moment that matches, a still finds the moment it came from, a
+moment finds its like, the `media` filter, moves and changes, bad files skipped with their reason, over MCP and the
+CLI."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.video_corpus import (
+    planted_scenes,
+    write_audio_only,
+    write_truncated,
+    write_video,
+    write_zero_length,
+)
+from conftest import COLORS, FakeEncoder, FakeRecognizer, call, mcp_client, save_color
+from server.config import Settings
+from server.images.video import read_video
+from server.service import ClipSearch
+
+pytest.importorskip("av")
+
+SCENES = planted_scenes()  # red 0-4 s, green 4-9 s, blue 9-12 s, yellow 12-18 s
+
+
+def service_at(tmp_path: Path) -> ClipSearch:
+    encoder = FakeEncoder()
+    settings = Settings(index_dir=tmp_path / "index", model=encoder.model_name)
+    return ClipSearch(settings, encoder=encoder, recognizer=FakeRecognizer())
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    folder = tmp_path / "library"
+    save_color(folder / "white.jpg", COLORS["white"])
+    save_color(folder / "red.jpg", COLORS["red"])
+    (folder / "clips").mkdir()
+    write_video(folder / "clips" / "party.mp4", SCENES)
+    return folder
+
+
+def scene_of(name: str) -> Any:
+    return next(scene for scene in SCENES if scene.name == name)
+
+
+def test_a_video_is_indexed_as_one_item_and_found_at_the_moment_that_matches(tmp_path: Path, library: Path) -> None:
+    service = service_at(tmp_path)
+    report = service.index_folder(library)
+
+    results = service.search_text("green", k=3).results
+    videos = [hit for hit in results if hit.kind == "video"]
+
+    assert report.added == 3 and report.failed == 0 and report.indexed_total == 3
+    assert [Path(hit.path).name for hit in videos] == ["party.mp4"]  # once, though several frames match
+    [video] = videos
+    assert results[0] is video and scene_of("green").holds(video.time_seconds or -1)
+    assert video.duration_seconds == pytest.approx(18.0, abs=0.5)
+    assert all(hit.kind == "photo" and hit.time_seconds is None for hit in results if hit is not video)
+
+
+@pytest.mark.parametrize("colour", ["blue", "yellow"])
+def test_a_still_of_a_scene_finds_its_video_at_that_scene(tmp_path: Path, library: Path, colour: str) -> None:
+    service = service_at(tmp_path)
+    service.index_folder(library)
+    scene = scene_of(colour)
+    # A frame decoded independently (every 0.5 s here), from the middle of the scene, saved as a photo.
+    _, frames = read_video(library / "clips" / "party.mp4", min_side=64, every_seconds=0.5)
+    still = min(frames, key=lambda f: abs(f.time_seconds - (scene.start + scene.end) / 2))
+    path = tmp_path / "still.png"
+    still.image.save(path)
+
+    [first, *_] = service.search_image(path, k=3).results
+
+    assert Path(first.path).name == "party.mp4" and scene.holds(first.time_seconds or -1)
+
+
+def test_a_moment_of_a_video_finds_what_looks_like_it(tmp_path: Path, library: Path) -> None:
+    service = service_at(tmp_path)
+    service.index_folder(library)
+    clip = library / "clips" / "party.mp4"
+
+    from_red = service.search_image(clip, k=3, time_seconds=1.0).results
+    from_yellow = service.search_image(clip, k=1, time_seconds=14.0).results
+
+    assert [Path(h.path).name for h in from_red][:2] == ["party.mp4", "red.jpg"] or (
+        Path(from_red[0].path).name == "red.jpg" and Path(from_red[1].path).name == "party.mp4"
+    )
+    assert scene_of("yellow").holds(from_yellow[0].time_seconds or -1)
+
+
+def test_the_media_filter_keeps_photos_or_videos(tmp_path: Path, library: Path) -> None:
+    service = service_at(tmp_path)
+    service.index_folder(library)
+
+    photos = service.search_text("green", k=5, filters=service.make_filter(media="photos")).results
+    videos = service.search_text("red", k=5, filters=service.make_filter(media="videos")).results
+
+    assert sorted(Path(h.path).name for h in photos) == ["red.jpg", "white.jpg"]
+    assert [Path(h.path).name for h in videos] == ["party.mp4"] and scene_of("red").holds(videos[0].time_seconds or -1)
+
+
+def test_a_moved_video_keeps_its_frames_and_a_changed_one_is_read_again(tmp_path: Path, library: Path) -> None:
+    service = service_at(tmp_path)
+    service.index_folder(library)
+    shutil.move(library / "clips" / "party.mp4", library / "party-2024.mp4")
+    moved = service.index_folder(library)
+    write_video(library / "party-2024.mp4", planted_scenes((3.0, 3.0)), fps=8)  # new content, same name
+    changed = service.index_folder(library)
+
+    assert moved.moved == 1 and moved.embedded == 0
+    assert changed.updated == 1 and changed.embedded == 1
+    [video] = service.search_text("yellow", k=3, filters=service.make_filter(media="videos")).results
+    assert Path(video.path).name == "party-2024.mp4" and video.duration_seconds == pytest.approx(6.0, abs=0.5)
+
+
+def test_bad_videos_are_skipped_with_their_reason_and_the_photos_indexed(tmp_path: Path, library: Path) -> None:
+    service = service_at(tmp_path)
+    write_zero_length(library / "empty.mp4")
+    write_audio_only(library / "voice-memo.mp4")
+    good = write_video(tmp_path / "whole.mp4", SCENES)
+    write_truncated(shutil.copy(good.path, library / "cut.mp4"))
+    (library / "notes.mov").write_bytes(b"\x00" * 4096)
+
+    report = service.index_folder(library)
+    reasons = {Path(f.path).name: f.reason for f in report.failures}
+
+    assert {"empty.mp4", "voice-memo.mp4", "notes.mov"} <= set(reasons)
+    assert "empty" in reasons["empty.mp4"] and "video" in reasons["voice-memo.mp4"]
+    assert report.indexed_total == report.added == 3 + ("cut.mp4" not in reasons)  # photos and the good clip in
+    assert service.collection("default").count() == service.collection("default").ntotal
+
+
+@pytest.mark.anyio
+async def test_over_mcp_a_video_result_carries_its_moment_and_the_media_filter(tmp_path: Path, library: Path) -> None:
+    service = service_at(tmp_path)
+    async with mcp_client(service, [library]) as client:
+        await call(client, "index_folder", folder=str(library))
+        found = await call(client, "search_images_by_text", query="blue", k=2, media="videos")
+        similar = await call(
+            client, "search_similar_images", image_path=str(library / "clips" / "party.mp4"), time_seconds=5.0, k=1
+        )
+        refused = await call(client, "search_similar_images", image_path=str(library / "red.jpg"), time_seconds=5.0)
+
+    [hit] = found.structured_content["results"]
+    assert hit["kind"] == "video" and scene_of("blue").holds(hit["time_seconds"])
+    assert hit["duration_seconds"] == pytest.approx(18.0, abs=0.5) and isinstance(hit["other_moments"], list)
+    assert "video, at 0:" in found.content[0].text  # type: ignore[union-attr]
+    assert scene_of("green").holds(similar.structured_content["results"][0]["time_seconds"])
+    assert refused.is_error and "time_seconds is a moment of a video" in refused.content[0].text  # type: ignore[union-attr]
+
+
+def test_the_cli_searches_videos_only_and_from_a_moment(
+    tmp_path: Path, library: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli.main import main
+
+    def make_service(settings: Settings, **options: Any) -> ClipSearch:
+        return ClipSearch(settings, encoder=FakeEncoder(), recognizer=FakeRecognizer(), **options)
+
+    options = ["--index-dir", str(tmp_path / "index"), "--model", FakeEncoder.model_name]
+    assert main(["index", str(library), *options], make_service=make_service) == 0
+    capsys.readouterr()
+    assert main(["search", "green", "--media", "videos", "--json", *options], make_service=make_service) == 0
+    videos = json.loads(capsys.readouterr().out)["results"]
+    clip = str(library / "clips" / "party.mp4")
+    assert main(["similar", clip, "--at", "10", "-k", "1", "--json", *options], make_service=make_service) == 0
+    moment = json.loads(capsys.readouterr().out)["results"]
+
+    assert [Path(h["path"]).name for h in videos] == ["party.mp4"] and scene_of("green").holds(
+        videos[0]["time_seconds"]
+    )
+    assert scene_of("blue").holds(moment[0]["time_seconds"])
