@@ -26,6 +26,10 @@ class ImageUnreadable(ClipSearchError):
     """A file could not be decoded as an image."""
 
 
+class VideoUnreadable(ImageUnreadable):
+    """A video file could not be read: damaged, truncated, no video stream, or beyond what is decoded safely."""
+
+
 class ModelUnavailable(ClipSearchError):
     """The CLIP weights could not be loaded (offline and not cached, or not a CLIP checkpoint)."""
 

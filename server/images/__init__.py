@@ -1,2 +1,3 @@
 """Image files: which files are images, decoding to upright RGB (`decode`), capture metadata (`metadata`), perceptual
-fingerprints (`fingerprint`) and gallery thumbnails (`thumbnails`). Imports only the bottom layer."""
+fingerprints (`fingerprint`), gallery thumbnails (`thumbnails`) and video files sampled into upright frames at known
+times with their container's metadata (`video`). Imports only the bottom layer."""
