@@ -66,7 +66,9 @@ class SearchHit(BaseModel):
         "photo's recognised text matches the query, in [0, 1] (1: the exact words)"
     )
     taken: str | None = Field(None, description="Capture time as written in the file (ISO 8601; offset if known)")
-    taken_source: str | None = Field(None, description="Where 'taken' came from: exif, xmp or file_mtime")
+    taken_source: str | None = Field(
+        None, description="Where 'taken' came from: exif, xmp, quicktime or container (videos), or file_mtime"
+    )
     width: int | None = Field(None, description="Upright width in pixels")
     height: int | None = None
     camera: str | None = Field(None, description="Camera make and model")
@@ -216,6 +218,9 @@ class ImageView(BaseModel):
     )
     lines: list[TextLineView] | None = Field(None, description="The lines of `text`, in reading order")
     text_note: str | None = Field(None, description="What part of the photo was left unread, if any")
+    kind: Literal["photo", "video"] = "photo"
+    time_seconds: float | None = Field(None, description="A video's moment shown, in seconds from its start")
+    duration_seconds: float | None = Field(None, description="A video's length in seconds")
 
 
 class DuplicateMember(BaseModel):

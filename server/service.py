@@ -452,23 +452,34 @@ class ClipSearch:
         return page_of(target, found, query)
 
     def view_image(
-        self, path: str | Path, max_side: int = DEFAULT_VIEW_SIDE, guard: PathGuard = UNCONFINED
+        self,
+        path: str | Path,
+        max_side: int = DEFAULT_VIEW_SIDE,
+        guard: PathGuard = UNCONFINED,
+        time_seconds: float | None = None,
     ) -> tuple[bytes, ImageView]:
-        """One image as an upright JPEG of at most `max_side` px, with its metadata; read only if the guard allows
-        its path."""
+        """One image as an upright JPEG of at most `max_side` px, with its metadata (a video: its frame at
+        `time_seconds`); read only if the guard allows its path."""
         from server.library.photo_view import view_image
 
         checked = guard.check(path)
-        return view_image(checked, max_side, self.store.index_dir, self.store.names())
+        return view_image(checked, max_side, self.store.index_dir, self.store.names(), time_seconds)
 
     def thumbnail(self, path: str | Path, guard: PathGuard = UNCONFINED) -> bytes:
         """A ≤256 px JPEG of an image, read only if the guard allows its path."""
         checked = guard.check(path)
         return self.thumbnails.get(checked)
 
-    def thumbnail_page(self, paths: Sequence[str], side: int, guard: PathGuard = UNCONFINED) -> ThumbnailPage:
-        """Thumbnails of several images for a gallery, each read only if the guard allows its path."""
-        return self.thumbnails.page(paths, side, guard.check)
+    def thumbnail_page(
+        self,
+        paths: Sequence[str],
+        side: int,
+        guard: PathGuard = UNCONFINED,
+        times: Sequence[float | None] | None = None,
+    ) -> ThumbnailPage:
+        """Thumbnails of several images for a gallery (a video's at its moment in `times`), each read only if the
+        guard allows its path."""
+        return self.thumbnails.page(paths, side, guard.check, times)
 
 
 def _settle_heap() -> None:

@@ -95,7 +95,17 @@ async def test_more_like_this_keeps_every_filter_of_the_search_it_leaves(fake_se
     async with mcp_client(fake_service, apps=True) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     parameters = set(tools["search_similar_images"].input_schema["properties"])
-    not_filters = {"image_path", "thumbnails", "offset", "sort", "and_texts", "not_texts", "and_images", "not_images"}
+    not_filters = {
+        "image_path",
+        "time_seconds",  # the example's moment, not a filter
+        "thumbnails",
+        "offset",
+        "sort",
+        "and_texts",
+        "not_texts",
+        "and_images",
+        "not_images",
+    }
     assert view_list("FILTER_KEYS") == parameters - not_filters
     assert "text" in view_list("FILTER_KEYS")  # words read in the photo
 
@@ -158,7 +168,7 @@ async def test_get_thumbnails_refuses_too_many_paths_or_a_silly_size(fake_servic
 def test_a_thumbnail_is_decoded_once_per_file_version(tmp_path: Path):
     made: list[Path] = []
 
-    def make(path: Path, side: int) -> bytes:
+    def make(path: Path, side: int, time_seconds: float | None = None) -> bytes:
         made.append(path)
         return path.read_bytes()[:10] + bytes([side % 256])
 
@@ -175,7 +185,7 @@ def test_a_thumbnail_is_decoded_once_per_file_version(tmp_path: Path):
 
 
 def test_the_cache_keeps_to_its_budget_dropping_the_least_recently_used(tmp_path: Path):
-    cache = ThumbnailCache(max_bytes=250, make=lambda path, side: b"x" * 100)
+    cache = ThumbnailCache(max_bytes=250, make=lambda path, side, time_seconds: b"x" * 100)
     photos = [save_color(tmp_path / f"{i}.jpg", COLORS["red"]) for i in range(3)]
     cache.get(photos[0])
     cache.get(photos[1])

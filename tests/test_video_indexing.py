@@ -174,3 +174,54 @@ def test_the_cli_searches_videos_only_and_from_a_moment(
         videos[0]["time_seconds"]
     )
     assert scene_of("blue").holds(moment[0]["time_seconds"])
+
+
+def mean_colour(jpeg: bytes) -> tuple[float, ...]:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.float32)
+    return tuple(pixels.reshape(-1, 3).mean(axis=0))
+
+
+def nearest_scene(colour: tuple[float, ...]) -> str:
+    return min(SCENES, key=lambda s: sum((a - b) ** 2 for a, b in zip(s.colour, colour, strict=True))).name
+
+
+def test_view_image_shows_a_videos_moment_with_its_metadata_and_refuses_a_moment_of_a_photo(
+    tmp_path: Path, library: Path
+) -> None:
+    from server.errors import InvalidArgument
+
+    service = service_at(tmp_path)
+    service.index_folder(library)
+    clip = library / "clips" / "party.mp4"
+
+    jpeg, view = service.view_image(clip, 256, time_seconds=10.5)
+    first_jpeg, first = service.view_image(clip, 256)
+
+    assert view.kind == "video" and view.time_seconds == pytest.approx(10.5, abs=1.0)
+    assert view.duration_seconds == pytest.approx(18.0, abs=0.5) and view.collections == ["default"]
+    assert (view.width, view.height) == (320, 240) and max(view.shown_width, view.shown_height) <= 256
+    assert nearest_scene(mean_colour(jpeg)) == "blue" and nearest_scene(mean_colour(first_jpeg)) == "red"
+    with pytest.raises(InvalidArgument, match="moment of a video"):
+        service.view_image(library / "red.jpg", 256, time_seconds=1.0)
+
+
+@pytest.mark.anyio
+async def test_the_gallerys_thumbnails_show_each_videos_moment(tmp_path: Path, library: Path) -> None:
+    import base64
+
+    service = service_at(tmp_path)
+    clip = str(library / "clips" / "party.mp4")
+    async with mcp_client(service, [library], apps=True) as client:
+        page = await call(
+            client, "get_thumbnails", paths=[clip, clip, str(library / "red.jpg")], times=[5.0, 14.0, None], side=96
+        )
+        mismatched = await call(client, "get_thumbnails", paths=[clip], times=[1.0, 2.0])
+
+    shown = [base64.b64decode(t["jpeg_base64"]) for t in page.structured_content["thumbnails"]]
+    assert [nearest_scene(mean_colour(j)) for j in shown[:2]] == ["green", "yellow"]
+    assert mismatched.is_error and "one entry per path" in mismatched.content[0].text  # type: ignore[union-attr]

@@ -12,7 +12,8 @@ from server.encoders.text_recognition import RecognisedText, TextLine
 from server.errors import FileMissing, InvalidArgument
 from server.images.decode import decode, is_image_name, is_raw_name, jpeg_of, read_file
 from server.images.metadata import read_metadata
-from server.limits import VIEW_SIDE
+from server.images.video import is_video_name, read_frame, read_video
+from server.limits import TIME_SECONDS, VIEW_SIDE
 from server.results import ImageView, TextLineView
 from server.store.catalog import read_catalog
 from server.store.text_search import text_from_json
@@ -20,11 +21,18 @@ from server.store.text_search import text_from_json
 MAX_JPEG_BYTES = 1_000_000
 
 
-def view_image(path: Path, max_side: int, index_dir: Path, collections: list[str]) -> tuple[bytes, ImageView]:
-    """The JPEG and the description of the image at `path` (already resolved and allowed)."""
+def view_image(
+    path: Path, max_side: int, index_dir: Path, collections: list[str], time_seconds: float | None = None
+) -> tuple[bytes, ImageView]:
+    """The JPEG and the description of the image at `path` (already resolved and allowed); of a video, its frame at
+    `time_seconds` (its first that is not black without)."""
     VIEW_SIDE.check(max_side)
     if not path.exists():
         raise FileMissing(f"Image '{path}' does not exist.")
+    if path.is_file() and is_video_name(path):
+        return _view_video(path, max_side, index_dir, collections, time_seconds)
+    if time_seconds is not None:
+        raise InvalidArgument("time_seconds is a moment of a video; this is a photo.")
     if not path.is_file() or not is_image_name(path):
         raise InvalidArgument(f"'{path}' is not an image file; give the path of a photo (e.g. a search result).")
     data = read_file(path)
@@ -53,6 +61,45 @@ def view_image(path: Path, max_side: int, index_dir: Path, collections: list[str
         text=text.text if text is not None else None,
         lines=[_line_view(line) for line in text.lines] if text is not None else None,
         text_note=text.note if text is not None else None,
+    )
+
+
+def _view_video(
+    path: Path, max_side: int, index_dir: Path, collections: list[str], time_seconds: float | None
+) -> tuple[bytes, ImageView]:
+    """A video's frame at `time_seconds` with the video's metadata, read from its container."""
+    if time_seconds is not None:
+        TIME_SECONDS.check(time_seconds)
+    info, frames = read_video(path, min_side=16, every_seconds=3600.0, max_frames=1)  # its metadata, cheaply
+    if time_seconds is None:
+        frame = read_video(path, min_side=min(max_side, 4096), every_seconds=3600.0, max_frames=1)[1][0]
+    else:
+        frame = read_frame(path, time_seconds, min_side=min(max_side, 4096))
+    del frames
+    jpeg = jpeg_of(frame.image, max_side, MAX_JPEG_BYTES)
+    key = os.fsencode(str(path))
+    holding = [
+        name for name in collections if read_catalog(index_dir / name, "SELECT 1 FROM images WHERE path = ?", (key,))
+    ]
+    with Image.open(io.BytesIO(jpeg)) as shown:
+        shown_size = shown.size
+    meta = info.metadata
+    return jpeg, ImageView(
+        path=str(path),
+        width=info.width,
+        height=info.height,
+        shown_width=shown_size[0],
+        shown_height=shown_size[1],
+        jpeg_bytes=len(jpeg),
+        taken=meta.taken,
+        taken_source=meta.taken_source,
+        latitude=meta.latitude,
+        longitude=meta.longitude,
+        camera=meta.camera,
+        collections=holding,
+        kind="video",
+        time_seconds=round(frame.time_seconds, 3),
+        duration_seconds=None if info.duration_seconds is None else round(info.duration_seconds, 3),
     )
 
 

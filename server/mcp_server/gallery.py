@@ -62,11 +62,19 @@ def gallery_apps(get: "Callable[[], ClipSearch]", access: RootAccess) -> Apps:
         side: Annotated[
             int, Field(**GALLERY_SIDE.schema(), description="Longest side of each JPEG, in pixels")
         ] = DEFAULT_GALLERY_SIDE,
+        times: Annotated[
+            list[float | None] | None,
+            Field(
+                max_length=GALLERY_MAX_PATHS,
+                description="One per path: a video's moment to show (its result's time_seconds), null for a photo",
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, ThumbnailPage]:
-        """Small JPEGs of images, for the gallery view only (hidden from the model). Paths outside the allowed
-        folders, missing or unreadable get a reason instead; thumbnails are cached per file version."""
+        """Small JPEGs of images (a video's frame at its moment), for the gallery view only (hidden from the
+        model). Paths outside the allowed folders, missing or unreadable get a reason instead; thumbnails are cached
+        per file version."""
         guard = access.guard(client_roots)
-        page = await run_core(lambda: get().thumbnail_page(paths, side, guard))
+        page = await run_core(lambda: get().thumbnail_page(paths, side, guard, times))
         made = sum(t.jpeg_base64 is not None for t in page.thumbnails)
         return tool_result(page, f"{made} of {len(paths)} thumbnails")
 

@@ -21,6 +21,7 @@ from server.limits import (
     GROUPS,
     MAX_BITS,
     THRESHOLD,
+    TIME_SECONDS,
     VIEW_SIDE,
     WAIT_SECONDS,
 )
@@ -53,14 +54,23 @@ def register(server: MCPServer, tools: ToolContext) -> None:
         max_side: Annotated[
             int, Field(**VIEW_SIDE.schema(), description="Longest side of the returned JPEG, in pixels")
         ] = DEFAULT_VIEW_SIDE,
+        time_seconds: Annotated[
+            float | None,
+            Field(
+                **TIME_SECONDS.schema(), description="For a video: the moment to show (e.g. a result's time_seconds)"
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, ImageView]:
         """Look closely at one image: it comes back upright as a JPEG (at most max_side px, under 1 MB) with its
         size, capture time, place, camera, the collections that hold it and, once indexing has read it, the text
         in it (`text`, and `lines` with their boxes and confidences, in reading order). Use it to read a sign or
-        check a detail in a search result before answering."""
+        check a detail in a search result before answering. For a video, time_seconds picks the moment shown (its
+        frame, with the video's metadata and duration)."""
         guard = tools.access.guard(client_roots)
-        data, view = await run_core(lambda: tools.get().view_image(path, max_side, guard))
+        data, view = await run_core(lambda: tools.get().view_image(path, max_side, guard, time_seconds))
         about = [f"{view.width}×{view.height}"]
+        if view.kind == "video" and view.time_seconds is not None:
+            about.insert(0, f"video, frame at {view.time_seconds:.1f} s of {view.duration_seconds or 0:.1f} s")
         if view.taken:
             about.append(f"taken {view.taken}")
         if view.camera:

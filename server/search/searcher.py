@@ -9,7 +9,7 @@ import numpy.typing as npt
 from server.encoders.protocol import Encoder
 from server.errors import FileMissing, InvalidArgument
 from server.images.decode import load_image
-from server.images.video import is_video_name, read_video
+from server.images.video import is_video_name, read_frame, read_video
 from server.library.duplicates import collapse
 from server.limits import MAX_QUERY_CHARS, TIME_SECONDS, TOP_K
 from server.paths import UNCONFINED, PathGuard
@@ -124,9 +124,11 @@ class Searcher:
             if len(times):
                 at = 0 if time_seconds is None else int(np.argmin(np.abs(times - time_seconds)))
                 return vectors[at].copy()
-        _, sampled = read_video(path, min_side=self.encoder.input_size)
-        at = 0 if time_seconds is None else int(np.argmin([abs(f.time_seconds - time_seconds) for f in sampled]))
-        return self.encoder.encode_pixels(self.encoder.preprocess(sampled[at].image)[np.newaxis])[0]
+        if time_seconds is None:  # its first frame that is not black, as indexing takes it
+            frame = read_video(path, self.encoder.input_size, every_seconds=3600.0, max_frames=1)[1][0]
+        else:
+            frame = read_frame(path, time_seconds, min_side=self.encoder.input_size)
+        return self.encoder.encode_pixels(self.encoder.preprocess(frame.image)[np.newaxis])[0]
 
     def _composed(
         self, collection: Collection, main: Term, extras: Extras, guard: PathGuard

@@ -1,5 +1,6 @@
 """The persisted collection: the SQLite catalog's schema, migrations and connection (`schema`), reading it (`catalog`:
 entries, rows without opening a collection, vectors by id or in chunks), the manifest (`manifest`), the FAISS index
 (`faiss_index`), one open `Collection` (`collection`), the index directory's `CollectionStore` (`collection_store`),
-the batched writer (`writer`) and the text recognised in photos, stored and matched (`text_search`). Imports `models`
+the batched writer (`writer`), the text recognised in photos, stored and matched (`text_search`), and
+videos' frames, each tied to a time (`frames`). Imports `models`
 (a checkpoint's identity), `encoders` (the recognised text's types) and `images` (metadata and fingerprint types)."""
