@@ -225,3 +225,33 @@ async def test_the_gallerys_thumbnails_show_each_videos_moment(tmp_path: Path, l
     shown = [base64.b64decode(t["jpeg_base64"]) for t in page.structured_content["thumbnails"]]
     assert [nearest_scene(mean_colour(j)) for j in shown[:2]] == ["green", "yellow"]
     assert mismatched.is_error and "one entry per path" in mismatched.content[0].text  # type: ignore[union-attr]
+
+
+def test_a_videos_capture_time_place_and_camera_from_its_container_work_with_every_filter(
+    tmp_path: Path, library: Path
+) -> None:
+    write_video(
+        library / "trip.mov",
+        SCENES,
+        metadata={
+            "com.apple.quicktime.creationdate": "2023-07-14T18:30:05+0200",
+            "com.apple.quicktime.location.ISO6709": "+48.8577+002.2950+035.000/",
+            "com.apple.quicktime.make": "Apple",
+            "com.apple.quicktime.model": "iPhone 15 Pro",
+        },
+    )
+    service = service_at(tmp_path)
+    service.index_folder(library)
+
+    def found(**filters: Any) -> list[str]:
+        hits = service.search_text("green", k=5, filters=service.make_filter(**filters)).results
+        return sorted(Path(h.path).name for h in hits)
+
+    in_july = found(taken_after="2023-07-14", taken_before="2023-07-14")
+    in_paris = found(near=(48.8584, 2.2945), radius_km=1.0)
+    by_iphone = found(camera="iphone")
+    [trip] = [h for h in service.search_text("green", k=5).results if Path(h.path).name == "trip.mov"]
+
+    assert in_july == in_paris == by_iphone == ["trip.mov"]
+    assert trip.taken == "2023-07-14T18:30:05+02:00" and trip.taken_source == "quicktime"
+    assert trip.camera is not None and "iPhone 15 Pro" in trip.camera
