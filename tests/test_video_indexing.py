@@ -201,6 +201,7 @@ def test_view_image_shows_a_videos_moment_with_its_metadata_and_refuses_a_moment
 
     jpeg, view = service.view_image(clip, 256, time_seconds=10.5)
     first_jpeg, first = service.view_image(clip, 256)
+    assert first.kind == "video" and first.time_seconds is not None and first.time_seconds < 4.0
 
     assert view.kind == "video" and view.time_seconds == pytest.approx(10.5, abs=1.0)
     assert view.duration_seconds == pytest.approx(18.0, abs=0.5) and view.collections == ["default"]
@@ -255,3 +256,27 @@ def test_a_videos_capture_time_place_and_camera_from_its_container_work_with_eve
     assert in_july == in_paris == by_iphone == ["trip.mov"]
     assert trip.taken == "2023-07-14T18:30:05+02:00" and trip.taken_source == "quicktime"
     assert trip.camera is not None and "iPhone 15 Pro" in trip.camera
+
+
+def test_a_video_that_changes_while_it_is_read_is_skipped_and_read_by_the_next_run(
+    tmp_path: Path, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.indexing.indexer as indexer
+
+    service = service_at(tmp_path)
+    real = indexer.read_video
+
+    def appended_meanwhile(path: Path, **options: Any) -> Any:
+        read = real(path, **options)
+        with open(path, "ab") as handle:  # another program still writing the file
+            handle.write(b"\0" * 1024)
+        return read
+
+    monkeypatch.setattr(indexer, "read_video", appended_meanwhile)
+    first = service.index_folder(library)
+    monkeypatch.setattr(indexer, "read_video", real)
+    second = service.index_folder(library)
+
+    [failure] = first.failures
+    assert Path(failure.path).name == "party.mp4" and "changed while being read" in failure.reason
+    assert first.added == 2 and second.added == 1 and second.failed == 0

@@ -312,6 +312,7 @@ class Indexer:
             result.width, result.height = info.width, info.height
             if not frames:
                 raise ImageUnreadable("no frame could be decoded")
+            _unchanged_since_scan(result.file)
             result.perceptual = perceptual(frames[0].image)  # so later runs have nothing to fill in
             result.video = _VideoFrames(
                 info.duration_seconds,
@@ -324,6 +325,17 @@ class Indexer:
             log.exception("unexpected failure preparing %s", path)
             result.error = f"unexpected error: {type(exc).__name__}: {exc}"
         return result
+
+
+def _unchanged_since_scan(file: FileStat) -> None:
+    """A video is read in several passes (hashed, then decoded): refuse it if it changed or vanished meanwhile, so
+    its vectors never describe other content than its hash; the next run reads it again."""
+    try:
+        now = os.stat(file.path)
+    except OSError as exc:
+        raise ImageUnreadable(f"vanished while being read ({exc.strerror or exc}); the next run tries again") from exc
+    if (now.st_size, now.st_mtime_ns) != (file.size, file.mtime_ns):
+        raise ImageUnreadable("changed while being read; the next run reads it again")
 
 
 class _Run:
