@@ -75,6 +75,14 @@ class GroundTruthError(ClipSearchError):
     """The evaluation ground truth is missing, malformed or yields no usable query."""
 
 
+class TokenFileUnreadable(ClipSearchError):
+    """The HTTP server's token file is damaged or of another version; no token is accepted until it is fixed."""
+
+
+class UnsafeToServe(ClipSearchError):
+    """The HTTP server was asked to listen where anyone could reach it, with nothing to keep them out."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first line, for quoting in our own sentences: without the trailing period they add
     themselves (library messages often end with one already)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SERVER = Path(__file__).resolve().parent.parent / "server"
-BOTTOM = ("errors", "config", "limits", "results", "paths", "atomic_files")
+BOTTOM = ("errors", "config", "limits", "results", "paths", "atomic_files", "tokens")
 WINGS = ("images", "models", "encoders", "store", "library", "search", "indexing", "evaluation")
 ADAPTERS = ("mcp_server", "cli")  # the CLI may start the MCP server; never the other way round
 ADAPTER_FACING = {  # what the adapters may take from the wings: value types and small services, never the machinery

@@ -240,8 +240,8 @@ def jobs(args: argparse.Namespace, settings: "Settings", make_service: ServiceFa
 
 
 def serve(args: argparse.Namespace, settings: "Settings", make_service: ServiceFactory) -> int:
-    """`clipsearch serve`: the MCP server on stdio. The handshake waits for nothing: the service is made on first
-    use, and jobs, watches and the model start up in a thread."""
+    """`clipsearch serve`: the MCP server on stdio, or over HTTP with --http. The handshake waits for nothing: the
+    service is made on first use, and jobs, watches and the model start up in a thread."""
     from server.indexing.background import Background
     from server.mcp_server.server import build_server
     from server.mcp_server.support import lazy
@@ -253,7 +253,8 @@ def serve(args: argparse.Namespace, settings: "Settings", make_service: ServiceF
     downloads = DownloadTracker([LoggingListener()])
     service = lazy(lambda: make_service(settings, downloads=downloads, speaker="this server"))
     background = Background.over(settings.index_dir, service)
-    server = build_server(service, settings.roots, downloads, background)
+    # Over HTTP a client's declared roots name its own disk, never the server's: only --root counts.
+    server = build_server(service, settings.roots, downloads, background, client_roots=args.http is None)
 
     def start_up() -> None:
         # Jobs a stopped server left running go on, and watched folders are watched (under the configured roots
@@ -261,8 +262,62 @@ def serve(args: argparse.Namespace, settings: "Settings", make_service: ServiceF
         background.start_up(PathGuard(settings.roots), args.resume, args.watch)
         service().warm_up()
 
+    if args.http is not None:
+        return _serve_http(args, settings, server, start_up)
     threading.Thread(target=start_up, name="clipsearch-start-up", daemon=True).start()
     server.run("stdio")
+    return 0
+
+
+def _serve_http(args: argparse.Namespace, settings: "Settings", server: Any, start_up: Callable[[], None]) -> int:
+    """`serve --http`: one process for every client (one model, one job manager, one set of watches), until
+    Ctrl-C or SIGTERM; stdout gets the URL and the lines to connect Claude Code and VS Code."""
+    from server.mcp_server.http_transport import HttpOptions, parse_listen, serve_http
+    from server.tokens import TokenStore
+
+    host, port = parse_listen(args.http)
+    options = HttpOptions(
+        host=host,
+        port=port,
+        allowed_hosts=tuple(args.allowed_host),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        calls_per_token=args.calls_per_token,
+        log_queries=args.log_queries,
+    )
+    if not settings.roots:
+        print("clipsearch: no --root: searches work, but no folder can be indexed or read over HTTP", file=sys.stderr)
+    started = lambda: threading.Thread(target=start_up, name="clipsearch-start-up", daemon=True).start()  # noqa: E731
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    serve_http(server, options, TokenStore(settings.index_dir), say, started, args.access_log)
+    return 0
+
+
+def token(args: argparse.Namespace, settings: "Settings", make_service: ServiceFactory) -> int:
+    """`clipsearch token add|list|revoke`: the HTTP server's tokens, in the index directory (hashes only)."""
+    from server.tokens import TokenStore
+
+    store = TokenStore(settings.index_dir)
+    if args.token_action == "add":
+        secret = store.add(args.name, args.read_only)
+        rights = "read-only" if args.read_only else "read and write"
+        print(f"clipsearch: token '{args.name}' ({rights}); shown this once, only its hash is kept:", file=sys.stderr)
+        print(secret, flush=True)
+    elif args.token_action == "revoke":
+        store.revoke(args.name)
+        print(f"clipsearch: token '{args.name}' revoked; a running server refuses it from its next request")
+    else:
+        entries = store.entries()
+        if args.json:
+            import json
+
+            listed = [{"name": e.name, "read_only": e.read_only, "created": e.created} for e in entries]
+            print(json.dumps({"tokens": listed}, indent=2))
+        elif not entries:
+            print("No tokens. Make one with 'clipsearch token add NAME'.")
+        else:
+            for e in entries:
+                print(f"{e.name:<24} {'read-only' if e.read_only else 'read-write':<10} {e.created}")
     return 0
 
 
@@ -277,4 +332,5 @@ COMMANDS: dict[str, Command] = {
     "models": models,
     "jobs": jobs,
     "serve": serve,
+    "token": token,
 }

@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         "models", parents=[common, output], help="List the recommended models, their published quality and cost"
     )
     commands.add_parser("jobs", parents=[common, output], help="List the MCP server's recent indexing jobs")
-    serve = commands.add_parser("serve", parents=[common], help="Run the MCP server on stdio")
+    serve = commands.add_parser(
+        "serve", parents=[common], help="Run the MCP server on stdio, or over HTTP for several assistants (--http)"
+    )
     serve.add_argument(
         "--root", action="append", default=[], help="Folder the server may read (repeatable; env CLIPSEARCH_ROOTS)"
     )
@@ -203,7 +205,65 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Keep every folder indexed into any collection (under --root) in sync while the server runs",
     )
+    _http_options(serve)
+    tokens = commands.add_parser("token", help="Manage the HTTP server's bearer tokens (in the index directory)")
+    token_actions = tokens.add_subparsers(dest="token_action", required=True)
+    add = token_actions.add_parser(
+        "add", parents=[common], help="Make a token and print it, once (only its hash is kept)"
+    )
+    add.add_argument("name", help="Who holds it (letters, digits, . _ -), e.g. 'laptop' or 'alice-claude'")
+    add.add_argument("--read-only", action="store_true", help="May search, view, list and evaluate; never index")
+    token_actions.add_parser(
+        "list", parents=[common, output], help="List the tokens' names and rights (never the tokens)"
+    )
+    revoke = token_actions.add_parser(
+        "revoke", parents=[common], help="Revoke a token; a running server refuses it at once"
+    )
+    revoke.add_argument("name")
     return parser
+
+
+def _http_options(serve: argparse.ArgumentParser) -> None:
+    """`serve --http` and what goes with it (server/mcp_server/http_transport.py)."""
+    http = serve.add_argument_group("over HTTP")
+    http.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        nargs="?",
+        const="127.0.0.1:8765",
+        help="Serve MCP over Streamable HTTP at http://HOST:PORT/mcp for every client at once (default "
+        "127.0.0.1:8765); requests need a token ('clipsearch token add'); only --root folders are readable",
+    )
+    http.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="A host name clients use to reach the server (Host/Origin checks; repeatable), e.g. nas.local",
+    )
+    http.add_argument("--tls-cert", type=Path, help="Serve HTTPS with this certificate (PEM; with --tls-key)")
+    http.add_argument("--tls-key", type=Path, help="The certificate's private key (PEM)")
+    http.add_argument("--access-log", type=Path, metavar="FILE", help="Append the access log here (default: stderr)")
+    http.add_argument(
+        "--log-queries", action="store_true", help="Also log each call's arguments (queries, paths) in the access log"
+    )
+    http.add_argument(
+        "--calls-per-token",
+        type=_calls_at_once,
+        default=16,
+        help="Calls one token may have running at once (default: %(default)s)",
+    )
+
+
+def _calls_at_once(text: str) -> int:
+    """1-1000: not a tool parameter, so not a limits.Bound (those are checked against the MCP schemas)."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be 1-1000, got {value}")
+    return value
 
 
 def _place(text: str) -> tuple[float, float]:

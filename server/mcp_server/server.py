@@ -31,12 +31,14 @@ def build_server(
     roots: Sequence[Path] = (),
     downloads: DownloadTracker | None = None,
     background: Background | None = None,
+    client_roots: bool = True,
 ) -> MCPServer:
     """An MCP server over `service`, or over the service a factory makes on first use (so the handshake never
     waits for numpy, PIL or torch). File access is confined to `roots`, else to the roots the client declares.
     A tool call waiting for the model's first download reports its progress from `downloads` (default: the
     service's own tracker). Indexing runs as the `background` jobs, which keep watched folders in sync too
-    (default: over the service's index directory; required with a factory)."""
+    (default: over the service's index directory; required with a factory). Without `client_roots` the roots a
+    client declares are never asked for (over HTTP they name the client's disk)."""
     if callable(service):
         if background is None:
             raise ValueError("build_server needs its Background (jobs and watcher) when the service is made lazily")
@@ -47,7 +49,7 @@ def build_server(
         get = lambda: instance  # noqa: E731 - the same shape as lazy()'s getter
         background = background or Background.over(instance.store.index_dir, get)
         tracker = downloads or instance.downloads
-    tools = ToolContext(get, RootAccess(roots), tracker, background)
+    tools = ToolContext(get, RootAccess(roots, client_roots), tracker, background)
     server = MCPServer(
         "clipsearch",
         instructions=INSTRUCTIONS,

@@ -36,15 +36,17 @@ CollectionName = Annotated[
 
 
 class RootAccess:
-    """Which folders tools may read: the configured roots, else those the client declares (asked per call)."""
+    """Which folders tools may read: the configured roots, else those the client declares (asked per call), unless
+    `client_roots` is off (over HTTP, where a client's roots name its own disk, not the server's)."""
 
-    def __init__(self, configured: Sequence[Path]) -> None:
+    def __init__(self, configured: Sequence[Path], client_roots: bool = True) -> None:
         self.configured = tuple(configured)
+        self.client_roots = client_roots
 
     def ask(self, ctx: Context) -> ListRoots | ListRootsResult:
         # Configured roots win; otherwise ask the client, if it declared that it can answer.
         capabilities = ctx.client_capabilities
-        if self.configured or capabilities is None or capabilities.roots is None:
+        if self.configured or not self.client_roots or capabilities is None or capabilities.roots is None:
             return ListRootsResult(roots=[])
         return ListRoots()
 
