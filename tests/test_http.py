@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -58,6 +59,7 @@ class Running:
     tokens: TokenStore
     service: ClipSearch
     background: Background
+    verify: ssl.SSLContext | bool = True
 
     def post(self, body: Any, token: str | None = None, **options: Any) -> httpx2.Response:
         return self.request("POST", body=body, token=token, **options)
@@ -75,7 +77,7 @@ class Running:
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
         data = content if content is not None else (json.dumps(body).encode() if body is not None else None)
-        with httpx2.Client(timeout=30) as client:
+        with httpx2.Client(timeout=30, verify=self.verify) as client:
             return client.request(method, url or self.url, headers=sent, content=data)
 
 
@@ -109,7 +111,8 @@ def running(service: ClipSearch, roots: tuple[Path, ...], **options: Any) -> Ite
     thread.start()
     until(lambda: uv.started, "the HTTP server to start")
     try:
-        yield Running(f"http://127.0.0.1:{port}{MCP_PATH}", tokens, service, background)
+        verify = ssl.create_default_context(cafile=str(http.tls_cert)) if http.tls_cert else True
+        yield Running(f"{http.scheme}://127.0.0.1:{port}{MCP_PATH}", tokens, service, background, verify)
     finally:
         uv.should_exit = True
         thread.join(15)
@@ -124,13 +127,15 @@ def live(http_service: ClipSearch, photos: Path) -> Iterator[Running]:
 
 
 @asynccontextmanager
-async def connect(url: str, token: str | None, headers: dict[str, str] | None = None) -> AsyncIterator[Client]:
+async def connect(
+    url: str, token: str | None, headers: dict[str, str] | None = None, verify: ssl.SSLContext | bool = True
+) -> AsyncIterator[Client]:
     """The Python SDK's Streamable HTTP client with a bearer token."""
     sent = dict(headers or {})
     if token is not None:
         sent["Authorization"] = f"Bearer {token}"
     async with (
-        httpx2.AsyncClient(headers=sent, timeout=httpx2.Timeout(30, read=120)) as http,
+        httpx2.AsyncClient(headers=sent, timeout=httpx2.Timeout(30, read=120), verify=verify) as http,
         Client(streamable_http_client(url, http_client=http), read_timeout_seconds=120) as client,
     ):
         yield client
@@ -492,3 +497,121 @@ def test_the_typescript_sdk_client_runs_the_tool_set_with_a_token(live: Running,
     assert seen["duplicates_state"] == "done" and seen["duplicates_images"] == 9
     assert seen["evaluate_queries"] == 3
     assert seen["gallery_mime"] == "text/html;profile=mcp-app" and "<html" in seen["gallery_start"].lower()
+
+
+# --- the command itself, and what it survives --------------------------------------------------------------------
+
+
+async def test_the_serve_command_prints_its_url_and_serves_every_client_until_terminated(
+    tiny_clip: Path, tmp_path: Path
+) -> None:
+    import signal
+    import sys
+
+    index = tmp_path / "index"
+    token = TokenStore(index).add("laptop")
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--root",
+            str(samples),
+            "--model",
+            str(tiny_clip),
+            "--index-dir",
+            str(index),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first.startswith("clipsearch: serving MCP over HTTP at http://127.0.0.1:"), first
+        url = first.rsplit(" ", 1)[1].strip()
+        lines = [process.stdout.readline().strip() for _ in range(5)]
+        assert f'claude mcp add --transport http clipsearch {url} --header "Authorization: Bearer <token>"' in lines
+        async with connect(url, token) as one, connect(url, token) as two:
+            indexed = await call(one, "index_folder", folder=str(samples), wait_seconds=40)
+            assert indexed.structured_content["indexed_total"] == 9, indexed.content
+            listed = await call(two, "list_collections")
+            assert listed.structured_content["collections"][0]["images"] == 9
+        with httpx2.Client(timeout=30) as raw:
+            refused_without_data(raw.post(url, headers=ACCEPT, content=json.dumps(INIT).encode()))
+    except Exception:
+        process.kill()
+        raise
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    # uvicorn shuts down cleanly, then re-raises the signal it caught: the exit systemd expects of a stopped unit.
+    assert process.returncode == -signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    assert "token=laptop call=tools/call index_folder" in err and token not in err
+
+
+async def test_with_a_certificate_the_server_speaks_https_only(
+    http_service: ClipSearch, photos: Path, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    with running(http_service, (photos,), tls_cert=cert, tls_key=key) as live:
+        assert live.url.startswith("https://")
+        token = live.tokens.add("t")
+        async with connect(live.url, token, verify=live.verify) as client:
+            assert not (await call(client, "list_collections")).is_error
+        refused_without_data(live.post(INIT))
+        with httpx2.Client(timeout=10) as plain, pytest.raises(httpx2.HTTPError):
+            plain.post(live.url.replace("https://", "http://"), headers=ACCEPT, content=json.dumps(INIT).encode())
+
+
+def test_tls_needs_both_the_certificate_and_its_key(index_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["serve", "--http", "0", "--tls-cert", "c.pem", "--index-dir", str(index_dir)], make_service=_never)
+    assert code == 2 and "--tls-cert and --tls-key go together" in capsys.readouterr().err
+
+
+async def test_hundreds_of_idle_half_open_connections_do_not_stop_the_server_answering(live: Running) -> None:
+    import socket
+
+    token = live.tokens.add("t")
+    port = int(live.url.rsplit(":", 1)[1].split("/")[0])
+    idle = []
+    try:
+        for i in range(300):  # slow clients: a request line and half a header, then nothing
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + str(i).encode())
+            idle.append(sock)
+        async with connect(live.url, token) as client:
+            assert not (await call(client, "list_collections")).is_error
+    finally:
+        for sock in idle:
+            sock.close()
