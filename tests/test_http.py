@@ -248,6 +248,19 @@ def test_the_start_up_lines_name_the_url_for_claude_code_and_vs_code() -> None:
     }
 
 
+def test_on_every_address_the_machines_own_name_is_an_allowed_host() -> None:
+    import socket
+
+    from server.mcp_server.http_transport import security_settings
+
+    wildcard = security_settings(HttpOptions(host="0.0.0.0"))
+    assert f"{socket.gethostname()}:*" in wildcard.allowed_hosts
+    assert "evil.example:*" not in wildcard.allowed_hosts
+    one = security_settings(HttpOptions(host="192.168.1.5", allowed_hosts=("nas.local",)))
+    assert {"192.168.1.5:*", "nas.local", "nas.local:*"} <= set(one.allowed_hosts)
+    assert "https://nas.local" in one.allowed_origins and socket.gethostname() + ":*" not in one.allowed_hosts
+
+
 def test_keep_alive_outlasts_the_clients_idle_timeouts(http_service: ClipSearch) -> None:
     options = HttpOptions(port=0)
     server = build_server(http_service, (), client_roots=False)
@@ -560,6 +573,8 @@ async def test_the_serve_command_prints_its_url_and_serves_every_client_until_te
 async def test_with_a_certificate_the_server_speaks_https_only(
     http_service: ClipSearch, photos: Path, tmp_path: Path
 ) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [

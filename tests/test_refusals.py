@@ -19,6 +19,21 @@ README.md
   test_mcp.py::test_without_any_roots_file_tools_say_how_to_configure_them; every other file tool here,
   test_without_any_roots_every_file_tool_refuses_saying_how_to_allow_a_folder
 
+README.md, "On a home server", and docs/mcp.md "Over HTTP" (all in test_http.py)
+- no token, a wrong, revoked or truncated token, another scheme, on every path and method:
+  test_no_method_on_any_path_answers_without_a_valid_token; revoked while the server runs:
+  test_a_token_revoked_while_the_server_runs_is_refused_from_its_next_request; a token in the URL:
+  test_a_token_in_the_query_string_is_refused_even_beside_a_valid_header; another token's session, resource reads
+  and app-only tools: test_a_session_answers_only_the_token_that_opened_it
+- a read-only token indexing, watching or cancelling:
+  test_a_read_only_token_searches_but_never_indexes_cancels_or_watches
+- a non-loopback address without a token: test_serving_beyond_loopback_without_a_token_refuses_to_start; TLS by
+  halves: test_tls_needs_both_the_certificate_and_its_key
+- hostile Host or Origin: test_a_hostile_host_or_origin_is_refused_before_any_tool_runs; bodies over 4 MiB and
+  malformed JSON: test_malformed_json_and_a_huge_body_get_4xx_and_the_server_keeps_answering; calls past a token's
+  limit: test_calls_past_a_tokens_limit_get_a_clear_error_and_other_tokens_go_on
+- client-declared roots over HTTP: test_client_declared_roots_are_ignored_over_http
+
 docs/mcp.md
 - missing folder, unreadable image, relative path:
   test_mcp.py::test_missing_folder_and_unreadable_query_image_are_tool_errors,

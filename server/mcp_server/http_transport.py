@@ -122,10 +122,12 @@ def check_safe_to_serve(options: HttpOptions, tokens: TokenStore) -> None:
 
 
 def security_settings(options: HttpOptions) -> TransportSecuritySettings:
-    """The Host and Origin values a request may carry: loopback names, the address listened on, and each
-    `--allowed-host` (with or without a port, as a reverse proxy may send either)."""
+    """The Host and Origin values a request may carry: loopback names, the address listened on (on every address:
+    this machine's name), and each `--allowed-host` (with or without a port, as a reverse proxy may send either)."""
     names = ["127.0.0.1", "localhost", "[::1]"]
-    if not _is_wildcard(options.host) and not is_loopback(options.host):
+    if _is_wildcard(options.host):  # the name the start-up lines print, and its mDNS form
+        names += [socket.gethostname(), f"{socket.gethostname()}.local"]
+    elif not is_loopback(options.host):
         names.append(f"[{options.host}]" if ":" in options.host else options.host)
     names += list(options.allowed_hosts)
     hosts = [pattern for name in names for pattern in (name, f"{name}:*")]
@@ -382,6 +384,7 @@ def serve_http(
     """Listen until interrupted: one process, one server, every client. Checks first that it is safe to; the
     access log goes to `access_log_file`, else stderr."""
     check_safe_to_serve(options, tokens)
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # not a line per session opened: the access log says enough
     listening = bind(options)
     handler = log_to(access_log_file)
     try:
