@@ -5,13 +5,14 @@ caller checks the path against the allowed roots before anything is opened."""
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from server.encoders.text_recognition import RecognisedText, TextLine
 from server.errors import FileMissing, InvalidArgument
 from server.images.decode import decode, is_image_name, is_raw_name, jpeg_of, read_file
-from server.images.metadata import read_metadata
+from server.images.metadata import PhotoMetadata, read_metadata
 from server.images.video import is_video_name, read_frame, read_video
 from server.limits import TIME_SECONDS, VIEW_SIDE
 from server.results import ImageView, TextLineView
@@ -39,25 +40,14 @@ def view_image(
     decoded = decode(data, min_side=max_side, raw=is_raw_name(path))
     meta = read_metadata(data, path.stat().st_mtime_ns)
     jpeg = jpeg_of(decoded.image, max_side, MAX_JPEG_BYTES)
-    key = os.fsencode(str(path))
-    query = "SELECT 1 FROM images WHERE path = ?"
-    holding = [name for name in collections if read_catalog(index_dir / name, query, (key,))]
+    key, holding = _holding(path, index_dir, collections)
     text = _recognised_text(key, [index_dir / name for name in holding])
-    with Image.open(io.BytesIO(jpeg)) as shown:  # the header only
-        shown_size = shown.size
-    return jpeg, ImageView(
-        path=str(path),
-        width=meta.width or decoded.width,
-        height=meta.height or decoded.height,
-        shown_width=shown_size[0],
-        shown_height=shown_size[1],
-        jpeg_bytes=len(jpeg),
-        taken=meta.taken,
-        taken_source=meta.taken_source,
-        latitude=meta.latitude,
-        longitude=meta.longitude,
-        camera=meta.camera,
-        collections=holding,
+    return jpeg, _described(
+        path,
+        jpeg,
+        (meta.width or decoded.width, meta.height or decoded.height),
+        meta,
+        holding,
         text=text.text if text is not None else None,
         lines=[_line_view(line) for line in text.lines] if text is not None else None,
         text_note=text.note if text is not None else None,
@@ -67,27 +57,46 @@ def view_image(
 def _view_video(
     path: Path, max_side: int, index_dir: Path, collections: list[str], time_seconds: float | None
 ) -> tuple[bytes, ImageView]:
-    """A video's frame at `time_seconds` with the video's metadata, read from its container."""
-    if time_seconds is not None:
-        TIME_SECONDS.check(time_seconds)
-    info, frames = read_video(path, min_side=16, every_seconds=3600.0, max_frames=1)  # its metadata, cheaply
+    """A video's frame at `time_seconds` (its first that is not black without), with the video's metadata, read
+    from its container."""
+    side = min(max_side, 4096)
     if time_seconds is None:
-        frame = read_video(path, min_side=min(max_side, 4096), every_seconds=3600.0, max_frames=1)[1][0]
+        info, [frame] = read_video(path, min_side=side, every_seconds=3600.0, max_frames=1)
     else:
-        frame = read_frame(path, time_seconds, min_side=min(max_side, 4096))
-    del frames
+        TIME_SECONDS.check(time_seconds)
+        info, _ = read_video(path, min_side=16, every_seconds=3600.0, max_frames=1)  # its metadata, cheaply
+        frame = read_frame(path, time_seconds, min_side=side)
     jpeg = jpeg_of(frame.image, max_side, MAX_JPEG_BYTES)
+    _, holding = _holding(path, index_dir, collections)
+    duration = None if info.duration_seconds is None else round(info.duration_seconds, 3)
+    return jpeg, _described(
+        path,
+        jpeg,
+        (info.width, info.height),
+        info.metadata,
+        holding,
+        kind="video",
+        time_seconds=round(frame.time_seconds, 3),
+        duration_seconds=duration,
+    )
+
+
+def _holding(path: Path, index_dir: Path, collections: list[str]) -> tuple[bytes, list[str]]:
+    """The catalog key of `path`, and the collections (by name) that hold it."""
     key = os.fsencode(str(path))
-    holding = [
-        name for name in collections if read_catalog(index_dir / name, "SELECT 1 FROM images WHERE path = ?", (key,))
-    ]
-    with Image.open(io.BytesIO(jpeg)) as shown:
+    query = "SELECT 1 FROM images WHERE path = ?"
+    return key, [name for name in collections if read_catalog(index_dir / name, query, (key,))]
+
+
+def _described(
+    path: Path, jpeg: bytes, size: tuple[int, int], meta: PhotoMetadata, holding: list[str], **more: Any
+) -> ImageView:
+    with Image.open(io.BytesIO(jpeg)) as shown:  # the header only
         shown_size = shown.size
-    meta = info.metadata
-    return jpeg, ImageView(
+    return ImageView(
         path=str(path),
-        width=info.width,
-        height=info.height,
+        width=size[0],
+        height=size[1],
         shown_width=shown_size[0],
         shown_height=shown_size[1],
         jpeg_bytes=len(jpeg),
@@ -97,9 +106,7 @@ def _view_video(
         longitude=meta.longitude,
         camera=meta.camera,
         collections=holding,
-        kind="video",
-        time_seconds=round(frame.time_seconds, 3),
-        duration_seconds=None if info.duration_seconds is None else round(info.duration_seconds, 3),
+        **more,
     )
 
 
