@@ -1,6 +1,8 @@
 """The gallery in a real browser (headless Chromium) hosted by the official MCP Apps host library: what a person
 sees and clicks. Skips with the reason when Chromium, Playwright or the npm package is missing; CI requires them."""
 
+import base64
+import io
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from gallery_host import OUT_DIR, GalleryHost, gallery_host, require_browser, wait_until
 from PIL import Image
 
+from bench.video_corpus import PALETTE, planted_scenes, write_video
 from conftest import COLORS, save_color
 from server.encoders.text_recognition import RecognisedText, TextLine
 from server.mcp_server.server import build_server
@@ -417,3 +420,127 @@ async def test_duplicate_groups_page_on_with_their_numbers_running_on(fake_servi
         calls = [c for c in await host.calls() if c["name"] == "find_duplicates"]
     assert calls == [{"name": "find_duplicates", "arguments": {"max_groups": 1, "offset": 1}}]
     assert headings == ["Group 1: 2 exact copies", "Group 2: 2 exact copies"]
+
+
+@pytest.fixture
+def clips(tmp_path: Path) -> Path:
+    """Two photos and a video of planted scenes: red 0-4 s, green 4-9 s, blue 9-12 s, yellow 12-18 s."""
+    pytest.importorskip("av")
+    folder = tmp_path / "clips"
+    save_color(folder / "white.jpg", COLORS["white"])
+    save_color(folder / "red.jpg", COLORS["red"])
+    write_video(folder / "party.mp4", planted_scenes())
+    return folder
+
+
+def clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 60}:{whole % 60:02}"
+
+
+async def thumbnail_colour(frame: Any, path: Path) -> tuple[int, int, int]:
+    """The colour near the bottom left corner of a tile's thumbnail (a scene's colour: its shape is in the middle
+    and its white bar along the top)."""
+    src = await frame.evaluate(f"document.querySelector('.tile[data-path=\"{path}\"] img').src")
+    assert src.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+        rgb = image.convert("RGB")
+        return rgb.getpixel((rgb.width // 20, rgb.height * 9 // 10))
+
+
+def near(rgb: tuple[int, int, int], name: str) -> bool:
+    target = dict(PALETTE)[name]
+    return max(abs(a - b) for a, b in zip(rgb, target, strict=True)) < 40
+
+
+CLOCKS = """() => [...document.querySelectorAll('.tile')].map((t) => ({
+    path: t.dataset.path,
+    clock: (t.querySelector('.clock') || {}).textContent || null,
+    moments: [...((t.closest('.clip') || document.createElement('div')).querySelectorAll('.moments button'))]
+        .map((b) => [b.textContent, b.getAttribute('aria-pressed')]),
+}))"""
+
+
+async def test_a_video_tile_shows_its_moment_and_more_like_this_searches_from_that_moment(
+    fake_service: ClipSearch, clips: Path, tmp_path: Path
+):
+    video = clips / "party.mp4"
+    async with gallery_host(build_server(fake_service, roots=[clips]), tmp_path) as host:
+        await index(host, clips)
+        result = await host.show("search_images_by_text", query="green", k=3)
+        frame = await host.ready()
+        shown = await tiles(frame)
+        before = await frame.evaluate(CLOCKS)
+        best_colour = await thumbnail_colour(frame, video)
+        photo_colour = await thumbnail_colour(frame, clips / "white.jpg")
+        # Another moment: the tile shows that frame and clock, and opens there.
+        hit = result.structured_content["results"][0]
+        other = hit["other_moments"][-1]["time_seconds"]
+        await frame.click(f".moments button >> text='{clock(other)}'")
+        frame = await host.ready()
+        switched = await frame.evaluate(CLOCKS)
+        await frame.click(f'.tile[data-path="{video}"]')
+        await frame.wait_for_selector("#viewer:not([hidden])")
+        await wait_until(frame, "document.getElementById('viewer-img').src.length > 0")
+        meta = await frame.evaluate(
+            "[...document.querySelectorAll('#viewer-meta dt')].map((d) => [d.textContent, d.nextSibling.textContent])"
+        )
+        await frame.click("#like")
+        await wait_until(frame, "!document.getElementById('back').hidden")
+        frame = await host.ready()
+        after = await tiles(frame)
+        title = await frame.text_content("h1")
+        calls = await host.calls()
+        errors = host.errors
+    assert hit["path"] == str(video) and hit["kind"] == "video" and 4 <= hit["time_seconds"] < 9
+    duration = clock(hit["duration_seconds"])
+    assert [t["path"] for t in shown] == [h["path"] for h in result.structured_content["results"]]
+    assert all(t["loaded"] for t in shown) and [t["badge"] for t in shown] == ["#1", "#2", "#3"]
+    assert before[0]["clock"] == f"▶ {clock(hit['time_seconds'])} / {duration}"
+    assert [m[0] for m in before[0]["moments"]] == [clock(hit["time_seconds"])] + [
+        clock(m["time_seconds"]) for m in hit["other_moments"]
+    ]
+    assert [m[1] for m in before[0]["moments"]] == ["true"] + ["false"] * len(hit["other_moments"])
+    assert all(t["clock"] is None and t["moments"] == [] for t in before[1:])  # photos: as before
+    assert near(best_colour, "green") and min(photo_colour) > 220  # the moment's frame; the white photo
+    thumbnail_calls = [c["arguments"] for c in calls if c["name"] == "get_thumbnails"]
+    assert thumbnail_calls[0] == {
+        "paths": [h["path"] for h in result.structured_content["results"]],
+        "side": 256,
+        "times": [hit["time_seconds"], None, None],
+    }
+    assert thumbnail_calls[1] == {"paths": [str(video)], "side": 256, "times": [other]}
+    assert switched[0]["clock"] == f"▶ {clock(other)} / {duration}"
+    assert [m[1] for m in switched[0]["moments"]][-1] == "true" and switched[1:] == before[1:]
+    views = [c["arguments"] for c in calls if c["name"] == "view_image"]
+    assert views == [{"path": str(video), "max_side": 1024, "time_seconds": other}]
+    assert ["moment", f"{clock(other)} of {duration}"] in meta
+    similar = [c["arguments"] for c in calls if c["name"] == "search_similar_images"]
+    assert similar == [{"k": 3, "image_path": str(video), "time_seconds": other}]
+    assert after and all(t["loaded"] for t in after) and after[0]["path"] == str(video)
+    assert title == f"Like party.mp4 at {clock(other)}"
+    assert errors == []
+
+
+async def test_more_like_this_moment_and_its_next_page_keep_the_media_filter(
+    fake_service: ClipSearch, clips: Path, tmp_path: Path
+):
+    video = clips / "party.mp4"
+    async with gallery_host(build_server(fake_service, roots=[clips]), tmp_path) as host:
+        await index(host, clips)
+        result = await host.show("search_images_by_text", query="blue", k=1, media="videos")
+        frame = await host.ready()
+        colour = await thumbnail_colour(frame, video)
+        await frame.click(".tile >> nth=0")
+        await frame.click("#like")
+        await wait_until(frame, "!document.getElementById('back').hidden")
+        frame = await host.ready()
+        like = await tiles(frame)
+        await frame.click("#more")
+        frame = await host.ready()
+        calls = [c["arguments"] for c in await host.calls() if c["name"] == "search_similar_images"]
+    (hit,) = result.structured_content["results"]
+    assert hit["path"] == str(video) and 9 <= hit["time_seconds"] < 12 and near(colour, "blue")
+    moment = {"image_path": str(video), "time_seconds": hit["time_seconds"]}
+    assert calls == [{"k": 1, "media": "videos", **moment}, {"k": 1, "media": "videos", **moment, "offset": 1}]
+    assert [t["path"] for t in like] == [str(video)]
