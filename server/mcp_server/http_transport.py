@@ -46,7 +46,8 @@ MCP_PATH = "/mcp"
 MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE  # 4 MiB: a search's arguments are a few hundred bytes
 DEFAULT_CALLS_PER_TOKEN = 16
 KEEP_ALIVE_SECONDS = 75  # above the clients' own idle timeouts (Node's 5 s, browsers' 60 s), so reuse never races
-MAX_CONNECTIONS = 1024  # past it uvicorn answers 503 instead of holding memory for every socket
+MAX_CONNECTIONS = 4096  # past it uvicorn answers 503 instead of holding memory for every socket
+REQUEST_HEAD_SECONDS = 10.0  # a connection that has not sent a whole request head by then is closed (slowloris)
 WRITE_TOOLS = frozenset({"index_folder", "cancel_indexing"})
 """What a read-only token may not call: indexing (which also starts and stops watches) and cancelling jobs."""
 URL_TOKEN_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "key", "auth", "authorization"})
@@ -70,6 +71,7 @@ class HttpOptions:
     calls_per_token: int = DEFAULT_CALLS_PER_TOKEN
     max_body_bytes: int = MAX_BODY_BYTES
     log_queries: bool = False
+    request_head_seconds: float = REQUEST_HEAD_SECONDS
 
     @property
     def scheme(self) -> str:
@@ -210,7 +212,8 @@ class CallPolicy:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            if tool in WRITE_TOOLS and access is not None and WRITE_SCOPE not in access.scopes:
+            # Fail closed: over HTTP every call has a token, so a call without one in its context writes nothing.
+            if tool in WRITE_TOOLS and (access is None or WRITE_SCOPE not in access.scopes):
                 outcome = "refused: read-only"
                 return _tool_error(
                     f"The token '{holder}' is read-only: it may search, view, list and evaluate, but {tool} changes "
@@ -322,13 +325,57 @@ def bind(options: HttpOptions) -> socket.socket:
     return sock
 
 
+def head_deadline_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, with a deadline for each request's head: uvicorn starts no timer on a connection
+    until it has answered a request on it, so a client could hold a connection (and a slot of MAX_CONNECTIONS)
+    forever by sending nothing, or a header a byte at a time."""
+    import asyncio
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadlineProtocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the next request's head starts now
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # its head is in: the request runs
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self.transport.close()
+
+    return HeadDeadlineProtocol
+
+
 def uvicorn_server(app: ASGIApp, options: HttpOptions) -> Any:
     """uvicorn configured for long-lived MCP clients: keep-alive above theirs, no access log of its own (ours
-    names tokens, never URLs), bounded connections, TLS when given."""
+    names tokens, never URLs), bounded connections, a deadline for request heads, TLS when given."""
     import uvicorn
 
     config = uvicorn.Config(
         app,
+        http=head_deadline_protocol(options.request_head_seconds),
         host=options.host,
         port=options.port,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
