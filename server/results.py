@@ -407,3 +407,21 @@ class IndexFolderResult(BaseModel):
     text_images_per_second: float | None = None
     text_note: str | None = None
     text_problems: list[Failure] | None = None
+
+
+class ClusterIndexReport(BaseModel):
+    """`clipsearch cluster index`: a source embedded on a Ray cluster into Parquet shards."""
+
+    collection: str
+    source: PathText
+    cluster: str = Field(description="Where it ran: 'local' (a Ray instance started for the run) or the address")
+    nodes: int = Field(description="Nodes of the cluster that had CPUs or GPUs")
+    listed: int = Field(description="Images the listing found")
+    unchanged: int = Field(description="Images whose path, size and mtime already sat in a finished shard")
+    embedded: int = Field(description="Images that went through the model in this run")
+    failed: int
+    failures: list[Failure] = Field(description="The first 50 objects skipped, with why")
+    shards_written: int
+    shards_reused: int = Field(description="Finished shards of earlier runs still holding listed images")
+    seconds: float
+    images_per_second: float = Field(description="Embedded images per second of the run's Ray stage")

@@ -35,6 +35,7 @@ from server.models.files import DownloadTracker, find_local
 from server.models.identity import model_identity
 from server.paths import UNCONFINED, PathGuard
 from server.results import (
+    ClusterIndexReport,
     CollectionInfo,
     CollectionList,
     DuplicateReport,
@@ -267,6 +268,16 @@ class ClipSearch:
             cancel=cancel,
             ocr=ocr,
         )
+
+    def cluster_index(self, source: str | Path, collection: str, address: str | None = None) -> ClusterIndexReport:
+        """Embed a folder every node sees into an archive of Parquet shards on a Ray cluster (`address`; None: a
+        local instance), with the settings' model on ONNX Runtime; only objects not in a finished shard."""
+        from server.indexing.cluster import EncoderRecipe, cluster_index
+
+        recipe = EncoderRecipe(self.settings.model, hash_cache=self.settings.index_dir / MODEL_HASHES_FILE)
+        path = Path(source).expanduser()
+        index_dir = self.settings.index_dir
+        return cluster_index(path, collection, index_dir, recipe, address, exclude=[index_dir])
 
     def search_text(
         self,

@@ -321,6 +321,13 @@ def token(args: argparse.Namespace, settings: "Settings", make_service: ServiceF
     return 0
 
 
+def cluster(args: argparse.Namespace, settings: "Settings", make_service: ServiceFactory) -> int:
+    """`clipsearch cluster index`: a folder embedded on a Ray cluster into an archive's Parquet shards."""
+    service = make_service(settings)
+    _show(service.cluster_index(args.source, args.collection, args.address), args.json)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "index": index_folder,
     "search": search,
@@ -333,4 +340,5 @@ COMMANDS: dict[str, Command] = {
     "jobs": jobs,
     "serve": serve,
     "token": token,
+    "cluster": cluster,
 }

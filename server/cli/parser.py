@@ -220,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
         "revoke", parents=[common], help="Revoke a token; a running server refuses it at once"
     )
     revoke.add_argument("name")
+    cluster = commands.add_parser("cluster", help="Embed an archive on a Ray cluster (pip install clipsearch[cluster])")
+    cluster_actions = cluster.add_subparsers(dest="cluster_action", required=True)
+    cluster_index = cluster_actions.add_parser(
+        "index",
+        parents=[common, output, named],
+        help="Embed a folder every node sees into Parquet shards; only what no finished shard holds",
+    )
+    cluster_index.add_argument("source", help="A folder on storage every node of the cluster sees")
+    cluster_index.add_argument(
+        "--address", help="The Ray cluster (e.g. 10.0.0.5:6379 or ray://head:10001); default: a local Ray instance"
+    )
     return parser
 
 

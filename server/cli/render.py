@@ -3,6 +3,7 @@
 from pydantic import BaseModel
 
 from server.results import (
+    ClusterIndexReport,
     CollectionList,
     DuplicateReport,
     EvaluationReport,
@@ -45,6 +46,8 @@ def render(result: BaseModel) -> str:
             if hit.text:
                 rows.append(f"{'':>{width}}  text: {_printable(hit.text)}")
         return "\n".join(rows)
+    if isinstance(result, ClusterIndexReport):
+        return _cluster_lines(result)
     if isinstance(result, IndexReport):
         lines = [
             f"Collection '{result.collection}': {result.indexed_total} images",
@@ -102,6 +105,19 @@ def render(result: BaseModel) -> str:
         ]
         return "\n".join(rows)
     return result.model_dump_json(indent=2)
+
+
+def _cluster_lines(result: ClusterIndexReport) -> str:
+    where = "a local Ray instance" if result.cluster == "local" else f"Ray at {result.cluster}"
+    nodes = f"{result.nodes} node{'' if result.nodes == 1 else 's'}"
+    lines = [
+        f"Archive '{result.collection}' from {result.source} on {where} ({nodes})",
+        f"  listed {result.listed}, unchanged {result.unchanged}, embedded {result.embedded}, failed {result.failed}",
+        f"  shards written {result.shards_written}, reused {result.shards_reused}",
+        f"  {result.seconds:.1f} s ({result.images_per_second:.1f} images/s while embedding)",
+    ]
+    lines += [f"  skipped {f.path}: {f.reason}" for f in result.failures]
+    return "\n".join(lines)
 
 
 def render_evaluation(report: EvaluationReport) -> str:
