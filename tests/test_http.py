@@ -637,3 +637,89 @@ async def test_slow_and_silent_connections_are_closed_and_the_server_keeps_answe
         finally:
             for sock in idle:
                 sock.close()
+
+
+HTTP_SERVER = """
+import sys, time
+sys.path[:0] = [{root!r}, {tests!r}]
+from conftest import FakeEncoder, FakeRecognizer
+from server.cli.main import main
+from server.indexing.indexer import Indexer
+from server.service import ClipSearch
+
+class SlowEncoder(FakeEncoder):
+    def encode_pixels(self, batch):
+        time.sleep(0.05)  # long enough to be killed mid-job, not a wait for a condition
+        return super().encode_pixels(batch)
+
+def slow_service(settings, **options):
+    encoder = SlowEncoder()
+    indexer = Indexer(encoder, workers=2, batch_size=2, commit_every=2)
+    return ClipSearch(settings, encoder=encoder, indexer=indexer, recognizer=FakeRecognizer(), **options)
+
+sys.exit(main(sys.argv[1:], make_service=slow_service))
+"""
+
+
+def _start_http_server(index: Path, folder: Path) -> tuple[subprocess.Popen[str], str]:
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    code = HTTP_SERVER.format(root=str(tests.parent), tests=str(tests))
+    args = ["serve", "--http", "127.0.0.1:0", "--root", str(folder), "--index-dir", str(index)]
+    args += ["--model", FakeEncoder.model_name]
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    first = child.stdout.readline()
+    assert "serving MCP over HTTP at" in first, first
+    return child, first.rsplit(" ", 1)[1].strip()
+
+
+async def test_a_server_sigkilled_mid_job_under_searches_restarts_consistent_and_resumes_the_job(
+    tmp_path: Path, index_dir: Path
+) -> None:
+    from server.store.collection_store import CollectionStore
+
+    folder = tmp_path / "many"
+    for i in range(60):
+        name = ["red", "green", "blue"][i % 3]
+        save_color(folder / name / f"img_{i:03d}.jpg", COLORS[name])
+    token = TokenStore(index_dir).add("t")
+    child, url = _start_http_server(index_dir, folder)
+    try:
+        async with connect(url, token) as indexer, connect(url, token) as searcher:
+            job_id = (await call(indexer, "index_folder", folder=str(folder), wait_seconds=0)).structured_content[
+                "job_id"
+            ]
+            for _ in range(500):  # searches meanwhile, until part of the folder is in; bounded
+                found = await call(searcher, "search_images_by_text", query="red", k=5)
+                # Before the first commit there is no collection yet to search.
+                assert not found.is_error or "No collection" in error_text(found), found.content
+                done = (await call(searcher, "index_status", job_id=job_id)).structured_content["jobs"][0]
+                if done["progress"]["done"] >= 10:
+                    break
+            assert done["state"] == "running", json.dumps(done)[-1500:]
+    finally:
+        child.kill()  # SIGKILL: no clean-up of any kind
+        child.wait(timeout=30)
+
+    collection = CollectionStore(index_dir).open("default", FakeEncoder.model_name)
+    assert 0 < collection.count() == collection.ntotal < 60  # what was committed, catalog and FAISS alike
+    collection.close()
+
+    child, url = _start_http_server(index_dir, folder)
+    try:
+        async with connect(url, token) as client:
+            for _ in range(100):
+                status = (await call(client, "index_status", job_id=job_id, wait_seconds=10)).structured_content
+                if status["jobs"][0]["state"] not in ("queued", "running", "interrupted"):
+                    break
+            assert status["jobs"][0]["state"] == "done"
+            assert status["jobs"][0]["report"]["indexed_total"] == 60
+            found = await call(client, "search_images_by_text", query="red", k=20)
+            assert [Path(h["path"]).parent.name for h in found.structured_content["results"]] == ["red"] * 20
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+    record = json.loads((index_dir / "default" / "jobs" / f"{job_id}.json").read_text(encoding="utf-8"))
+    assert record["resumed"] == 1
