@@ -38,6 +38,10 @@ class TextModelUnavailable(ClipSearchError):
     """The text recognition (OCR) package or its model files are missing or damaged; images are indexed without text."""
 
 
+class ExtraMissing(ClipSearchError):
+    """An optional part of clipsearch was asked for and its packages are not installed (pip install clipsearch[...])."""
+
+
 class CollectionNotFound(ClipSearchError):
     """No collection of that name exists in the index directory."""
 

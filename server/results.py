@@ -414,8 +414,10 @@ class ClusterIndexReport(BaseModel):
 
     collection: str
     source: PathText
-    cluster: str = Field(description="Where it ran: 'local' (a Ray instance started for the run) or the address")
-    nodes: int = Field(description="Nodes of the cluster that had CPUs or GPUs")
+    cluster: str = Field(
+        description="Where it ran: 'local' (a Ray instance started for the run), the address, or 'not needed'"
+    )
+    nodes: int = Field(description="Nodes of the cluster that had CPUs or GPUs (0: nothing to embed, none asked)")
     listed: int = Field(description="Images the listing found")
     unchanged: int = Field(description="Images whose path, size and mtime already sat in a finished shard")
     embedded: int = Field(description="Images that went through the model in this run")

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import COLORS, save_color
 from server.config import Settings
-from server.errors import CollectionBusy, CollectionMismatch
+from server.errors import CollectionBusy, CollectionMismatch, ExtraMissing
 from server.indexing.cluster import LOCAL_NODE_ADDRESS, ClusterOptions, EncoderRecipe, cluster_index
 from server.indexing.shards import ShardStore
 from server.service import ClipSearch
@@ -76,6 +76,7 @@ def test_vectors_equal_the_single_machine_index_and_each_object_is_in_one_shard_
     report = cluster_index(folder, "archive", index_dir, EncoderRecipe(str(tiny_clip)), options=SMALL)
     assert (report.listed, report.embedded, report.failed, report.unchanged) == (14, 14, 0, 0)
     assert report.shards_written == 3  # 14 rows in shards of 5
+    assert (report.cluster, report.nodes) == ("connected", 1)  # the module's instance, not one of its own
     assert sorted(shard_rows(index_dir, "archive")) == sorted(str(p.resolve()) for p in files)
 
     single = ClipSearch(Settings(index_dir=tmp_path / "single", model=str(tiny_clip), engine="onnx"))
@@ -102,6 +103,7 @@ def test_a_rerun_embeds_nothing_and_a_grown_folder_only_the_new_or_changed(
     (index_dir / "archive" / "shards" / ".shard-000002.parquet.1.1.tmp").write_bytes(b"half a shard")
     again = cluster_index(folder, "archive", index_dir, recipe, options=SMALL)
     assert (again.listed, again.unchanged, again.embedded, again.shards_written, again.shards_reused) == (8, 8, 0, 0, 2)
+    assert (again.cluster, again.nodes) == ("not needed", 0)  # nothing to embed: no Ray asked for
 
     photos(folder, 3, start=8)
     save_color(files[0], (1, 2, 3))  # changed: same path, new size and mtime
@@ -164,3 +166,15 @@ def test_the_cli_prints_the_report_and_its_json(
     assert main(["cluster", "index", str(folder), *options, "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert (again["embedded"], again["unchanged"], again["shards_reused"]) == (0, 3, 1)
+
+
+def test_without_the_extra_installed_the_command_says_what_to_install(
+    tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ExtraMissing, match=r"needs ray: pip install 'clipsearch\[cluster\]'"):
+        cluster_index(tmp_path, "archive", tmp_path / "index", EncoderRecipe(str(tiny_clip)))
+    assert not (tmp_path / "index").exists()

@@ -108,10 +108,11 @@ def render(result: BaseModel) -> str:
 
 
 def _cluster_lines(result: ClusterIndexReport) -> str:
-    where = "a local Ray instance" if result.cluster == "local" else f"Ray at {result.cluster}"
     nodes = f"{result.nodes} node{'' if result.nodes == 1 else 's'}"
+    where = {"local": f"on a local Ray instance ({nodes})", "not needed": "(nothing to embed: Ray not started)"}
+    ran = where.get(result.cluster, f"on Ray at {result.cluster} ({nodes})")
     lines = [
-        f"Archive '{result.collection}' from {result.source} on {where} ({nodes})",
+        f"Archive '{result.collection}' from {result.source} {ran}",
         f"  listed {result.listed}, unchanged {result.unchanged}, embedded {result.embedded}, failed {result.failed}",
         f"  shards written {result.shards_written}, reused {result.shards_reused}",
         f"  {result.seconds:.1f} s ({result.images_per_second:.1f} images/s while embedding)",

@@ -9,6 +9,7 @@ temporary folder), so the same command is the recipe for a first try. Ray and py
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from server.encoders.protocol import Encoder
-from server.errors import ClipSearchError, CollectionMismatch, FileMissing, ModelUnavailable
+from server.errors import ClipSearchError, CollectionMismatch, ExtraMissing, FileMissing
 from server.images.decode import content_hash, decode, is_image_name, is_raw_name, read_file
 from server.images.metadata import read_metadata
 from server.indexing.scan import scan_folder
@@ -86,6 +87,7 @@ def cluster_index(
     path, size and mtime are not embedded again; unreadable ones are reported and skipped."""
     started = time.monotonic()
     validate_name(name)
+    _require_the_extra()
     source = Path(os.path.realpath(source))
     if not source.is_dir():
         raise FileMissing(f"Folder '{source}' does not exist or is not a folder.")
@@ -97,20 +99,17 @@ def cluster_index(
     store = ShardStore(folder)
     with store.writing(name):
         encoder = recipe.make()
-        try:
-            info = ArchiveInfo(recipe.model, encoder.model_identity, recipe.precision, encoder.dim)  # exports once
-        except ModuleNotFoundError as exc:
-            raise ModelUnavailable(f"The cluster's encoder needs {exc.name}: pip install clipsearch[cluster].") from exc
+        info = ArchiveInfo(recipe.model, encoder.model_identity, recipe.precision, encoder.dim)  # exports, once
         store.check_or_record(name, info)
         keys, failures = _listing(source, exclude)
         store.write_listing(keys)
         done = store.done()
         todo = [key for key in keys if key not in done]
         reused = {done[key] for key in keys if key in done}
-        embedded, written, nodes, embed_seconds = 0, 0, 0, 0.0
-        with _ray(address) as where:
-            nodes = _nodes()
-            if todo:
+        embedded, written, nodes, embed_seconds, where = 0, 0, 0, 0.0, "not needed"
+        if todo:  # a Ray instance takes ~20 s to start on 2 cores: none for a run with nothing to embed
+            with _ray(address) as where:
+                nodes = _nodes()
                 began = time.monotonic()
                 embedded, written = _embed(store, todo, recipe, encoder, info.dim, options, failures)
                 embed_seconds = time.monotonic() - began
@@ -129,6 +128,14 @@ def cluster_index(
         seconds=round(time.monotonic() - started, 3),
         images_per_second=round(embedded / embed_seconds, 2) if embed_seconds > 0 else 0.0,
     )
+
+
+def _require_the_extra() -> None:
+    missing = [name for name in ("ray", "pyarrow") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExtraMissing(
+            f"clipsearch cluster needs {' and '.join(missing)}: pip install 'clipsearch[cluster]' on every node."
+        )
 
 
 def _listing(source: Path, exclude: Sequence[Path]) -> tuple[list[Key], list[Failure]]:
@@ -156,10 +163,8 @@ def _ray(address: str | None) -> Iterator[str]:
     instance on a loopback address of its own, stopped afterwards. Yields where it runs."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # the AWS SDK would look for credentials off-machine
-    try:
-        import ray
-    except ModuleNotFoundError as exc:
-        raise ModelUnavailable("clipsearch cluster needs Ray: pip install clipsearch[cluster].") from exc
+    import ray
+
     if ray.is_initialized():
         yield address or "connected"
         return
