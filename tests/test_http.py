@@ -98,11 +98,14 @@ def http_service(index_dir: Path) -> ClipSearch:
 
 
 @contextmanager
-def running(service: ClipSearch, roots: tuple[Path, ...], **options: Any) -> Iterator[Running]:
-    """`serve --http 127.0.0.1:0` in a thread: the same app, uvicorn configuration and Background as the command."""
+def running(
+    service: ClipSearch, roots: tuple[Path, ...], client_roots: bool = False, **options: Any
+) -> Iterator[Running]:
+    """`serve --http 127.0.0.1:0` in a thread: the same app, uvicorn configuration and Background as the command
+    (`client_roots` only to show what the command's False prevents)."""
     tokens = TokenStore(service.store.index_dir)
     background = Background.over(service.store.index_dir, lambda: service)
-    server = build_server(service, roots, background=background, client_roots=False)
+    server = build_server(service, roots, background=background, client_roots=client_roots)
     http = HttpOptions(host="127.0.0.1", port=0, **options)
     sock = bind(http)
     port = sock.getsockname()[1]
@@ -128,15 +131,19 @@ def live(http_service: ClipSearch, photos: Path) -> Iterator[Running]:
 
 @asynccontextmanager
 async def connect(
-    url: str, token: str | None, headers: dict[str, str] | None = None, verify: ssl.SSLContext | bool = True
+    url: str,
+    token: str | None,
+    headers: dict[str, str] | None = None,
+    verify: ssl.SSLContext | bool = True,
+    **options: Any,
 ) -> AsyncIterator[Client]:
-    """The Python SDK's Streamable HTTP client with a bearer token."""
+    """The Python SDK's Streamable HTTP client with a bearer token; `options` go to the client."""
     sent = dict(headers or {})
     if token is not None:
         sent["Authorization"] = f"Bearer {token}"
     async with (
         httpx2.AsyncClient(headers=sent, timeout=httpx2.Timeout(30, read=120), verify=verify) as http,
-        Client(streamable_http_client(url, http_client=http), read_timeout_seconds=120) as client,
+        Client(streamable_http_client(url, http_client=http), read_timeout_seconds=120, **options) as client,
     ):
         yield client
 
@@ -367,14 +374,25 @@ async def test_a_job_one_client_starts_is_seen_by_another(live: Running, photos:
 
 
 async def test_client_declared_roots_are_ignored_over_http(http_service: ClipSearch, photos: Path) -> None:
+    import mcp.types as types
+
+    async def declare_photos(context: Any) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri=photos.as_uri(), name="photos")])
+
+    # A session client (the 2025 protocol) can be asked for its roots; the per-request protocol never can.
+    declaring = {"list_roots_callback": declare_photos, "mode": "legacy"}
     with running(http_service, ()) as live:
         token = live.tokens.add("t")
-        async with connect(live.url, token) as client:
+        async with connect(live.url, token, **declaring) as client:
             tools = {t.name: t for t in (await client.list_tools()).tools}
             assert "roots this client declares" in (tools["index_folder"].description or "")
             assert "roots this client declares" not in (tools["list_collections"].description or "")
             refused = await call(client, "index_folder", folder=str(photos))
             assert "outside the folders" in error_text(refused) or "no folders" in error_text(refused).lower()
+    assert live.background.jobs.recent().jobs == []
+    with running(http_service, (), client_roots=True) as live:  # what client_roots=False prevents
+        async with connect(live.url, live.tokens.add("u"), **declaring) as client:
+            assert not (await call(client, "index_folder", folder=str(photos), wait_seconds=20)).is_error
 
 
 # --- the transport's defences --------------------------------------------------------------------------------------
