@@ -2,6 +2,7 @@
 with no CPUs and two 1-CPU workers): a worker node removed mid-run, the run still ends with every object exactly once.
 Its own module: a process holds one Ray connection, and test_cluster.py's is a single local instance."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import save_color, until
+from conftest import clipsearch, save_color, until
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
 from server.indexing.shards import ShardStore
 from server.results import ClusterIndexReport
@@ -56,6 +57,22 @@ def two_workers() -> Iterator[tuple[Any, Any]]:
             else:
                 os.environ[key] = value
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_the_command_embeds_on_the_cluster_at_the_address_it_is_given(
+    two_workers: tuple[Any, Any], tiny_clip: Path, tmp_path: Path
+) -> None:
+    cluster, _ = two_workers
+    folder = tmp_path / "photos"
+    for i in range(6):
+        save_color(folder / f"p{i}.jpg", (200, 10 * i, 40))
+    index_dir = tmp_path / "index"
+    options = ("-c", "archive", "--model", str(tiny_clip), "--index-dir", str(index_dir), "--json")
+    done = clipsearch("cluster", "index", str(folder), *options, "--address", cluster.address)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["cluster"], report["nodes"], report["embedded"]) == (cluster.address, 2, 6)
+    assert len(paths_in(ShardStore(index_dir / "archive"))) == 6
 
 
 def test_a_worker_node_lost_mid_run_still_leaves_every_object_in_the_shards_exactly_once(
