@@ -97,12 +97,14 @@ def test_a_rerun_embeds_nothing_and_a_grown_folder_only_the_new_or_changed(
     index_dir = tmp_path / "index"
     recipe = EncoderRecipe(str(tiny_clip))
     first = cluster_index(folder, "archive", index_dir, recipe, options=SMALL)
-    assert (first.embedded, first.shards_written) == (8, 2)
+    # A shard is written once it holds shard_rows (5) or more: how many depends on how Ray batches the 8 rows.
+    assert first.embedded == 8 and 1 <= first.shards_written <= 2
 
     # A write that was interrupted leaves only a temporary file, which no run trusts as a finished shard.
     (index_dir / "archive" / "shards" / ".shard-000002.parquet.1.1.tmp").write_bytes(b"half a shard")
     again = cluster_index(folder, "archive", index_dir, recipe, options=SMALL)
-    assert (again.listed, again.unchanged, again.embedded, again.shards_written, again.shards_reused) == (8, 8, 0, 0, 2)
+    reused = (again.listed, again.unchanged, again.embedded, again.shards_written, again.shards_reused)
+    assert reused == (8, 8, 0, 0, first.shards_written)
     assert (again.cluster, again.nodes) == ("not needed", 0)  # nothing to embed: no Ray asked for
 
     photos(folder, 3, start=8)

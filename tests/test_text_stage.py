@@ -344,7 +344,7 @@ async def test_over_mcp_the_job_shows_the_text_stage_and_its_report_counts_what_
         job_id = started.structured_content["job_id"]
         until(lambda: recognizer.waiting >= 1, "the text stage reached its first read")
         recognizer.permits.release()
-        until(lambda: recognizer.waiting >= 2, "the second read")
+        until(lambda: jobs.status(job_id).progress.text_done >= 1, "one image read")
         during = await call(client, "index_status", job_id=job_id)
         searched = await call(client, "search_images_by_text", query="red", k=10)
         for _ in range(10):
