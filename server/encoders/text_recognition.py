@@ -6,7 +6,8 @@ ourselves so that the work per image is bounded: detection runs with the long si
 recognition reads the lines from the same image at up to twice that, and an image longer than twice its width (a
 long screenshot) is read in overlapping tiles, at most `max_tiles`, the rest left unread and said so in `note`.
 `likely_has_text` is the cheap first pass: detection alone at `probe_side` (480 px). Chosen on `python -m bench.ocr`
-(docs/benchmarks.md, "Text in photos").
+(docs/benchmarks.md, "Text in photos"). Each line is recognised on its own (`rec_batch` 1) and ONNX Runtime gets the
+cores shared among the images read at once (`READERS`), as measured by `python -m bench.text_stage`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,10 @@ MIN_CHARACTERS = 2  # letters or digits in a line kept
 MAX_TILES = 8
 MAX_LINES = 400  # per tile: a page of tiny print has fewer; thousands of specks would cost seconds each
 TILE_ASPECT = 2.0  # an image longer than twice its width is read in tiles at most that long
+# Lines through the recogniser one at a time: a batch is padded to its widest line, and with batches of 6 (the
+# wheel's default) pages and screenshots took 1.39x as long on 2 cores, for the same recall (docs/benchmarks.md).
+REC_BATCH = 1
+READERS = 2  # images read at once (the text stage's workers): ONNX Runtime's threads are the cores shared among them
 MODEL_FILES = {"det": "ch_PP-OCRv4_det_infer.onnx", "rec": "ch_PP-OCRv4_rec_infer.onnx"}
 ENGINE = "rapidocr-onnxruntime PP-OCRv4"
 
@@ -81,6 +87,11 @@ class TextRecognizer(Protocol):
         ...
 
 
+def default_threads() -> int:
+    """ONNX Runtime intra-op threads per session: the machine's cores shared among the `READERS` images in flight."""
+    return max(1, (os.cpu_count() or 1) // READERS)
+
+
 def default_model_dir() -> Path:
     """The models folder inside the installed `rapidocr_onnxruntime` package (found without importing it)."""
     import importlib.util
@@ -116,7 +127,8 @@ class RapidOcrRecognizer:
     min_confidence: float = MIN_CONFIDENCE
     max_tiles: int = MAX_TILES
     max_lines: int = MAX_LINES
-    threads: int | None = None
+    rec_batch: int = REC_BATCH
+    threads: int | None = None  # ONNX Runtime intra-op threads per session; None: default_threads()
     _engine: Any = field(default=None, init=False, repr=False)
     _identity: str | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -132,7 +144,9 @@ class RapidOcrRecognizer:
     @property
     def identity(self) -> str:
         if self._identity is None:
-            lines = [ENGINE, f"detect_side {self.detect_side}", f"min_confidence {self.min_confidence}"]
+            # A batch is padded to its widest line, which changes what is read, slightly.
+            settings = f"detect_side {self.detect_side}", f"min_confidence {self.min_confidence}"
+            lines = [ENGINE, *settings, f"rec_batch {self.rec_batch}"]
             for role, path in self._files().items():
                 try:
                     with open(path, "rb") as handle:
@@ -164,9 +178,11 @@ class RapidOcrRecognizer:
             "det_limit_type": "max",
             "det_max_candidates": self.max_lines,
             "text_score": self.min_confidence,
+            "rec_batch_num": self.rec_batch,
+            # ONNX Runtime's default, a thread per core in each session with READERS images in flight, spun idle
+            # threads against each other: the stage took 1.6x the CPU time on 2 cores (bench.text_stage).
+            "intra_op_num_threads": self.threads or default_threads(),
         }
-        if self.threads:
-            options["intra_op_num_threads"] = self.threads
         try:
             engine = RapidOCR(**options)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types for a damaged file
