@@ -349,7 +349,10 @@ async def test_over_mcp_the_job_shows_the_text_stage_and_its_report_counts_what_
         searched = await call(client, "search_images_by_text", query="red", k=10)
         for _ in range(10):
             recognizer.permits.release()
-        finished = await call(client, "index_status", job_id=job_id, wait_seconds=20)
+        for _ in range(30):  # index_status returns when the job finishes or changes: follow it to its end
+            finished = await call(client, "index_status", job_id=job_id, wait_seconds=2)
+            if finished.structured_content["jobs"][0]["state"] != "running":
+                break
 
     progress = during.structured_content["jobs"][0]["progress"]
     assert progress["stage"] == "text" and progress["text_to_read"] == 4 and 1 <= progress["text_done"] < 4
