@@ -14,7 +14,8 @@ from PIL import Image
 from bench import video_corpus as corpus
 from server.errors import ImageUnreadable, InvalidArgument, VideoUnreadable
 from server.images import video
-from server.images.video import VIDEO_EXTENSIONS, is_video_name, read_frame, read_video, video_metadata
+from server.images.video import VIDEO_EXTENSIONS, is_video_name, read_frame, read_video
+from server.images.video_metadata import video_metadata
 
 MINUTE = 60.0
 

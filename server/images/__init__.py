@@ -1,3 +1,3 @@
 """Image files: which files are images, decoding to upright RGB (`decode`), capture metadata (`metadata`), perceptual
 fingerprints (`fingerprint`), gallery thumbnails (`thumbnails`) and video files sampled into upright frames at known
-times with their container's metadata (`video`). Imports only the bottom layer."""
+times (`video`) and their container's metadata (`video_metadata`). Imports only the bottom layer."""
