@@ -16,7 +16,7 @@ from conftest import COLORS, save_color
 from server.config import Settings
 from server.errors import CollectionBusy, CollectionMismatch, ExtraMissing
 from server.indexing.cluster import LOCAL_NODE_ADDRESS, ClusterOptions, EncoderRecipe, cluster_index
-from server.indexing.shards import ShardStore
+from server.store.shards import ShardStore
 from server.service import ClipSearch
 
 ray = pytest.importorskip("ray")

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import clipsearch, save_color, until
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
-from server.indexing.shards import ShardStore
+from server.store.shards import ShardStore
 from server.results import ClusterIndexReport
 
 ray = pytest.importorskip("ray")

@@ -27,7 +27,7 @@ from server.errors import ClipSearchError, CollectionMismatch, ExtraMissing, Fil
 from server.images.decode import content_hash, decode, is_image_name, is_raw_name, read_file
 from server.images.metadata import read_metadata
 from server.indexing.scan import scan_folder
-from server.indexing.shards import ArchiveInfo, Key, ShardStore, object_id, shard_schema
+from server.store.shards import ArchiveInfo, Key, ShardStore, object_id, shard_schema
 from server.results import ClusterIndexReport, Failure
 from server.store.collection_store import validate_name
 

@@ -2,5 +2,5 @@
 entries, rows without opening a collection, vectors by id or in chunks), the manifest (`manifest`), the FAISS index
 (`faiss_index`), one open `Collection` (`collection`), the index directory's `CollectionStore` (`collection_store`),
 the batched writer (`writer`), the text recognised in photos, stored and matched (`text_search`), and
-videos' frames, each tied to a time (`frames`). Imports `models`
+videos' frames, each tied to a time (`frames`), and an archive's Parquet shards, written by a cluster run (`shards`). Imports `models`
 (a checkpoint's identity), `encoders` (the recognised text's types) and `images` (metadata and fingerprint types)."""
