@@ -78,7 +78,7 @@ def test_created_collection_persists_its_manifest_and_reopens_with_the_same_fiel
     created.close()
 
     on_disk = json.loads((store.index_dir / "photos" / "manifest.json").read_text(encoding="utf-8"))
-    assert on_disk["schema_version"] == SCHEMA_VERSION == 5
+    assert on_disk["schema_version"] == SCHEMA_VERSION == 6
     assert on_disk["model"] == MODEL
     assert on_disk["model_identity"] == "sha256:" + "ab" * 32
     assert on_disk["precision"] == "fp32" and on_disk["family"] is None  # the store is not told one here

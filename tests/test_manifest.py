@@ -1,7 +1,8 @@
-"""server/store/manifest.py, format version 5: a collection records its model's family (version 4) and whether text in
-its photos is read (`ocr`, version 5); one written by an earlier release (version 3,
-tests/fixtures/v3_manifest_collection; version 4, tests/fixtures/v4_manifest_collection) opens and searches unchanged
-and is migrated by its next indexing run, nothing embedded again."""
+"""server/store/manifest.py, format version 6: a collection records its model's family (version 4), whether text in
+its photos is read (`ocr`, version 5), and may be an archive's "ivfpq" index (version 6); one written by an earlier
+release (version 3, tests/fixtures/v3_manifest_collection; version 4, tests/fixtures/v4_manifest_collection; version 5,
+tests/fixtures/v5_manifest_collection) opens and searches unchanged and is migrated by its next indexing run, nothing
+embedded again."""
 
 import json
 from pathlib import Path
@@ -22,7 +23,7 @@ def test_a_new_collection_records_its_models_family(tiny_clip: Path, tmp_path: P
     service.index_folder(tmp_path / "photos", "fresh")
 
     on_disk = json.loads((tmp_path / "index" / "fresh" / "manifest.json").read_text(encoding="utf-8"))
-    assert on_disk["schema_version"] == SCHEMA_VERSION == 5 and on_disk["family"] == "clip" and on_disk["ocr"] == "auto"
+    assert on_disk["schema_version"] == SCHEMA_VERSION == 6 and on_disk["family"] == "clip" and on_disk["ocr"] == "auto"
     [listed] = service.list_collections().collections
     assert listed.family == "clip"
 
@@ -78,6 +79,27 @@ def test_a_version_4_collection_searches_unchanged_and_its_next_run_reads_text_w
         shared_recognizer().identity
     }
     assert again.text_to_read == 0 and again.embedded == 0  # read once, never again while unchanged
+
+
+def test_a_version_5_collection_searches_unchanged_and_its_next_run_only_bumps_the_version_without_embedding(
+    tiny_clip: Path, tmp_path: Path
+) -> None:
+    service, photos, path, before = previous_release_service("v5_manifest_collection", tiny_clip, tmp_path)
+
+    by_text = service.search_text("a rocket launching", k=9)
+    by_image = service.search_image(photos / "cat" / "chelsea.jpg", k=9)
+    untouched = path.read_bytes()
+    report = service.index_folder(photos)
+    after = json.loads(path.read_text(encoding="utf-8"))
+    listed = service.list_collections().collections[0]
+
+    assert before["schema_version"] == 5 and before["ocr"] == "auto" and before["index_type"] == "flat"
+    assert_answers_as_recorded("v5_manifest_collection", by_text, by_image)
+    assert json.loads(untouched) == before  # reading never writes
+    assert report.embedded == 0 and report.unchanged == 9
+    assert report.text_to_read == 0  # that release read every image's text with the same recogniser
+    assert after == {**before, "schema_version": SCHEMA_VERSION} and SCHEMA_VERSION == 6  # nothing else changes
+    assert (listed.family, listed.index_type, listed.images) == ("clip", "flat", 9)
 
 
 def test_a_manifest_of_a_newer_format_is_refused_saying_what_to_do(tmp_path: Path) -> None:
