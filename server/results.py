@@ -427,3 +427,11 @@ class ClusterIndexReport(BaseModel):
     shards_reused: int = Field(description="Finished shards of earlier runs still holding listed images")
     seconds: float
     images_per_second: float = Field(description="Embedded images per second of the run's Ray stage")
+    index_type: str | None = Field(
+        None, description="The archive's search index ('ivfpq': IVF-PQ on disk, reranked); None: nothing to search"
+    )
+    index_built: bool = Field(False, description="Whether this run (re)built it; False: it already held the listing")
+    index_vectors: int = 0
+    index_nprobe: int | None = Field(None, description="Lists probed per query, calibrated to recall@10 >= 0.9")
+    index_recall_at_10: float | None = Field(None, description="Measured against exact search over the shards")
+    index_seconds: float = 0.0

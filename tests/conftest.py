@@ -2,6 +2,7 @@
 MCP clients of our server, a bounded wait, services for the CLI, and `python` in a child process."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -212,6 +213,39 @@ class FakeRecognizer:
             return RecognisedText()
         box = ((0.0, 0.0), (float(image.width), 0.0), (float(image.width), 10.0), (0.0, 10.0))
         return RecognisedText(tuple(TextLine(line, box, 0.9) for line in text.split("\n")))
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray instance for the module (a process holds one Ray connection; test_cluster_nodes.py makes a
+    cluster of its own), on 127.0.0.2; token auth writes its token under this HOME, not the user's."""
+    import ray
+
+    from server.indexing.cluster import LOCAL_NODE_ADDRESS
+
+    home = Path(tempfile.mkdtemp(prefix="cs-ray-home-"))
+    temp = Path(tempfile.mkdtemp(prefix="cs-ray-"))
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_USAGE_STATS_ENABLED", "AWS_EC2_METADATA_DISABLED")}
+    os.environ.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true")
+    ray.init(
+        _node_ip_address=LOCAL_NODE_ADDRESS,
+        _temp_dir=str(temp),
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=256 * 1024 * 1024,
+        configure_logging=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,12 +1,10 @@
 """clipsearch cluster index: a folder embedded on Ray into Parquet shards equals the single-machine index of it, each
-object once, resumed and grown without re-embedding, bad files reported. One local Ray instance (on 127.0.0.2, with
-its own HOME and temporary folder) serves the whole module: starting one takes ~20 s on 2 cores."""
+object once, resumed and grown without re-embedding, bad files reported. One local Ray instance (conftest's
+`local_ray`: on 127.0.0.2, with its own HOME and temporary folder) serves the whole module: starting one takes ~20 s
+on 2 cores."""
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,43 +13,15 @@ import pytest
 from conftest import COLORS, save_color
 from server.config import Settings
 from server.errors import CollectionBusy, CollectionMismatch, ExtraMissing
-from server.indexing.cluster import LOCAL_NODE_ADDRESS, ClusterOptions, EncoderRecipe, cluster_index
-from server.store.shards import ShardStore
+from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
 from server.service import ClipSearch
+from server.store.shards import ShardStore
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 SMALL = ClusterOptions(block_rows=3, embed_batch=4, shard_rows=5, embedders=1)
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """One Ray instance for the module; token auth writes its token under this HOME, not the user's."""
-    home = Path(tempfile.mkdtemp(prefix="cs-ray-home-"))
-    temp = Path(tempfile.mkdtemp(prefix="cs-ray-"))
-    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_USAGE_STATS_ENABLED", "AWS_EC2_METADATA_DISABLED")}
-    os.environ.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true")
-    ray.init(
-        _node_ip_address=LOCAL_NODE_ADDRESS,
-        _temp_dir=str(temp),
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=256 * 1024 * 1024,
-        configure_logging=False,
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(home, ignore_errors=True)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def photos(folder: Path, count: int, start: int = 0) -> list[Path]:

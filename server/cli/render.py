@@ -117,6 +117,12 @@ def _cluster_lines(result: ClusterIndexReport) -> str:
         f"  shards written {result.shards_written}, reused {result.shards_reused}",
         f"  {result.seconds:.1f} s ({result.images_per_second:.1f} images/s while embedding)",
     ]
+    if result.index_type:
+        how = f"built in {result.index_seconds:.1f} s" if result.index_built else "up to date"
+        lines.append(
+            f"  index {result.index_type}: {result.index_vectors} vectors, nprobe {result.index_nprobe}, "
+            f"recall@10 {result.index_recall_at_10:.3f} ({how}); search it with -c {result.collection}"
+        )
     lines += [f"  skipped {f.path}: {f.reason}" for f in result.failures]
     return "\n".join(lines)
 

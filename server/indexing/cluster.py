@@ -7,6 +7,7 @@ Without an address a local Ray instance is started on a loopback address of its 
 temporary folder), so the same command is the recipe for a first try. Ray and pyarrow are imported inside functions:
 `pip install clipsearch[cluster]`."""
 
+import collections
 import contextlib
 import functools
 import importlib.util
@@ -15,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,10 +27,13 @@ from server.encoders.protocol import Encoder
 from server.errors import ClipSearchError, CollectionMismatch, ExtraMissing, FileMissing
 from server.images.decode import content_hash, decode, is_image_name, is_raw_name, read_file
 from server.images.metadata import read_metadata
+from server.indexing.archive_build import ArchiveIndex, build_archive_index
 from server.indexing.scan import scan_folder
-from server.store.shards import ArchiveInfo, Key, ShardStore, object_id, shard_schema
 from server.results import ClusterIndexReport, Failure
 from server.store.collection_store import validate_name
+from server.store.ondisk_index import KIND as ARCHIVE_KIND
+from server.store.ondisk_index import Runner
+from server.store.shards import ARCHIVE_FILE, ArchiveInfo, Key, ShardStore, object_id, shard_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -92,7 +96,7 @@ def cluster_index(
     if not source.is_dir():
         raise FileMissing(f"Folder '{source}' does not exist or is not a folder.")
     folder = index_dir / name
-    if (folder / "manifest.json").exists():
+    if (folder / "manifest.json").exists() and not (folder / ARCHIVE_FILE).exists():
         raise CollectionMismatch(
             f"'{name}' is a collection indexed on one machine; give the cluster's archive another name."
         )
@@ -107,12 +111,17 @@ def cluster_index(
         todo = [key for key in keys if key not in done]
         reused = {done[key] for key in keys if key in done}
         embedded, written, nodes, embed_seconds, where = 0, 0, 0, 0.0, "not needed"
+        family = getattr(encoder, "family_key", None)
+        index: ArchiveIndex | None = None
         if todo:  # a Ray instance takes ~20 s to start on 2 cores: none for a run with nothing to embed
             with _ray(address) as where:
                 nodes = _nodes()
                 began = time.monotonic()
                 embedded, written = _embed(store, todo, recipe, encoder, info.dim, options, failures)
                 embed_seconds = time.monotonic() - began
+                index = build_archive_index(store, name, str(source), info, family, _in_ray_tasks(options.reader_cpus))
+        else:  # nothing new: the index is made here only if missing or out of date (files that vanished)
+            index = build_archive_index(store, name, str(source), info, family)
     return ClusterIndexReport(
         collection=name,
         source=str(source),
@@ -127,6 +136,12 @@ def cluster_index(
         shards_reused=len(reused),
         seconds=round(time.monotonic() - started, 3),
         images_per_second=round(embedded / embed_seconds, 2) if embed_seconds > 0 else 0.0,
+        index_type=ARCHIVE_KIND if index else None,
+        index_built=bool(index and index.built),
+        index_vectors=index.vectors if index else 0,
+        index_nprobe=index.nprobe if index else None,
+        index_recall_at_10=index.recall_at_10 if index else None,
+        index_seconds=index.seconds if index else 0.0,
     )
 
 
@@ -186,6 +201,28 @@ def _ray(address: str | None) -> Iterator[str]:
         ray.shutdown()
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _in_ray_tasks(cpus: float, in_flight: int = 4) -> Runner:
+    """A `Runner` of Ray tasks (`cpus` each), a few in flight, results in order; the trained index sent once."""
+
+    def run(fn: Callable[..., bytes], calls: Iterable[tuple[Any, ...]]) -> Iterator[bytes]:
+        import ray
+
+        remote = ray.remote(num_cpus=cpus)(fn)
+        sent: dict[int, Any] = {}
+        pending: collections.deque[Any] = collections.deque()
+        for first, *rest in calls:
+            if id(first) not in sent:
+                sent.clear()
+                sent[id(first)] = ray.put(first)
+            pending.append(remote.remote(sent[id(first)], *rest))
+            if len(pending) >= in_flight:
+                yield ray.get(pending.popleft())
+        while pending:
+            yield ray.get(pending.popleft())
+
+    return run
 
 
 def _nodes() -> int:

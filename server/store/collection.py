@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from server.atomic_files import write_atomically, write_atomically_with
-from server.errors import CollectionBusy, InvalidArgument
+from server.errors import CollectionBusy, CollectionMismatch, InvalidArgument
 from server.limits import INDEX_TYPES, OCR_POLICIES
 from server.store.catalog import (
     ENTRY_COLUMNS,
@@ -51,6 +51,8 @@ from server.store.faiss_index import (
 )
 from server.store.frames import FrameIndex, Moment
 from server.store.manifest import SCHEMA_VERSION, Manifest, load_manifest, write_manifest
+from server.store.ondisk_index import KIND as ARCHIVE_KIND
+from server.store.ondisk_index import MappedArchive
 from server.store.schema import (
     METADATA_COLUMNS,
     connect,
@@ -195,11 +197,21 @@ class Collection:
         with self._lock:
             return {row[0] for row in self._conn.execute("SELECT hash FROM images")}
 
+    @property
+    def is_archive(self) -> bool:
+        """Built on a cluster (`clipsearch cluster index`): read-only here, its vectors in the index's files."""
+        return self.manifest.index_type == ARCHIVE_KIND
+
     def vectors_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """The stored vectors of `ids`, in that order."""
+        if self.is_archive:
+            with self._lock:
+                return self._index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
         return vectors_by_id(self.query, ids, self.manifest.dim)
 
     def vector(self, image_id: int) -> npt.NDArray[np.float32]:
+        if self.is_archive:
+            return self.vectors_of(np.asarray([image_id]))[0]
         with self._lock:
             row = self._conn.execute("SELECT vector FROM images WHERE id = ?", (image_id,)).fetchone()
         if row is None:
@@ -208,6 +220,7 @@ class Collection:
 
     def all_vectors(self) -> tuple[npt.NDArray[np.int64], list[Path], npt.NDArray[np.float32]]:
         """Every image's id, path and vector, in id order, from one consistent snapshot."""
+        self._refuse_on_archive("reading every vector at once (evaluation, comparison)")
         with self._lock:
             self._conn.execute("BEGIN")
             try:
@@ -351,6 +364,7 @@ class Collection:
         """The index's stored vectors, list by list (`faiss_index.stored_lists`), under the collection's lock: views
         valid inside the block only, so keep it short (searches wait meanwhile). None when the index changed (a
         commit, a reload, a conversion) since `token`, a `StoredLists.token` taken earlier."""
+        self._refuse_on_archive("finding duplicates")
         with self._lock:
             now = (self.generation, self._index_serial)
             if token is not None and token != now:
@@ -387,6 +401,11 @@ class Collection:
         """Exclusive write access across threads and processes; refuses at once if another run holds it."""
         from filelock import FileLock, Timeout
 
+        if self.is_archive:
+            raise CollectionMismatch(
+                f"'{self.name}' is an archive built on a cluster; add to it with clipsearch cluster index, or index "
+                "this folder into another collection."
+            )
         lock = FileLock(str(self.folder / "write.lock"), timeout=0)
         try:
             lock.acquire()
@@ -435,8 +454,17 @@ class Collection:
             )
             self._write_manifest(upgraded)
 
+    def _refuse_on_archive(self, what: str) -> None:
+        if self.is_archive:
+            raise InvalidArgument(
+                f"'{self.name}' is an archive built on a cluster (its vectors in an on-disk IVF-PQ index): {what} is "
+                "not offered for archives; search it by text or by example."
+            )
+
     def set_index_policy(self, policy: str) -> None:
         """Record which index the user wants ('auto', 'flat', 'ivf'); applied at the end of the next write."""
+        if self.is_archive and policy != self.manifest.index_policy:
+            raise CollectionMismatch(f"'{self.name}' is an archive built on a cluster: its index is {ARCHIVE_KIND}.")
         if policy not in INDEX_TYPES:
             raise InvalidArgument(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {policy!r}.")
         if policy != self.manifest.index_policy:
@@ -519,12 +547,14 @@ class Collection:
                 count = int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
                 stored = self.folder / f"index.{generation}.faiss"
                 index = None
-                if stored.is_file():
+                if self.is_archive:
+                    index = self._open_archive(generation, count)
+                elif stored.is_file():
                     try:
                         index = faiss.read_index(str(stored))
                     except RuntimeError as exc:
                         log.warning("index file %s unreadable (%s); rebuilding from the catalog", stored, exc)
-                if index is None or index.ntotal != count or not self._fits(index):
+                if not self.is_archive and (index is None or index.ntotal != count or not self._fits(index)):
                     index = None  # a stale index is let go before its replacement is built, not held beside it
                     index = self._rebuild(self._conn)
                     rebuilt = True
@@ -537,6 +567,23 @@ class Collection:
             self.generation = generation
         if rebuilt:
             self._try_save_index()
+
+    def _open_archive(self, generation: int, count: int) -> Any:
+        """An archive's index of this generation, mapped (it is never rebuilt here: its vectors are not in the
+        catalog)."""
+        try:
+            index = MappedArchive(self.folder, generation)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise CollectionMismatch(
+                f"Archive '{self.name}' has no readable index for its catalog ({exc}); run clipsearch cluster index "
+                "on it again."
+            ) from exc
+        if index.ntotal != count:
+            raise CollectionMismatch(
+                f"Archive '{self.name}': its index holds {index.ntotal} vectors, its catalog {count} images; run "
+                "clipsearch cluster index on it again."
+            )
+        return index
 
     def _set_index(self, index: Any) -> None:
         with self._lock:

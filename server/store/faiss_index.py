@@ -148,9 +148,21 @@ def calibrate_nprobe(
     rng: np.random.Generator,
     exact: Any = None,
 ) -> int:
+    """Smallest power-of-two nprobe whose recall@10 meets TARGET_RECALL (`calibrate`)."""
+    return calibrate(index, vectors, ids, rng, exact, TARGET_RECALL)[0]
+
+
+def calibrate(
+    index: Any,
+    vectors: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64] | None,
+    rng: np.random.Generator,
+    exact: Any,
+    target: float,
+) -> tuple[int, float]:
     """Smallest power-of-two nprobe whose recall@10 against exact search, on queries near `vectors` (stored ones,
-    or a sample of them), meets the target. Without `exact` (an index over ids), `vectors` with their `ids` are
-    all there is."""
+    or a sample of them), meets `target`, and the recall measured there (at nprobe = nlist when none meets it).
+    Without `exact` (an index over ids), `vectors` with their `ids` are all there is."""
     import faiss
 
     count, dim = vectors.shape
@@ -161,7 +173,9 @@ def calibrate_nprobe(
     between = vectors[rng.choice(count, half)] + vectors[rng.choice(count, half)]
     queries = np.concatenate([near, between]).astype(np.float32)
     queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    k = min(10, count)
+    k = min(10, int(index.ntotal))
+    if k == 0:
+        return 1, 1.0
     if exact is None:
         assert ids is not None
         exact = faiss.IndexFlatIP(dim)
@@ -170,22 +184,22 @@ def calibrate_nprobe(
         truth = ids[positions]
     else:  # already maps to ids; reusing it spares a second full copy of the vectors
         _, truth = exact.search(queries, k)
-    nprobe = 1
-    while nprobe < index.nlist:
+    nprobe, recall = 1, 0.0
+    while True:
         index.nprobe = nprobe
         _, found = index.search(queries, k)
         recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)]))
         log.info("IVF nlist=%d nprobe=%d recall@10=%.4f", index.nlist, nprobe, recall)
-        if recall >= TARGET_RECALL:
-            return nprobe
+        if recall >= target or nprobe >= index.nlist:
+            return min(nprobe, int(index.nlist)), recall
         nprobe *= 2
-    return int(index.nlist)
 
 
 def apply_params(index: Any, spec: IndexSpec) -> None:
     """Set search-time parameters (nprobe) on a loaded index, and give IVF a lookup by id."""
-    if spec.kind == "ivf":
+    if spec.kind in PROBED:
         index.nprobe = int(spec.params.get("nprobe", 16))
+    if spec.kind == "ivf":
         enable_lookup(index)
 
 
@@ -201,12 +215,13 @@ def enable_lookup(index: Any) -> None:
 
 # --- searching among some ids (filters) ----------------------------------------------------------------------------
 
+PROBED = ("ivf", "ivfpq")  # indexes searched by probing lists (an archive's too: store/ondisk_index.py)
 EXACT_SUBSET = 50_000  # on IVF, a filtered search among at most this many images scores each of them exactly
 
 
 def probe_params(spec: IndexSpec, factor: float) -> Any:
     """Search parameters multiplying IVF's nprobe by `factor` (deeper searches need more clusters); None otherwise."""
-    if factor <= 1 or spec.kind != "ivf":
+    if factor <= 1 or spec.kind not in PROBED:
         return None
     import faiss
 
@@ -219,10 +234,10 @@ def selection_params(spec: IndexSpec, ids: npt.NDArray[np.int64], total: int) ->
     searching: the parameters hold only a raw pointer); (None, None) when `exact_among` is the better way."""
     import faiss
 
-    if spec.kind == "ivf" and len(ids) <= EXACT_SUBSET:
+    if spec.kind in PROBED and len(ids) <= EXACT_SUBSET:
         return None, None
     selector = faiss.IDSelectorBatch(ids)
-    if spec.kind != "ivf":
+    if spec.kind not in PROBED:
         return faiss.SearchParameters(sel=selector), selector
     # Few passing images are spread over many clusters: probe more of them, in proportion.
     nprobe = int(spec.params.get("nprobe", 16))

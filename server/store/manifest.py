@@ -14,9 +14,10 @@ from server.store.faiss_index import IndexSpec
 
 MANIFEST = "manifest.json"
 # 2: the manifest records the model's identity (content hash), not only its name; 3: and its vectors' precision;
-# 4: and the model's family (clip, siglip, siglip2, metaclip2, ...); 5: and whether text in photos is read (ocr)
-SCHEMA_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)  # older ones are migrated to 5 by the first write (Manifest.upgraded)
+# 4: and the model's family (clip, siglip, siglip2, metaclip2, ...); 5: and whether text in photos is read (ocr);
+# 6: the index may be "ivfpq", an archive built on a cluster (store/ondisk_index.py), which release 5 cannot read
+SCHEMA_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)  # older ones are migrated to 6 by the first write (Manifest.upgraded)
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Manifest:
     model: str
     dim: int
     metric: str
-    index_type: str  # the index in use: "flat" or "ivf"
+    index_type: str  # the index in use: "flat", "ivf", or an archive's "ivfpq"
     created: str
     index_policy: str = "auto"  # what the user asked for: "auto", "flat" or "ivf"
     index_params: dict[str, Any] = field(default_factory=dict)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -167,28 +167,62 @@ class ShardStore:
         write_atomically_with(path, lambda handle: pq.write_table(table, pa.PythonFile(handle)))
         return path
 
-    def vectors(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], list[str]]:
-        """The ids, unit vectors and paths of the listed objects, each once: the shard row matching the listing's
-        (path, size, mtime), so rows of files that changed or vanished since are left out."""
+    def live(self) -> list[tuple[Path, npt.NDArray[np.int64]]]:
+        """Per finished shard, the numbers of its rows that hold a listed object, each listed (id, path, size,
+        mtime) once: rows of files that changed or vanished since are left out. Shards without such rows too."""
         import pyarrow.parquet as pq
 
         listed = set(self.read_listing())
-        ids: list[int] = []
-        paths: list[str] = []
-        rows: list[Any] = []
+        out: list[tuple[Path, npt.NDArray[np.int64]]] = []
         for shard in self.finished():
-            table = pq.read_table(shard, columns=["id", "path", "size", "mtime_ns", "vector"])
-            keys = _keys(table)
-            vectors = _matrix(table)
-            for i, key in enumerate(keys):
+            rows = []
+            for row, key in enumerate(_keys(pq.read_table(shard, columns=["id", "path", "size", "mtime_ns"]))):
                 if key in listed:
                     listed.discard(key)
-                    ids.append(key[0])
-                    paths.append(key[1])
-                    rows.append(vectors[i])
-        dim = self.read_info().dim if self.read_info() else 0  # type: ignore[union-attr]
-        matrix = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-        return np.asarray(ids, dtype=np.int64), matrix, paths
+                    rows.append(row)
+            if rows:
+                out.append((shard, np.asarray(rows, dtype=np.int64)))
+        return out
+
+    @staticmethod
+    def read_rows(shard: Path, rows: npt.NDArray[np.int64], columns: Sequence[str]) -> "pa.Table":
+        """The `columns` of some rows of one shard, in row order."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(shard, columns=list(columns)).take(rows)
+
+    def vectors(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], list[str]]:
+        """The ids, unit vectors and paths of the listed objects, each once (`live`)."""
+        ids: list[npt.NDArray[np.int64]] = []
+        paths: list[str] = []
+        matrices: list[npt.NDArray[np.float32]] = []
+        for shard, rows in self.live():
+            table = self.read_rows(shard, rows, ["id", "path", "vector"])
+            ids.append(np.asarray(table.column("id").to_numpy(), dtype=np.int64))
+            paths.extend(table.column("path").to_pylist())
+            matrices.append(vector_matrix(table))
+        info = self.read_info()
+        dim = info.dim if info else 0
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32), []
+        return np.concatenate(ids), np.concatenate(matrices), paths
+
+    def vector_of(self, key: Key) -> npt.NDArray[np.float32] | None:
+        """The vector of one object (id, path, size, mtime) as a finished shard holds it; None if none does. Reads
+        every shard's ids (8 bytes an object): for a query by example, not for loops."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        shards = self.finished()
+        if not shards:
+            return None
+        table = ds.dataset([str(p) for p in shards], format="parquet").to_table(
+            columns=["id", "path", "size", "mtime_ns", "vector"], filter=pc.field("id") == key[0]
+        )
+        for row, found in enumerate(_keys(table)):
+            if found == key:
+                return vector_matrix(table.slice(row, 1))[0].copy()
+        return None
 
 
 def _key_table(keys: Sequence[Key]) -> "pa.Table":
@@ -209,7 +243,8 @@ def _keys(table: "pa.Table") -> list[Key]:
     return list(zip(*columns, strict=True))
 
 
-def _matrix(table: "pa.Table") -> npt.NDArray[np.float32]:
+def vector_matrix(table: "pa.Table") -> npt.NDArray[np.float32]:
+    """A table's `vector` column as an (n, dim) float32 matrix."""
     column = table.column("vector").combine_chunks()
     dim = column.type.list_size
     return np.asarray(column.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, dim)

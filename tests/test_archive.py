@@ -1,0 +1,141 @@
+"""An archive built on Ray is a collection the server and CLI search: an on-disk IVF-PQ index (lists and float16
+vectors memory-mapped, candidates reranked), nprobe calibrated to recall@10 >= 0.9 against exact search over the
+shards; its results agree with that exact search; filters, search by example and list_collections work on it; it is
+rebuilt only when the listing changes, opens from a moved folder, and refuses what would need its vectors in the
+catalog. One local Ray instance per module (conftest's `local_ray`)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.config import Settings
+from server.errors import CollectionMismatch, InvalidArgument
+from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
+from server.service import ClipSearch
+from server.store.shards import ShardStore
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("pyarrow")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+OPTIONS = ClusterOptions(block_rows=16, embed_batch=16, shard_rows=24, embedders=1)
+QUERIES = ("a red car", "a blue sky over the sea", "green leaves", "a dark night", "a white page of text")
+
+
+def noisy_photos(folder: Path, count: int, start: int = 0) -> list[Path]:
+    """Distinct pictures (blocks of random colour), so that no two vectors tie."""
+    paths = []
+    for i in range(start, start + count):
+        rng = np.random.default_rng(i)
+        blocks = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+        path = folder / f"part{i % 3}" / f"img{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(blocks).resize((48, 40), Image.Resampling.NEAREST).save(path)
+        paths.append(path)
+    return paths
+
+
+def service_over(index_dir: Path, tiny_clip: Path) -> ClipSearch:
+    return ClipSearch(Settings(index_dir=index_dir, model=str(tiny_clip), engine="onnx"))
+
+
+def exact_scores(index_dir: Path, name: str, query: np.ndarray) -> dict[str, float]:
+    """Every listed object's exact cosine with `query`, from the shards' float32 vectors."""
+    _, vectors, paths = ShardStore(index_dir / name).vectors()
+    return dict(zip(paths, (vectors @ query).tolist(), strict=True))
+
+
+def test_an_archive_is_searched_like_a_collection_and_agrees_with_exact_search(
+    local_ray: None, tiny_clip: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    noisy_photos(folder, 90)
+    index_dir = tmp_path / "index"
+    report = cluster_index(folder, "archive", index_dir, EncoderRecipe(str(tiny_clip)), options=OPTIONS)
+    assert (report.embedded, report.index_type, report.index_built, report.index_vectors) == (90, "ivfpq", True, 90)
+    assert report.index_recall_at_10 is not None and report.index_recall_at_10 >= 0.9
+
+    service = service_over(index_dir, tiny_clip)
+    listed = {c.name: c for c in service.list_collections().collections}
+    assert (listed["archive"].index_type, listed["archive"].images) == ("ivfpq", 90)
+
+    encoder = service.encoder_for(service.collection("archive"))
+    found_among_exact = []
+    for query in QUERIES:
+        hits = service.search_text(query, k=10, collection="archive").results
+        exact = exact_scores(index_dir, "archive", encoder.encode_texts([query])[0])
+        tenth = sorted(exact.values(), reverse=True)[9]
+        assert len(hits) == 10
+        for hit in hits:  # scores are cosines of the float16 copies: within 1e-3 of the float32 ones
+            assert hit.score == pytest.approx(exact[hit.path], abs=2e-3)
+        found_among_exact += [exact[hit.path] >= tenth - 2e-3 for hit in hits]
+    assert np.mean(found_among_exact) >= 0.9
+
+    example = sorted(folder.rglob("*.png"))[7]
+    similar = service.search_image(example, k=5, collection="archive").results
+    assert similar[0].path == str(example.resolve()) and similar[0].score == pytest.approx(1.0, abs=2e-3)
+
+    only = service.make_filter("archive", folder=folder / "part1")
+    filtered = service.search_text("a red car", k=40, collection="archive", filters=only).results
+    assert len(filtered) == 30 and all(Path(h.path).parent.name == "part1" for h in filtered)
+
+
+def test_a_rerun_keeps_the_index_and_a_grown_source_rebuilds_it_with_the_new_photos(
+    local_ray: None, tiny_clip: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    files = noisy_photos(folder, 30)
+    index_dir = tmp_path / "index"
+    recipe = EncoderRecipe(str(tiny_clip))
+    first = cluster_index(folder, "archive", index_dir, recipe, options=OPTIONS)
+    again = cluster_index(folder, "archive", index_dir, recipe, options=OPTIONS)
+    assert (again.embedded, again.index_built, again.index_vectors) == (0, False, 30)
+    assert again.index_nprobe == first.index_nprobe
+
+    added = noisy_photos(folder, 10, start=30)
+    files[0].unlink()
+    grown = cluster_index(folder, "archive", index_dir, recipe, options=OPTIONS)
+    assert (grown.embedded, grown.index_built, grown.index_vectors) == (10, True, 39)
+    service = service_over(index_dir, tiny_clip)
+    hits = service.search_image(added[3], k=39, collection="archive").results
+    assert hits[0].path == str(added[3].resolve())
+    assert str(files[0].resolve()) not in {h.path for h in hits}
+    generations = sorted(p.name for p in (index_dir / "archive").glob("index.*.faiss"))
+    assert len(generations) == 1  # the previous generation's files are gone
+
+
+def test_a_moved_archive_opens_and_what_needs_the_vectors_in_the_catalog_is_refused_clearly(
+    local_ray: None, tiny_clip: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    files = noisy_photos(folder, 20)
+    cluster_index(folder, "archive", tmp_path / "index", EncoderRecipe(str(tiny_clip)), options=OPTIONS)
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "index", moved)
+    service = service_over(moved, tiny_clip)
+    hits = service.search_image(files[2], k=3, collection="archive").results
+    assert hits[0].path == str(files[2].resolve())
+
+    with pytest.raises(CollectionMismatch, match="archive built on a cluster"):
+        service.index_folder(folder, "archive")
+    with pytest.raises(InvalidArgument, match="not offered for archives"):
+        service.find_duplicates("archive")
+    manifest = json.loads((moved / "archive" / "manifest.json").read_text(encoding="utf-8"))
+    assert (manifest["schema_version"], manifest["index_type"]) == (6, "ivfpq")
+    assert manifest["index_params"]["recall_at_10"] >= 0.9
+
+
+def test_an_archive_whose_index_files_are_missing_says_to_build_it_again(
+    local_ray: None, tiny_clip: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    noisy_photos(folder, 12)
+    index_dir = tmp_path / "index"
+    cluster_index(folder, "archive", index_dir, EncoderRecipe(str(tiny_clip)), options=OPTIONS)
+    for lists in (index_dir / "archive").glob("lists.*.ivfdata"):
+        lists.unlink()
+    with pytest.raises(CollectionMismatch, match="run clipsearch cluster index on it again"):
+        service_over(index_dir, tiny_clip).search_text("a red car", k=3, collection="archive")
