@@ -61,6 +61,30 @@ def vector_chunks(
         yield ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
 
 
+def all_vectors(
+    conn: sqlite3.Connection, dim: int
+) -> tuple[npt.NDArray[np.int64], list[Path], npt.NDArray[np.float32]]:
+    """Every image's id, path and vector, in id order, from one read transaction on `conn`."""
+    conn.execute("BEGIN")
+    try:
+        count = int(conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+        ids = np.empty(count, dtype=np.int64)
+        vectors = np.empty((count, dim), dtype=np.float32)
+        paths: list[Path] = []
+        cursor = conn.execute("SELECT id, path, vector FROM images ORDER BY id")
+        row = 0
+        # Filled chunk by chunk: a million vectors must not be held twice over as blobs and copies.
+        while chunk := cursor.fetchmany(CHUNK):
+            stop = row + len(chunk)
+            ids[row:stop] = [r[0] for r in chunk]
+            vectors[row:stop] = np.frombuffer(b"".join(r[2] for r in chunk), np.float32).reshape(-1, vectors.shape[1])
+            paths.extend(Path(os.fsdecode(r[1])) for r in chunk)
+            row = stop
+    finally:
+        conn.execute("COMMIT")
+    return ids, paths, vectors
+
+
 def vectors_by_id(
     query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], ids: npt.NDArray[np.int64], dim: int
 ) -> npt.NDArray[np.float32]:

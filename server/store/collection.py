@@ -6,30 +6,30 @@ Layout of `<index_dir>/<name>/`: `manifest.json` (`manifest.py`: format version,
 
 A commit is one SQLite transaction. The FAISS file is written afterwards (temp file, fsync, rename) under the
 committed generation's name, so after a crash the newest catalog state either has its index file or the index is
-rebuilt from the catalog's vectors on open: catalog rows and FAISS ids always agree. Writes go through
-`store/writer.py`; other modules read the catalog for their own purposes through `Collection.query`.
+rebuilt from the catalog's vectors on open (`index_files.py`): catalog rows and FAISS ids always agree. Writes go
+through `store/writer.py`; other modules read the catalog for their own purposes through `Collection.query`.
 """
 
 import contextlib
 import logging
 import os
-import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from server.atomic_files import write_atomically, write_atomically_with
+from server.atomic_files import write_atomically
 from server.errors import CollectionBusy, CollectionMismatch, InvalidArgument
 from server.limits import INDEX_TYPES, OCR_POLICIES
 from server.store.catalog import (
     ENTRY_COLUMNS,
     CatalogEntry,
+    all_vectors,
     entry_of,
     vector_chunks,
     vectors_by_id,
@@ -42,33 +42,23 @@ from server.store.faiss_index import (
     choose_kind,
     enable_lookup,
     exact_among,
-    fill_ivf,
     list_centroids,
     new_flat,
     probe_params,
     selection_params,
     stored_lists,
 )
-from server.store.frames import FrameIndex, Moment
+from server.store.frames import FrameCache, FrameIndex, video_hits
+from server.store.hits import Hit, Keep, hit_rows, kept
+from server.store.index_files import load_index, mapped_index, save_index, try_save_index
 from server.store.manifest import SCHEMA_VERSION, Manifest, load_manifest, write_manifest
 from server.store.ondisk_index import KIND as ARCHIVE_KIND
-from server.store.ondisk_index import MappedArchive
-from server.store.schema import (
-    METADATA_COLUMNS,
-    connect,
-    path_key,
-    prepare_catalog,
-    under_folder,
-)
+from server.store.schema import connect, path_key, prepare_catalog, under_folder
 from server.store.writer import CollectionWriter
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
 RETRAIN_GROWTH = 4  # an IVF index is retrained once the collection is this many times its training size
-_INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
 
 
 @dataclass(frozen=True)
@@ -79,32 +69,6 @@ class StoredLists:
     token: tuple[int, int]
     lists: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]
     centroids: npt.NDArray[np.float32] | None
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result with what the catalog knows of the image."""
-
-    score: float
-    id: int
-    path: Path
-    width: int
-    height: int
-    taken: str | None
-    taken_source: str | None
-    taken_local: str | None
-    taken_utc: float | None
-    latitude: float | None
-    longitude: float | None
-    camera: str | None
-    kind: str | None = None  # None: a photo; "video"
-    duration: float | None = None  # a video's, in seconds
-    time_seconds: float | None = None  # a video's moment that matched (its poster frame's, from the index alone)
-    other_moments: tuple[Moment, ...] = ()  # a video's other matching moments
-
-    @property
-    def is_video(self) -> bool:
-        return self.kind == "video"
 
 
 def is_being_written(folder: Path) -> bool:
@@ -147,7 +111,7 @@ class Collection:
         self._index: Any = None
         self._index_serial = 0  # bumped whenever `_index` is replaced (a load, a conversion): see `stored_lists`
         self._stored: StoredLists | None = None  # the views `stored_lists` made last, with their token
-        self._frames: tuple[int, FrameIndex | None] | None = None  # (generation, the videos' frames)
+        self._frames = FrameCache(self.query)  # the videos' frames, per generation
         self._load_index()
 
     # --- reading -------------------------------------------------------------------------------------------------
@@ -222,26 +186,7 @@ class Collection:
         """Every image's id, path and vector, in id order, from one consistent snapshot."""
         self._refuse_on_archive("reading every vector at once (evaluation, comparison)")
         with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                count = int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
-                ids = np.empty(count, dtype=np.int64)
-                vectors = np.empty((count, self.manifest.dim), dtype=np.float32)
-                paths: list[Path] = []
-                cursor = self._conn.execute("SELECT id, path, vector FROM images ORDER BY id")
-                row = 0
-                # Filled chunk by chunk: a million vectors must not be held twice over as blobs and copies.
-                while chunk := cursor.fetchmany(8192):
-                    stop = row + len(chunk)
-                    ids[row:stop] = [r[0] for r in chunk]
-                    vectors[row:stop] = np.frombuffer(b"".join(r[2] for r in chunk), np.float32).reshape(
-                        -1, vectors.shape[1]
-                    )
-                    paths.extend(Path(os.fsdecode(r[1])) for r in chunk)
-                    row = stop
-            finally:
-                self._conn.execute("COMMIT")
-        return ids, paths, vectors
+            return all_vectors(self._conn, self.manifest.dim)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read-only query on the catalog (for the modules that read it for their own purposes: filtered
@@ -271,9 +216,9 @@ class Collection:
         ids: npt.NDArray[np.int64] | None = None,
         where: str | None = None,
         params: Sequence[Any] = (),
-        keep: Callable[[float | None, float | None], bool] | None = None,
+        keep: Keep | None = None,
         widen: float = 1.0,
-    ) -> list["Hit"]:
+    ) -> list[Hit]:
         """The top-k images for one query vector, best first, with their metadata; with `ids`, only among those,
         exactly on a Flat index (every id is scored) and on IVF for small subsets; on IVF for larger subsets the
         probed clusters are widened in proportion to how few images pass. With `where` (and `keep`, called with
@@ -298,66 +243,26 @@ class Collection:
                 del selector  # held until FAISS is done with it: the parameters hold only a raw pointer
                 valid = found[0] >= 0
                 found_scores, found_ids = scores[0][valid], found[0][valid]
-            details = self._details([int(i) for i in found_ids], where, params)
+            details = hit_rows(self._conn, [int(i) for i in found_ids], where, params)
             found_pairs = [(float(s), int(i)) for s, i in zip(found_scores, found_ids, strict=True)]
-            videos = self._video_matches(vector[0], k, ids, where, params, keep) if self._has_frames() else None
+            frames = self._frames.at(self.generation, self.manifest.dim)
+            videos = (
+                video_hits(frames, vector[0], k, ids, lambda items: hit_rows(self._conn, items, where, params), keep)
+                if frames is not None and len(frames) > 0
+                else None
+            )
             if videos is not None:  # a video is found at its best frame, not by its poster's vector alone
                 found_pairs = [pair for pair in found_pairs if pair[1] in details and details[pair[1]][-3] is None]
-        hits = [
-            Hit(score, *details[image_id])
-            for score, image_id in found_pairs
-            if image_id in details and (keep is None or keep(details[image_id][8], details[image_id][9]))
-        ]
+        hits = [Hit(score, *details[image_id]) for score, image_id in found_pairs if kept(details, image_id, keep)]
         if videos:
             hits = sorted(hits + videos, key=lambda hit: -hit.score)[:k]
         return hits
-
-    def _has_frames(self) -> bool:
-        frames = self._frame_index()
-        return frames is not None and len(frames) > 0
 
     def frame_index(self) -> FrameIndex | None:
         """The frames of the collection's videos as of its last commit (None: it has no video)."""
         with self._lock:
             self.refresh_if_stale()
-            return self._frame_index()
-
-    def _frame_index(self) -> FrameIndex | None:
-        """The frames of the collection's videos as of this generation (None: it has none), under the lock."""
-        if self._frames is None or self._frames[0] != self.generation:
-            has = self._conn.execute("SELECT 1 FROM frames LIMIT 1").fetchone() is not None
-            loaded = FrameIndex.load(self.query, self.manifest.dim) if has else None
-            self._frames = (self.generation, loaded)
-        return self._frames[1]
-
-    def _video_matches(
-        self,
-        vector: npt.NDArray[np.float32],
-        k: int,
-        ids: npt.NDArray[np.int64] | None,
-        where: str | None,
-        params: Sequence[Any],
-        keep: Callable[[float | None, float | None], bool] | None,
-    ) -> list[Hit]:
-        """The k best videos by their best frame (among `ids`, matching `where` and `keep`), as hits."""
-        frames = self._frame_index()
-        assert frames is not None
-        depth = k
-        while True:
-            matches = frames.best(vector, depth, ids)
-            details = self._details([m.item for m in matches], where, params)
-            hits = [
-                replace(
-                    Hit(match.score, *details[match.item]),
-                    time_seconds=match.time_seconds,
-                    other_moments=match.others,
-                )
-                for match in matches
-                if match.item in details and (keep is None or keep(details[match.item][8], details[match.item][9]))
-            ]
-            if len(hits) >= k or len(matches) < depth:
-                return hits[:k]
-            depth *= 4  # filtered out: look deeper
+            return self._frames.at(self.generation, self.manifest.dim)
 
     @contextlib.contextmanager
     def stored_lists(self, token: tuple[int, int] | None = None) -> Iterator[StoredLists | None]:
@@ -373,20 +278,6 @@ class Collection:
             if self._stored is None or self._stored.token != now:  # views made once per state, not per cell
                 self._stored = StoredLists(now, stored_lists(self._index), list_centroids(self._index))
             yield self._stored
-
-    def _details(
-        self, ids: list[int], where: str | None = None, params: Sequence[Any] = ()
-    ) -> dict[int, tuple[Any, ...]]:
-        details: dict[int, tuple[Any, ...]] = {}
-        columns = "id, path, width, height, " + ", ".join(METADATA_COLUMNS) + ", kind, duration, poster_time"
-        condition = f" AND ({where})" if where else ""
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {columns} FROM images WHERE id IN ({marks}){condition}"
-            for row in self._conn.execute(sql, [*chunk, *params]):
-                details[row[0]] = (row[0], Path(os.fsdecode(row[1])), *row[2:])
-        return details
 
     def refresh_if_stale(self) -> None:
         """Reload the index when another process has committed since we loaded it."""
@@ -485,7 +376,7 @@ class Collection:
         """Switch between Flat and IVF when the policy (or, for 'auto', the size) asks for the other kind.
 
         Order matters for crash safety: the trained IVF file, then the manifest; an index file of the wrong kind is
-        never loaded (`_fits`), so a crash in between only costs a rebuild from the catalog on the next open.
+        never loaded (`index_files.fits`), so a crash in between only costs a rebuild from the catalog on the next open.
         """
         count = self.count()
         wanted = choose_kind(self.manifest.index_policy, count)
@@ -499,7 +390,7 @@ class Collection:
         # answering searches from its file, memory-mapped: its pages are the page cache's, so one copy of the
         # vectors is held, not two.
         self._save_index()
-        self._set_index(self._mapped_index())
+        self._set_index(mapped_index(self.folder, self.manifest, self.generation))
         try:
             self._switch_index(wanted)
         except BaseException:
@@ -536,8 +427,6 @@ class Collection:
         return int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
 
     def _load_index(self) -> None:
-        import faiss
-
         with self._lock:
             # Another process may have switched the index kind or its parameters since we last looked.
             self.manifest = load_manifest(self.folder, self.name)
@@ -545,69 +434,20 @@ class Collection:
             try:
                 generation = self._read_generation(self._conn)
                 count = int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])
-                stored = self.folder / f"index.{generation}.faiss"
-                index = None
-                if self.is_archive:
-                    index = self._open_archive(generation, count)
-                elif stored.is_file():
-                    try:
-                        index = faiss.read_index(str(stored))
-                    except RuntimeError as exc:
-                        log.warning("index file %s unreadable (%s); rebuilding from the catalog", stored, exc)
-                if not self.is_archive and (index is None or index.ntotal != count or not self._fits(index)):
-                    index = None  # a stale index is let go before its replacement is built, not held beside it
-                    index = self._rebuild(self._conn)
-                    rebuilt = True
-                else:
-                    rebuilt = False
+                index, rebuilt = load_index(self.name, self.folder, self.manifest, generation, count, self._conn)
             finally:
                 self._conn.execute("COMMIT")
             apply_params(index, self.manifest.spec)
             self._set_index(index)
             self.generation = generation
         if rebuilt:
-            self._try_save_index()
-
-    def _open_archive(self, generation: int, count: int) -> Any:
-        """An archive's index of this generation, mapped (it is never rebuilt here: its vectors are not in the
-        catalog)."""
-        try:
-            index = MappedArchive(self.folder, generation)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise CollectionMismatch(
-                f"Archive '{self.name}' has no readable index for its catalog ({exc}); run clipsearch cluster index "
-                "on it again."
-            ) from exc
-        if index.ntotal != count:
-            raise CollectionMismatch(
-                f"Archive '{self.name}': its index holds {index.ntotal} vectors, its catalog {count} images; run "
-                "clipsearch cluster index on it again."
-            )
-        return index
+            try_save_index(self.folder, self._save_index)
 
     def _set_index(self, index: Any) -> None:
         with self._lock:
             self._index = index
             self._index_serial += 1
             self._stored = None
-
-    def _fits(self, index: Any) -> bool:
-        """Whether a stored index is of the kind and dimension the manifest names."""
-        import faiss
-
-        try:
-            faiss.extract_index_ivf(index)
-            kind = "ivf"
-        except RuntimeError:
-            kind = "flat"
-        return index.d == self.manifest.dim and kind == self.manifest.index_type
-
-    def _empty_index(self) -> Any:
-        import faiss
-
-        if self.manifest.index_type == "ivf":
-            return faiss.read_index(str(self.folder / "ivf_trained.faiss"))
-        return new_flat(self.manifest.dim)
 
     def _catalog_chunks(self) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
         """Every (ids, vectors) of the catalog, read on a connection of its own (so a pass may be repeated)."""
@@ -617,50 +457,12 @@ class Collection:
         finally:
             conn.close()
 
-    def _rebuild(self, conn: sqlite3.Connection) -> Any:
-        index = self._empty_index()
-        if self.manifest.index_type == "ivf":
-            fill_ivf(index, lambda: vector_chunks(conn))
-        else:
-            for ids, vectors in vector_chunks(conn):
-                index.add_with_ids(vectors, ids)
-        return index
-
-    def _mapped_index(self) -> Any:
-        """The current generation's index file, memory-mapped read-only (searches only: it cannot take commits)."""
-        import faiss
-
-        # One flag or the other: FAISS maps an IVF index's lists only from a plain file reader, which the flag for
-        # Flat's codes replaces.
-        flags = faiss.IO_FLAG_MMAP if self.manifest.index_type == "ivf" else faiss.IO_FLAG_MMAP_IFC
-        index = faiss.read_index(str(self.folder / f"index.{self.generation}.faiss"), flags)
-        apply_params(index, self.manifest.spec)
-        return index
-
-    def _try_save_index(self) -> None:
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(str(self.folder / "write.lock"), timeout=0)
-        try:
-            with lock:
-                self._save_index()
-        except Timeout:
-            pass  # a writer is active; it will save its own index
-
     def _save_index(self) -> None:
-        import faiss
-
-        # Streamed to the file, never copied whole in memory. The write lock (held by every caller) keeps other
-        # writers out, and searches only read the index, so it is written outside the collection's lock.
+        # The write lock (held by every caller) keeps other writers out, and searches only read the index, so it is
+        # written outside the collection's lock.
         with self._lock:
             generation, index = self.generation, self._index
-        target = self.folder / f"index.{generation}.faiss"
-        write_atomically_with(target, lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
-        for old in self.folder.glob("index.*.faiss"):
-            match = _INDEX_FILE.fullmatch(old.name)
-            if match and int(match.group(1)) != generation:
-                with contextlib.suppress(OSError):
-                    old.unlink()
+        save_index(self.folder, generation, index)
 
     def close(self) -> None:
         with self._lock:

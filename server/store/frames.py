@@ -4,25 +4,22 @@ A video is one row of `images` (kind 'video'): its own vector is that of its pos
 collection that works on one vector per item (the FAISS index, duplicates, IVF conversion, calibration) sees it as
 one item. Every sampled frame, the poster's included, is a row of `frames` (id, item, time, vector). Searches score
 all of a collection's frames exactly (numpy, in memory, loaded once per commit that changed them: a few vectors per
-minute of video), so a video is found at its best moment, and at most `MAX_MOMENTS` more are named.
+minute of video), so a video is found at its best moment, and at most `MAX_MOMENTS` more are named: `video_hits`,
+which a collection's search merges with the photos its FAISS index finds.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from server.store.hits import Hit, Keep, Moment, kept
+
 MAX_MOMENTS = 3  # other matching moments named with a video's best
 MOMENT_GAP_SECONDS = 2.0  # other moments are at least this far from the best and from each other
 MOMENT_MARGIN = 0.05  # ... and score within this of the best
-
-
-@dataclass(frozen=True)
-class Moment:
-    time_seconds: float
-    score: float
 
 
 @dataclass(frozen=True)
@@ -103,3 +100,43 @@ class FrameIndex:
         """One video's frame times and vectors."""
         rows = self.items == item
         return self.times[rows], self.vectors[rows]
+
+
+class FrameCache:
+    """A collection's `FrameIndex`, loaded once per generation. Not locked: its collection's lock is held by every
+    caller."""
+
+    def __init__(self, query: Query) -> None:
+        self._query = query
+        self._frames: tuple[int, FrameIndex | None] | None = None  # (generation, the videos' frames)
+
+    def at(self, generation: int, dim: int) -> FrameIndex | None:
+        """The frames of the collection's videos as of `generation` (None: it has none)."""
+        if self._frames is None or self._frames[0] != generation:
+            has = bool(self._query("SELECT 1 FROM frames LIMIT 1", ()))
+            loaded = FrameIndex.load(self._query, dim) if has else None
+            self._frames = (generation, loaded)
+        return self._frames[1]
+
+
+def video_hits(
+    frames: FrameIndex,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    ids: npt.NDArray[np.int64] | None,
+    details: Callable[[list[int]], dict[int, tuple[Any, ...]]],
+    keep: Keep | None,
+) -> list[Hit]:
+    """The k best videos by their best frame (among `ids`, with a row in `details` that `keep` accepts), as hits."""
+    depth = k
+    while True:
+        matches = frames.best(vector, depth, ids)
+        found = details([m.item for m in matches])
+        hits = [
+            replace(Hit(match.score, *found[match.item]), time_seconds=match.time_seconds, other_moments=match.others)
+            for match in matches
+            if kept(found, match.item, keep)
+        ]
+        if len(hits) >= k or len(matches) < depth:
+            return hits[:k]
+        depth *= 4  # filtered out: look deeper
