@@ -22,6 +22,10 @@ class FileMissing(ClipSearchError):
     """A folder or file named by the caller does not exist or is the wrong kind."""
 
 
+class SourceUnreachable(ClipSearchError):
+    """An archive's source (an S3 endpoint) could not be reached, or refused the credentials it was given."""
+
+
 class ImageUnreadable(ClipSearchError):
     """A file could not be decoded as an image."""
 

@@ -269,15 +269,25 @@ class ClipSearch:
             ocr=ocr,
         )
 
-    def cluster_index(self, source: str | Path, collection: str, address: str | None = None) -> ClusterIndexReport:
-        """Embed a folder every node sees into an archive of Parquet shards on a Ray cluster (`address`; None: a
-        local instance), with the settings' model on ONNX Runtime; only objects not in a finished shard."""
+    def cluster_index(
+        self,
+        source: str | Path,
+        collection: str,
+        address: str | None = None,
+        s3_endpoint: str | None = None,
+        s3_region: str | None = None,
+        s3_anonymous: bool = False,
+    ) -> ClusterIndexReport:
+        """Embed a folder every node sees, or an S3 prefix (`s3://bucket/prefix`; credentials from AWS_ACCESS_KEY_ID
+        and AWS_SECRET_ACCESS_KEY), into an archive of Parquet shards on a Ray cluster (`address`; None: a local
+        instance), with the settings' model on ONNX Runtime; only objects not in a finished shard."""
         from server.indexing.cluster import EncoderRecipe, cluster_index
+        from server.indexing.sources import open_source
 
         recipe = EncoderRecipe(self.settings.model, hash_cache=self.settings.index_dir / MODEL_HASHES_FILE)
-        path = Path(source).expanduser()
         index_dir = self.settings.index_dir
-        return cluster_index(path, collection, index_dir, recipe, address, exclude=[index_dir])
+        where = open_source(str(source), [index_dir], s3_endpoint, s3_region, s3_anonymous)
+        return cluster_index(where, collection, index_dir, recipe, address)
 
     def search_text(
         self,

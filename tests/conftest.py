@@ -215,18 +215,28 @@ class FakeRecognizer:
         return RecognisedText(tuple(TextLine(line, box, 0.9) for line in text.split("\n")))
 
 
+@pytest.fixture(scope="session")
+def ray_home() -> Iterator[Path]:
+    """One HOME for every local Ray instance of the run: Ray keeps the token it made for the first in the process
+    and writes none for the next, whose GCS must find it where the first put it (~/.ray/auth_token)."""
+    home = Path(tempfile.mkdtemp(prefix="cs-ray-home-"))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
+def local_ray(ray_home: Path) -> Iterator[None]:
     """One local Ray instance for the module (a process holds one Ray connection; test_cluster_nodes.py makes a
-    cluster of its own), on 127.0.0.2; token auth writes its token under this HOME, not the user's."""
+    cluster of its own), on 127.0.0.2; token auth writes its token under the run's HOME, not the user's."""
     import ray
 
     from server.indexing.cluster import LOCAL_NODE_ADDRESS
 
-    home = Path(tempfile.mkdtemp(prefix="cs-ray-home-"))
     temp = Path(tempfile.mkdtemp(prefix="cs-ray-"))
     saved = {k: os.environ.get(k) for k in ("HOME", "RAY_USAGE_STATS_ENABLED", "AWS_EC2_METADATA_DISABLED")}
-    os.environ.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true")
+    os.environ.update(HOME=str(ray_home), RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true")
     ray.init(
         _node_ip_address=LOCAL_NODE_ADDRESS,
         _temp_dir=str(temp),
@@ -244,7 +254,6 @@ def local_ray() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(temp, ignore_errors=True)
 
 

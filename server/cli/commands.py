@@ -322,9 +322,11 @@ def token(args: argparse.Namespace, settings: "Settings", make_service: ServiceF
 
 
 def cluster(args: argparse.Namespace, settings: "Settings", make_service: ServiceFactory) -> int:
-    """`clipsearch cluster index`: a folder embedded on a Ray cluster into an archive's Parquet shards."""
+    """`clipsearch cluster index`: a folder or an S3 prefix embedded on a Ray cluster into an archive's Parquet
+    shards."""
     service = make_service(settings)
-    _show(service.cluster_index(args.source, args.collection, args.address), args.json)
+    s3 = {"s3_endpoint": args.s3_endpoint, "s3_region": args.s3_region, "s3_anonymous": args.s3_anonymous}
+    _show(service.cluster_index(args.source, args.collection, args.address, **s3), args.json)
     return 0
 
 

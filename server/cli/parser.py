@@ -227,10 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, output, named],
         help="Embed a folder every node sees into Parquet shards; only what no finished shard holds",
     )
-    cluster_index.add_argument("source", help="A folder on storage every node of the cluster sees")
+    cluster_index.add_argument(
+        "source",
+        help="A folder on storage every node of the cluster sees, or s3://bucket/prefix (credentials from "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    )
     cluster_index.add_argument(
         "--address", help="The Ray cluster (e.g. 10.0.0.5:6379 or ray://head:10001); default: a local Ray instance"
     )
+    s3 = cluster_index.add_argument_group("an s3:// source")
+    s3.add_argument(
+        "--s3-endpoint", metavar="URL", help="An S3-compatible store (e.g. http://minio:9000); default: AWS S3"
+    )
+    s3.add_argument("--s3-region", help="The bucket's region (default: AWS_REGION, else found for AWS)")
+    s3.add_argument("--s3-anonymous", action="store_true", help="Send no credentials (a public bucket)")
     return parser
 
 

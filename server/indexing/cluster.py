@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from server.encoders.protocol import Encoder
-from server.errors import ClipSearchError, CollectionMismatch, ExtraMissing, FileMissing
-from server.images.decode import content_hash, decode, is_image_name, is_raw_name, read_file
+from server.errors import ClipSearchError, CollectionMismatch, ExtraMissing
+from server.images.decode import content_hash, decode, is_raw_name
 from server.images.metadata import read_metadata
 from server.indexing.archive_build import ArchiveIndex, build_archive_index
-from server.indexing.scan import scan_folder
+from server.indexing.sources import Source, folder_source
 from server.results import ClusterIndexReport, Failure
 from server.store.collection_store import validate_name
 from server.store.ondisk_index import KIND as ARCHIVE_KIND
 from server.store.ondisk_index import Runner
-from server.store.shards import ARCHIVE_FILE, ArchiveInfo, Key, ShardStore, object_id, shard_schema
+from server.store.shards import ARCHIVE_FILE, ArchiveInfo, Key, ShardStore, shard_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -78,7 +78,7 @@ class ClusterOptions:
 
 
 def cluster_index(
-    source: Path,
+    source: "Path | Source",
     name: str,
     index_dir: Path,
     recipe: EncoderRecipe,
@@ -86,15 +86,16 @@ def cluster_index(
     options: ClusterOptions = ClusterOptions(),
     exclude: Sequence[Path] = (),
 ) -> ClusterIndexReport:
-    """Embed the images under `source` into archive `name` on the Ray cluster at `address` (None: this process's
-    Ray connection, else a local instance started for the run). Objects already in a finished shard with the same
-    path, size and mtime are not embedded again; unreadable ones are reported and skipped."""
+    """Embed the images of `source` (a folder, `exclude` left out, or a `Source`: sources.py) into archive `name`
+    on the Ray cluster at `address` (None: this process's Ray connection, else a local instance started for the
+    run). Objects already in a finished shard with the same path, size and mtime are not embedded again;
+    unreadable ones are reported and skipped."""
     started = time.monotonic()
     validate_name(name)
     _require_the_extra()
-    source = Path(os.path.realpath(source))
-    if not source.is_dir():
-        raise FileMissing(f"Folder '{source}' does not exist or is not a folder.")
+    if isinstance(source, Path):
+        source = folder_source(source, exclude)
+    source.check()  # a missing bucket, a wrong endpoint or key: said now, before the archive's folder is touched
     folder = index_dir / name
     if (folder / "manifest.json").exists() and not (folder / ARCHIVE_FILE).exists():
         raise CollectionMismatch(
@@ -102,10 +103,10 @@ def cluster_index(
         )
     store = ShardStore(folder)
     with store.writing(name):
+        keys, failures = source.listing()  # first: a listing that fails leaves no record of a new archive
         encoder = recipe.make()
         info = ArchiveInfo(recipe.model, encoder.model_identity, recipe.precision, encoder.dim)  # exports, once
         store.check_or_record(name, info)
-        keys, failures = _listing(source, exclude)
         store.write_listing(keys)
         done = store.done()
         todo = [key for key in keys if key not in done]
@@ -117,14 +118,15 @@ def cluster_index(
             with _ray(address) as where:
                 nodes = _nodes()
                 began = time.monotonic()
-                embedded, written = _embed(store, todo, recipe, encoder, info.dim, options, failures)
+                embedded, written = _embed(store, source, todo, recipe, encoder, info.dim, options, failures)
                 embed_seconds = time.monotonic() - began
-                index = build_archive_index(store, name, str(source), info, family, _in_ray_tasks(options.reader_cpus))
+                tasks = _in_ray_tasks(options.reader_cpus)
+                index = build_archive_index(store, name, source.describe(), info, family, tasks)
         else:  # nothing new: the index is made here only if missing or out of date (files that vanished)
-            index = build_archive_index(store, name, str(source), info, family)
+            index = build_archive_index(store, name, source.describe(), info, family)
     return ClusterIndexReport(
         collection=name,
-        source=str(source),
+        source=source.describe(),
         cluster=where,
         nodes=nodes,
         listed=len(keys),
@@ -151,25 +153,6 @@ def _require_the_extra() -> None:
         raise ExtraMissing(
             f"clipsearch cluster needs {' and '.join(missing)}: pip install 'clipsearch[cluster]' on every node."
         )
-
-
-def _listing(source: Path, exclude: Sequence[Path]) -> tuple[list[Key], list[Failure]]:
-    """The source's images as (id, path, size, mtime), and what was left out with why."""
-    scan = scan_folder(source, exclude=exclude)
-    failures = list(scan.failures)
-    keys: list[Key] = []
-    for file in scan.files:
-        text = str(file.path)
-        if not is_image_name(file.path):
-            failures.append(Failure(path=text, reason="videos are not embedded on a cluster yet"))
-            continue
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            failures.append(Failure(path=text, reason="file name is not UTF-8 (Parquet stores UTF-8 text)"))
-            continue
-        keys.append((object_id(text), text, file.size, file.mtime_ns))
-    return keys, failures
 
 
 @contextlib.contextmanager
@@ -233,6 +216,7 @@ def _nodes() -> int:
 
 def _embed(
     store: ShardStore,
+    source: Source,
     todo: list[Key],
     recipe: EncoderRecipe,
     encoder: Encoder,
@@ -263,7 +247,7 @@ def _embed(
             batch_format="pyarrow",
             batch_size=None,
             num_cpus=options.reader_cpus,
-            fn_kwargs={"recipe": recipe, "shape": shape},
+            fn_kwargs={"recipe": recipe, "shape": shape, "source": source},
         )
         .map_batches(
             _Embedder,
@@ -323,9 +307,9 @@ def _encoder(recipe: EncoderRecipe) -> Encoder:
     return recipe.make()
 
 
-def _prepare(batch: "pa.Table", recipe: EncoderRecipe, shape: tuple[int, ...]) -> "pa.Table":
-    """A Ray task: each file read once, hashed, its metadata read, decoded and preprocessed as the single-machine
-    indexer does; a file that cannot be gets its reason in `error` and zero pixels."""
+def _prepare(batch: "pa.Table", recipe: EncoderRecipe, shape: tuple[int, ...], source: Source) -> "pa.Table":
+    """A Ray task: each object read once from its source, hashed, its metadata read, decoded and preprocessed as
+    the single-machine indexer does; one that cannot be gets its reason in `error` and zero pixels."""
     import pyarrow as pa
 
     encoder = _encoder(recipe)
@@ -336,7 +320,7 @@ def _prepare(batch: "pa.Table", recipe: EncoderRecipe, shape: tuple[int, ...]) -
     paths, mtimes = batch.column("path").to_pylist(), batch.column("mtime_ns").to_pylist()
     for i, (path, mtime_ns) in enumerate(zip(paths, mtimes, strict=True)):
         try:
-            data = read_file(Path(path))
+            data = source.read(path)
             out["hash"][i] = content_hash(data)
             metadata = read_metadata(data, mtime_ns)
             decoded = decode(data, min_side=encoder.input_size, raw=is_raw_name(Path(path)))
