@@ -186,6 +186,22 @@ def test_a_rerun_through_the_cli_embeds_nothing_a_rewritten_object_again_and_no_
     assert_no_secret_in(archive, first_out, again_out, grown_out, secrets=secrets)
 
 
+def test_an_object_gone_or_empty_since_the_listing_is_unreadable_with_its_reason(local_s3: LocalS3) -> None:
+    from server.errors import ImageUnreadable
+
+    client = local_s3.client()
+    client.create_bucket(Bucket="reads")
+    client.put_object(Bucket="reads", Key="p/empty.jpg", Body=b"")
+    client.put_object(Bucket="reads", Key="p/ok.jpg", Body=b"some bytes")
+    source = local_s3.source("s3://reads/p")
+    assert source.read("s3://reads/p/ok.jpg") == b"some bytes"
+    with pytest.raises(ImageUnreadable, match=r"^object is empty$"):
+        source.read("s3://reads/p/empty.jpg")
+    client.delete_object(Bucket="reads", Key="p/ok.jpg")
+    with pytest.raises(ImageUnreadable, match=r"^object no longer exists$"):
+        source.read("s3://reads/p/ok.jpg")
+
+
 @pytest.mark.parametrize(
     "fault, uri, environ, endpoint, error, message",
     [
@@ -197,6 +213,7 @@ def test_a_rerun_through_the_cli_embeds_nothing_a_rewritten_object_again_and_no_
         ("no endpoint", "s3://faults/x", None, "http://127.0.0.1:1", SourceUnreachable,
          r"Cannot reach the S3 endpoint at http://127\.0\.0\.1:1 .*check --s3-endpoint"),
     ],
+    ids=["wrong-credentials", "no-such-bucket", "no-such-prefix", "no-endpoint"],
 )  # fmt: skip
 def test_a_source_fault_fails_within_seconds_with_a_clear_error_and_leaves_no_archive(
     local_s3: LocalS3,
