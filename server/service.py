@@ -277,17 +277,20 @@ class ClipSearch:
         s3_endpoint: str | None = None,
         s3_region: str | None = None,
         s3_anonymous: bool = False,
+        cpu_only: bool = False,
     ) -> ClusterIndexReport:
         """Embed a folder every node sees, or an S3 prefix (`s3://bucket/prefix`; credentials from AWS_ACCESS_KEY_ID
         and AWS_SECRET_ACCESS_KEY), into an archive of Parquet shards on a Ray cluster (`address`; None: a local
-        instance), with the settings' model on ONNX Runtime; only objects not in a finished shard."""
-        from server.indexing.cluster import EncoderRecipe, cluster_index
+        instance), with the settings' model (torch on the cluster's GPUs unless `cpu_only`, else ONNX Runtime); only
+        objects not in a finished shard. Then the archive's on-disk index is (re)built if its contents changed."""
+        from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
         from server.indexing.sources import open_source
 
         recipe = EncoderRecipe(self.settings.model, hash_cache=self.settings.index_dir / MODEL_HASHES_FILE)
         index_dir = self.settings.index_dir
         where = open_source(str(source), [index_dir], s3_endpoint, s3_region, s3_anonymous)
-        return cluster_index(where, collection, index_dir, recipe, address)
+        options = ClusterOptions(use_gpus=not cpu_only)
+        return cluster_index(where, collection, index_dir, recipe, address, options=options)
 
     def search_text(
         self,

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import COLORS, save_color
 from server.config import Settings
-from server.errors import CollectionBusy, CollectionMismatch, ExtraMissing
+from server.errors import ClipSearchError, CollectionBusy, CollectionMismatch, ExtraMissing
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
 from server.service import ClipSearch
 from server.store.shards import ShardStore
@@ -150,3 +150,26 @@ def test_without_the_extra_installed_the_command_says_what_to_install(
     with pytest.raises(ExtraMissing, match=r"needs ray: pip install 'clipsearch\[cluster\]'"):
         cluster_index(tmp_path, "archive", tmp_path / "index", EncoderRecipe(str(tiny_clip)))
     assert not (tmp_path / "index").exists()
+
+
+def test_a_cluster_with_gpus_gets_one_torch_embedder_per_gpu_and_one_without_stays_on_onnx_runtime() -> None:
+    from server.indexing.cluster import plan_embedders
+
+    recipe = EncoderRecipe("some/model")
+    on_gpus = plan_embedders({"CPU": 32.0, "GPU": 4.0}, recipe, ClusterOptions())
+    assert (on_gpus.embedders, on_gpus.gpus, on_gpus.recipe.device) == (4, 1.0, "cuda")
+    on_cpus = plan_embedders({"CPU": 8.0}, recipe, ClusterOptions())
+    assert (on_cpus.embedders, on_cpus.gpus, on_cpus.recipe) == (4, 0.0, recipe)
+    asked = plan_embedders({"CPU": 32.0, "GPU": 4.0}, recipe, ClusterOptions(use_gpus=False))
+    assert (asked.gpus, asked.recipe.device) == (0.0, "cpu")
+    int8 = plan_embedders({"CPU": 32.0, "GPU": 4.0}, EncoderRecipe("some/model", precision="int8"), ClusterOptions())
+    assert (int8.gpus, int8.recipe.device) == (0.0, "cpu")  # int8 towers are ONNX Runtime's
+
+
+def test_a_gpu_embedder_without_cuda_says_what_to_install(tiny_clip: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ClipSearchError, match="install a CUDA build of torch"):
+        EncoderRecipe(str(tiny_clip), device="cuda").make()

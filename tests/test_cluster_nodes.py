@@ -15,8 +15,8 @@ import pytest
 
 from conftest import clipsearch, save_color, until
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
-from server.store.shards import ShardStore
 from server.results import ClusterIndexReport
+from server.store.shards import ShardStore
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import COLORS, save_color
+from server.config import Settings
 from server.errors import FileMissing, InvalidArgument, SourceUnreachable
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
 from server.indexing.sources import S3Source, open_source
+from server.service import ClipSearch
 from server.store.shards import ShardStore
 
 ray = pytest.importorskip("ray")
@@ -139,6 +141,11 @@ def test_an_s3_prefix_gives_the_vectors_of_the_same_files_in_a_folder_and_bad_ob
     listing = ShardStore(index_dir / "bucket").read_listing()
     assert all(uri.startswith("s3://photos/trip/") for _, uri, _, _ in listing)
     assert all(mtime > 10**18 for *_, mtime in listing)  # the listing's LastModified, in ns (after 2001)
+
+    # Searched, the archive names its objects by their URIs (a Path would fold the double slash).
+    service = ClipSearch(Settings(index_dir=index_dir, model=str(tiny_clip), engine="onnx"))
+    hits = service.search_text("a red photo", k=9, collection="bucket").results
+    assert sorted(h.path for h in hits) == sorted(f"s3://photos/trip/sub{i % 2}/p{i:03d}.jpg" for i in range(9))
 
 
 def test_a_rerun_through_the_cli_embeds_nothing_a_rewritten_object_again_and_no_credential_is_written(

@@ -326,7 +326,8 @@ def cluster(args: argparse.Namespace, settings: "Settings", make_service: Servic
     shards."""
     service = make_service(settings)
     s3 = {"s3_endpoint": args.s3_endpoint, "s3_region": args.s3_region, "s3_anonymous": args.s3_anonymous}
-    _show(service.cluster_index(args.source, args.collection, args.address, **s3), args.json)
+    report = service.cluster_index(args.source, args.collection, args.address, cpu_only=args.cpu_only, **s3)
+    _show(report, args.json)
     return 0
 
 

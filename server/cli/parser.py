@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_index = cluster_actions.add_parser(
         "index",
         parents=[common, output, named],
-        help="Embed a folder every node sees into Parquet shards; only what no finished shard holds",
+        help="Embed a folder every node sees into Parquet shards (only what no finished shard holds), then index "
+        "them on disk (IVF-PQ) for serve and search",
     )
     cluster_index.add_argument(
         "source",
@@ -234,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster_index.add_argument(
         "--address", help="The Ray cluster (e.g. 10.0.0.5:6379 or ray://head:10001); default: a local Ray instance"
+    )
+    cluster_index.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="Embed on CPUs (ONNX Runtime) even where the cluster has GPUs (default: one embedder per GPU, torch)",
     )
     s3 = cluster_index.add_argument_group("an s3:// source")
     s3.add_argument(

@@ -16,8 +16,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,20 +46,50 @@ MAX_FAILURES_SHOWN = 50
 
 @dataclass(frozen=True)
 class EncoderRecipe:
-    """How each worker makes its encoder (the ONNX Runtime engine on CPU): pickled to the nodes, made there once
-    per worker process."""
+    """How each worker makes its encoder: the ONNX Runtime engine on CPU, or torch on the GPU Ray gave the actor
+    (`device` "cuda"); pickled to the nodes, made there once per worker process."""
 
     model: str
     precision: str = "fp32"
     hash_cache: Path | None = None  # model-hashes.json, so a worker does not rehash the weights
     export_cache: Path | None = None  # None: the worker's own (CLIPSEARCH_CACHE or the user cache)
+    device: str = "cpu"
 
     def make(self) -> Encoder:
         from server.encoders.onnx_engine import OnnxEncoder
         from server.encoders.torch_engine import TransformersEncoder
 
+        if self.device != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ClipSearchError(
+                    "A GPU embedder found no CUDA device: install a CUDA build of torch on the cluster's GPU nodes, "
+                    "or run with --cpu-only."
+                )
+            return TransformersEncoder(self.model, device=self.device, hash_cache=self.hash_cache)
         reference = TransformersEncoder(self.model, hash_cache=self.hash_cache)
         return OnnxEncoder(reference, cache=self.export_cache, strict=True, precision=self.precision)
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """The actor pool a run asks Ray for: how many embedders, the CPUs and GPUs each holds, and their recipe."""
+
+    embedders: int
+    cpus: float
+    gpus: float
+    recipe: EncoderRecipe
+
+
+def plan_embedders(resources: Mapping[str, float], recipe: EncoderRecipe, options: "ClusterOptions") -> EmbedPlan:
+    """One embedder per GPU where the cluster has GPUs (torch there; int8 towers are ONNX Runtime's, so an int8
+    archive stays on CPUs), else one per two CPUs, on ONNX Runtime."""
+    gpus = int(resources.get("GPU", 0))
+    if gpus >= 1 and options.use_gpus and recipe.precision == "fp32":
+        return EmbedPlan(options.embedders or gpus, options.embedder_cpus, 1.0, replace(recipe, device="cuda"))
+    embedders = options.embedders or max(1, int(float(resources.get("CPU", 1.0)) // 2))
+    return EmbedPlan(embedders, options.embedder_cpus, 0.0, recipe)
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,7 @@ class ClusterOptions:
     # Ray Data keeps decoding in tasks of its own instead of fusing it into the actors.
     embedder_cpus: float = 0.25
     reader_cpus: float = 0.5
+    use_gpus: bool = True  # embed on the cluster's GPUs when it has any
 
 
 def cluster_index(
@@ -237,8 +268,7 @@ def _embed(
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     shape = tuple(encoder.preprocess(Image.new("RGB", (encoder.input_size, encoder.input_size))).shape)
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    embedders = options.embedders or max(1, int(cpus // 2))
+    plan = plan_embedders(ray.cluster_resources(), recipe, options)
     blocks = [_key_table_of(todo[i : i + options.block_rows]) for i in range(0, len(todo), options.block_rows)]
     dataset = (
         ray.data.from_arrow(blocks)
@@ -253,9 +283,10 @@ def _embed(
             _Embedder,
             batch_format="pyarrow",
             batch_size=options.embed_batch,
-            num_cpus=options.embedder_cpus,
-            compute=ray.data.ActorPoolStrategy(size=embedders),
-            fn_constructor_kwargs={"recipe": recipe, "shape": shape},
+            num_cpus=plan.cpus,
+            num_gpus=plan.gpus or None,
+            compute=ray.data.ActorPoolStrategy(size=plan.embedders),
+            fn_constructor_kwargs={"recipe": plan.recipe, "shape": shape},
         )
     )
     schema = shard_schema(dim)

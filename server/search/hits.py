@@ -7,6 +7,7 @@ from typing import Any
 
 from server.results import Moment, SearchHit, SearchResponse
 from server.store.collection import Collection, Hit
+from server.store.hits import path_text
 from server.store.text_search import FoldedText, excerpt, texts_by_id
 
 Spans = Callable[[FoldedText], list[tuple[int, int]]]
@@ -67,7 +68,7 @@ def search_response(
         results.append(
             SearchHit(
                 rank=rank,
-                path=str(hit.path),
+                path=path_text(hit.path),
                 score=round(hit.score, 6),
                 taken=hit.taken,
                 taken_source=hit.taken_source,

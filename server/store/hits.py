@@ -13,6 +13,15 @@ from server.store.schema import METADATA_COLUMNS
 Keep = Callable[[float | None, float | None], bool]  # called with a row's latitude and longitude
 
 
+def path_text(path: Path) -> str:
+    """A hit's path as text: an archive's S3 object keeps its `s3://bucket/key` (a Path folds the double slash;
+    catalogued files are absolute, so a first part "s3:" can only be such a URI)."""
+    parts = path.parts
+    if parts and parts[0] == "s3:":
+        return "s3://" + "/".join(parts[1:])
+    return str(path)
+
+
 @dataclass(frozen=True)
 class Moment:
     time_seconds: float

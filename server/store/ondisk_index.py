@@ -92,7 +92,12 @@ def train(sample: npt.NDArray[np.float32], count: int, seed: int = 0) -> Any:
     quantizer.this.disown()
     index.cp.seed = seed
     index.cp.niter = 10
+    index.cp.max_points_per_centroid = 64  # k-means on at most 64 vectors a list (FAISS samples them)
     index.pq.cp.seed = seed
+    # 64 points per code centroid, 15 rounds: PQ's subquantizers train 4-6x faster than at FAISS's defaults (256,
+    # 25), which took 40-150 s for 256 subquantizers on 2 cores, for codes that are reranked anyway.
+    index.pq.cp.niter = 15
+    index.pq.cp.max_points_per_centroid = 64
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
