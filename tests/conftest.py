@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: a tiny real CLIP checkpoint on disk, a deterministic fake encoder, image folders,
 MCP clients of our server, a bounded wait, services for the CLI, and `python` in a child process."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from bench.fakehub import FakeHub, serve
 from server.config import Settings
 from server.encoders.protocol import normalize
 from server.indexing.background import Background
+from server.indexing.sources import S3Source
 from server.mcp_server.server import build_server
 from server.service import ClipSearch
 from server.store.collection import Collection
@@ -213,6 +216,57 @@ class FakeRecognizer:
             return RecognisedText()
         box = ((0.0, 0.0), (float(image.width), 0.0), (float(image.width), 10.0), (0.0, 10.0))
         return RecognisedText(tuple(TextLine(line, box, 0.9) for line in text.split("\n")))
+
+
+@dataclass(frozen=True)
+class LocalS3:
+    """A local S3-compatible store (moto's server) and the key of its one user."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+
+    def source(self, uri: str, **environ: str) -> S3Source:
+        from server.indexing.sources import open_source
+
+        keys = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        return open_source(uri, endpoint=self.endpoint, environ=environ or keys)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def local_s3() -> Iterator[LocalS3]:
+    """moto's S3 on 127.0.0.1 with a user whose key may do anything; then every request must carry a valid key."""
+    import boto3
+    import requests
+    from moto import server as moto_server
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+    iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **setup)
+    iam.create_user(UserName="reader")
+    allow = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=json.dumps(allow))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()  # auth from now on
+    try:
+        yield LocalS3(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,12 @@ import json
 import os
 import pickle
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import COLORS, save_color
+from conftest import COLORS, LocalS3, save_color
 from server.config import Settings
 from server.errors import FileMissing, InvalidArgument, SourceUnreachable
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
@@ -24,55 +22,12 @@ from server.store.shards import ShardStore
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("pyarrow.fs")
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
+pytest.importorskip("boto3")
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 SMALL = ClusterOptions(block_rows=3, embed_batch=4, shard_rows=5, embedders=1)
 FAULT_SECONDS = 5.0  # timeouts of 2 s (connect) and 5 s (request), two attempts: refused at once here
-
-
-@dataclass(frozen=True)
-class LocalS3:
-    endpoint: str
-    access_key: str
-    secret_key: str
-
-    def client(self):  # type: ignore[no-untyped-def]
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-        )
-
-    def source(self, uri: str, **environ: str) -> S3Source:
-        keys = {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
-        return open_source(uri, endpoint=self.endpoint, environ=environ or keys)  # type: ignore[return-value]
-
-
-@pytest.fixture(scope="module")
-def local_s3() -> Iterator[LocalS3]:
-    """moto's S3 on 127.0.0.1 with a user whose key may do anything; then every request must carry a valid key."""
-    import requests
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
-    iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **setup)
-    iam.create_user(UserName="reader")
-    allow = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-    iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=json.dumps(allow))
-    key = iam.create_access_key(UserName="reader")["AccessKey"]
-    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()  # auth from now on
-    try:
-        yield LocalS3(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
-        server.stop()
 
 
 def photos(folder: Path, count: int, start: int = 0) -> list[Path]:
