@@ -26,6 +26,10 @@ class SourceUnreachable(ClipSearchError):
     """An archive's source (an S3 endpoint) could not be reached, or refused the credentials it was given."""
 
 
+class ClusterUnreachable(ClipSearchError):
+    """The Ray cluster at an address could not be joined (not running there, or a token it did not take)."""
+
+
 class ImageUnreadable(ClipSearchError):
     """A file could not be decoded as an image."""
 

@@ -1,21 +1,28 @@
 """clipsearch cluster index on a cluster of several nodes (ray.cluster_utils.Cluster on loopback addresses: a head
-with no CPUs and two 1-CPU workers): a worker node removed mid-run, the run still ends with every object exactly once.
+with no CPUs and two 1-CPU workers): a worker node removed mid-run, the run still ends with every object exactly once;
+2,000 images from a local S3 store equal the single-machine index, and the archive's search agrees with exact search.
 Its own module: a process holds one Ray connection, and test_cluster.py's is a single local instance."""
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from conftest import clipsearch, save_color, until
+from conftest import LocalS3, clipsearch, save_color, until
+from server.config import Settings
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
 from server.results import ClusterIndexReport
+from server.service import ClipSearch
 from server.store.shards import ShardStore
 
 ray = pytest.importorskip("ray")
@@ -118,3 +125,103 @@ def test_a_worker_node_lost_mid_run_still_leaves_every_object_in_the_shards_exac
 
 def paths_in(store: ShardStore) -> list[str]:
     return [p for shard in store.finished() for p in pq.read_table(shard, columns=["path"]).column("path").to_pylist()]
+
+
+def test_2000_images_from_s3_on_two_worker_nodes_equal_the_single_machine_index_and_search_within_recall(
+    two_workers: tuple[Any, Any], local_s3: LocalS3, tiny_clip: Path, tmp_path: Path
+) -> None:
+    """The issue's acceptance run: 2,000 images in a local S3 store, embedded on two 1-CPU worker nodes, equal a
+    single-machine `clipsearch index` of the same files (cosine >= 0.99999), and the archive's top 10 agrees with
+    exact search over its shards within the calibrated recall."""
+    folder = tmp_path / "photos"
+    for i in range(2000):
+        blocks = np.random.default_rng(i).integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+        path = folder / f"d{i % 10}" / f"img{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(blocks).resize((40, 32), Image.Resampling.NEAREST).save(path)
+    client = local_s3.client()
+    client.create_bucket(Bucket="archive")
+    for path in sorted(folder.rglob("*.png")):
+        client.put_object(Bucket="archive", Key=f"all/{path.relative_to(folder).as_posix()}", Body=path.read_bytes())
+
+    index_dir = tmp_path / "index"
+    options = ClusterOptions(block_rows=64, embed_batch=32, shard_rows=512, embedders=2)
+    recipe = EncoderRecipe(str(tiny_clip))
+    report = cluster_index(local_s3.source("s3://archive/all"), "big", index_dir, recipe, None, options)
+    assert (report.listed, report.embedded, report.failed, report.nodes) == (2000, 2000, 0, 2)
+    assert report.index_type == "ivfpq" and (report.index_recall_at_10 or 0) >= 0.9
+
+    single = ClipSearch(Settings(index_dir=tmp_path / "single", model=str(tiny_clip), engine="onnx"))
+    single.index_folder(folder, "one", ocr="off")
+    _, paths, expected = single.collection("one").all_vectors()
+    by_name = {p.relative_to(folder.resolve()).as_posix(): v for p, v in zip(paths, expected, strict=True)}
+    _, vectors, uris = ShardStore(index_dir / "big").vectors()
+    got = {uri.removeprefix("s3://archive/all/"): v for uri, v in zip(uris, vectors, strict=True)}
+    assert sorted(got) == sorted(by_name)
+    cosines = np.sum(np.stack([got[n] for n in by_name]) * np.stack(list(by_name.values())), axis=1)
+    assert cosines.min() >= 0.99999
+
+    service = ClipSearch(Settings(index_dir=index_dir, model=str(tiny_clip), engine="onnx"))
+    encoder = service.encoder_for(service.collection("big"))
+    agreed = []
+    for query in ("a red square", "blue and green", "a dark picture", "bright colours", "a grey pattern"):
+        hits = service.search_text(query, k=10, collection="big").results
+        exact = dict(zip(uris, (vectors @ encoder.encode_texts([query])[0]).tolist(), strict=True))
+        tenth = sorted(exact.values(), reverse=True)[9]
+        agreed += [exact[h.path] >= tenth - 2e-3 for h in hits]
+    assert np.mean(agreed) >= 0.9
+
+
+def test_a_cluster_with_token_auth_turns_away_a_run_without_its_token_clearly_and_takes_one_with_it(
+    tiny_clip: Path, tmp_path: Path
+) -> None:
+    """A head started by `ray start` with RAY_AUTH_MODE=token (as a real cluster is): the command without the token
+    fails with what to set (exit 2), with it embeds; the head is stopped by its own processes, never `ray stop`."""
+    import secrets
+    import signal
+    import subprocess
+
+    temp = Path(tempfile.mkdtemp(prefix="cs-auth-"))
+    token = secrets.token_hex(16)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    base.update(HOME=str(temp / "home"), RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true")
+    with_token = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = ["--head", "--node-ip-address=127.0.0.6", "--port=6397", "--num-cpus=2", "--include-dashboard=false"]
+    started = subprocess.run(
+        [ray_cli, "start", *head, f"--temp-dir={temp / 'ray'}", "--object-store-memory=100000000"],
+        env=with_token,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        folder = tmp_path / "photos"
+        for i in range(4):
+            save_color(folder / f"p{i}.jpg", (30 * i, 100, 200))
+        options = ("-c", "archive", "--model", str(tiny_clip), "--index-dir", str(tmp_path / "index"), "--json")
+        refused = clipsearch("cluster", "index", str(folder), *options, "--address", "127.0.0.6:6397", env=base)
+        assert refused.returncode == 2
+        assert "Cannot join the Ray cluster at 127.0.0.6:6397" in refused.stderr
+        assert "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN" in refused.stderr
+        done = clipsearch("cluster", "index", str(folder), *options, "--address", "127.0.0.6:6397", env=with_token)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout)["embedded"] == 4
+    finally:
+        for pid in _pids_mentioning(str(temp / "ray"), "127.0.0.6"):  # workers name only the node's address
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _pids_mentioning(*texts: str) -> list[int]:
+    """The processes whose command line names one of `texts` (a head's temp folder, its node address)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                line = (entry / "cmdline").read_bytes()
+                if any(text.encode() in line for text in texts):
+                    found.append(int(entry.name))
+    return found

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from server.encoders.protocol import Encoder
-from server.errors import ClipSearchError, CollectionMismatch, ExtraMissing
+from server.errors import ClipSearchError, ClusterUnreachable, CollectionMismatch, ExtraMissing, first_line
 from server.images.decode import content_hash, decode, is_raw_name
 from server.images.metadata import read_metadata
 from server.indexing.archive_build import ArchiveIndex, build_archive_index
@@ -199,7 +199,10 @@ def _ray(address: str | None) -> Iterator[str]:
         return
     temp: str | None = None
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
+        except ConnectionError as exc:
+            raise ClusterUnreachable(_unreachable(address, exc)) from exc
     else:
         temp = tempfile.mkdtemp(prefix="clipsearch-ray-")  # short: Ray's socket paths must fit in 107 bytes
         ray.init(
@@ -237,6 +240,20 @@ def _in_ray_tasks(cpus: float, in_flight: int = 4) -> Runner:
             yield ray.get(pending.popleft())
 
     return run
+
+
+def _unreachable(address: str, exc: Exception) -> str:
+    """Why a cluster could not be joined, and the two usual causes: no cluster there, or a token it expects."""
+    if os.environ.get("RAY_AUTH_MODE") == "token" and (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    ):
+        token = "this run sent the token in RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH: is it the cluster's?"
+    else:
+        token = (
+            "if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+            "RAY_AUTH_TOKEN_PATH) here as on its nodes"
+        )
+    return f"Cannot join the Ray cluster at {address} ({first_line(exc)}): is it running there? {token}."
 
 
 def _nodes() -> int:
