@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import mcp_client
 from server.config import Settings
 from server.errors import CollectionMismatch, InvalidArgument
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
@@ -139,3 +140,29 @@ def test_an_archive_whose_index_files_are_missing_says_to_build_it_again(
         lists.unlink()
     with pytest.raises(CollectionMismatch, match="run clipsearch cluster index on it again"):
         service_over(index_dir, tiny_clip).search_text("a red car", k=3, collection="archive")
+
+
+@pytest.mark.anyio
+async def test_over_mcp_an_archive_is_listed_searched_by_text_and_example_and_its_gallery_has_thumbnails(
+    local_ray: None, tiny_clip: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    files = noisy_photos(folder, 16)
+    index_dir = tmp_path / "index"
+    cluster_index(folder, "archive", index_dir, EncoderRecipe(str(tiny_clip)), options=OPTIONS)
+    service = service_over(index_dir, tiny_clip)
+    async with mcp_client(service, [folder], apps=True) as client:
+        listed = (await client.call_tool("list_collections", {})).structured_content
+        assert [(c["name"], c["index_type"], c["images"]) for c in listed["collections"]] == [("archive", "ivfpq", 16)]
+        asked = {"query": "a red car", "k": 4, "collection": "archive"}
+        by_text = await client.call_tool("search_images_by_text", asked)
+        assert not by_text.is_error and len(by_text.structured_content["results"]) == 4
+        similar = await client.call_tool(
+            "search_similar_images", {"image_path": str(files[5]), "k": 3, "collection": "archive"}
+        )
+        assert similar.structured_content["results"][0]["path"] == str(files[5].resolve())
+        paths = [hit["path"] for hit in by_text.structured_content["results"]]
+        thumbnails = await client.call_tool("get_thumbnails", {"paths": paths, "side": 64})
+        assert not thumbnails.is_error and len(thumbnails.structured_content["thumbnails"]) == 4
+        refused = await client.call_tool("find_duplicates", {"collection": "archive"})
+        assert refused.is_error and "not offered for archives" in refused.content[0].text
