@@ -61,7 +61,12 @@ class OnnxEncoder:
     (a collection's vectors all come from one precision)."""
 
     def __init__(
-        self, reference: TransformersEncoder, cache: Path | None = None, strict: bool = False, precision: str = "fp32"
+        self,
+        reference: TransformersEncoder,
+        cache: Path | None = None,
+        strict: bool = False,
+        precision: str = "fp32",
+        threads: int | None = None,  # ONNX Runtime's intra-op threads; None: one per core
     ) -> None:
         if precision not in PRECISIONS:
             raise InvalidArgument(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
@@ -71,6 +76,7 @@ class OnnxEncoder:
         self.cache = cache or cache_root()
         self.precision = precision
         self.strict = strict or precision != "fp32"
+        self.threads = threads
         self._lock = threading.Lock()
         self._export: Export | None = None
         self._decided = False
@@ -188,7 +194,7 @@ class OnnxEncoder:
             if tower not in self._sessions:
                 import onnxruntime
 
-                options = session_options()
+                options = session_options(self.threads)
                 path = str(self.folder / f"{tower}.onnx")
                 self._sessions[tower] = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
             return self._sessions[tower]

@@ -101,11 +101,15 @@ class Export:
     precision: str = "fp32"
 
 
-def session_options() -> Any:
+def session_options(threads: int | None = None) -> Any:
+    """ONNX Runtime's options for our sessions: quiet, not spinning, `threads` intra-op threads (None: its default,
+    one per core)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
     # Idle ORT threads would otherwise spin for a while after each run, taking the cores FAISS searches with next.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
