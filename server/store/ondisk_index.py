@@ -234,6 +234,10 @@ class MappedArchive:
         self, queries: npt.NDArray[np.float32], k: int, params: Any = None
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         depth = min(self.ntotal, max(RERANK * k, 64))
+        # One query (a tool call's) scans its lists on every core, several are shared out among them: 1.4-1.7x
+        # faster for one query on 2 cores at nprobe 256 (300,000 vectors). Searches run under the collection's lock,
+        # so setting it per call races with no other search.
+        self.ivf.parallel_mode = 1 if len(queries) == 1 else 0
         _, candidates = self.ivf.search(np.ascontiguousarray(queries, dtype=np.float32), depth, params=params)
         scores_out = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids_out = np.full((len(queries), k), -1, dtype=np.int64)
