@@ -166,3 +166,22 @@ async def test_over_mcp_an_archive_is_listed_searched_by_text_and_example_and_it
         assert not thumbnails.is_error and len(thumbnails.structured_content["thumbnails"]) == 4
         refused = await client.call_tool("find_duplicates", {"collection": "archive"})
         assert refused.is_error and "not offered for archives" in refused.content[0].text
+
+
+@pytest.mark.parametrize("count", [1, 3, 14, 200])
+def test_an_index_of_very_few_vectors_trains_and_finds_each_vector_first(count: int, tmp_path: Path) -> None:
+    import faiss
+
+    from server.store import ondisk_index
+
+    vectors = np.random.default_rng(count).normal(size=(count, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(count, dtype=np.int64) * 11 + 7
+    trained = ondisk_index.train(vectors, count)
+    part = ondisk_index.fill_part(faiss.serialize_index(trained), ids, vectors)
+    ondisk_index.merge(tmp_path, 1, trained, [part], lambda: iter([(ids, vectors)]), count)
+    index = ondisk_index.MappedArchive(tmp_path, 1)
+    index.nprobe = index.nlist
+    scores, found = index.search(vectors, 1)
+    assert found[:, 0].tolist() == ids.tolist()
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=2e-3)

@@ -112,9 +112,10 @@ class ClusterOptions:
     shard_rows: int = 8192
     embedders: int | None = None
     # Fractional: actors holding every CPU would leave none to the reading tasks (and a pipeline hangs). Unequal, so
-    # Ray Data keeps decoding in tasks of its own instead of fusing it into the actors.
-    embedder_cpus: float = 0.25
-    reader_cpus: float = 0.5
+    # Ray Data keeps decoding in tasks of its own instead of fusing it into the actors. More than half a CPU each, so
+    # two embedders never share a 1-CPU node (at 0.25 Ray put both on one of two nodes: bench.cluster).
+    embedder_cpus: float = 0.6
+    reader_cpus: float = 0.4
     use_gpus: bool = True  # embed on the cluster's GPUs when it has any
 
 

@@ -71,8 +71,9 @@ class Shape:
 
 def shape_for(count: int, dim: int, training: int) -> Shape:
     """autofaiss's rules, roughly: about 4·sqrt(n) lists with >= 39 training vectors each (`nlist_for`); a
-    subquantizer per `DIMS_PER_SUBQUANTIZER` dimensions; 8-bit codes, fewer when there are too few vectors to train
-    256 centroids per subquantizer (a small archive)."""
+    subquantizer per `DIMS_PER_SUBQUANTIZER` dimensions; 8-bit codes, fewer when there are fewer than 256 vectors
+    to train on (a small archive; fewer bits still, as FAISS asks for 39 vectors a centroid, ordered its candidates
+    too roughly for reranking to find an image's own vector first, on 90 images)."""
     m = dim // DIMS_PER_SUBQUANTIZER
     while dim % m:
         m -= 1
@@ -98,6 +99,11 @@ def train(sample: npt.NDArray[np.float32], count: int, seed: int = 0) -> Any:
     # 25), which took 40-150 s for 256 subquantizers on 2 cores, for codes that are reranked anyway.
     index.pq.cp.niter = 15
     index.pq.cp.max_points_per_centroid = 64
+    # A small archive's shape is chosen small on purpose (`shape_for`): no warning per subquantizer about it.
+    index.cp.min_points_per_centroid = 1
+    index.pq.cp.min_points_per_centroid = 1
+    if len(sample) < 2**shape.nbits:  # k-means needs as many points as centroids: an archive of one image
+        sample = np.resize(sample, (2**shape.nbits, dim))
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     return index
 
