@@ -18,12 +18,12 @@ into a fresh collection or archive:
   `--runs` runs of `cluster_index` (the first meets fresh worker processes, as a first `clipsearch cluster index`
   does; later ones Ray's idle ones); then a fresh cluster, its two 1-CPU worker nodes (127.0.0.3, .4) added one at a
   time, and the runs again. ClusterOptions:
-  one embedder per worker node (`_embed`'s own default, one per two CPUs, would give two 1-CPU nodes one embedder),
-  each holding `--embedder-cpus` 0.6 and each reading task `--reader-cpus` 0.4, so a node holds one of each and two
-  embedders cannot share a node (with the defaults, 0.25 and 0.5, Ray put both embedders on one node in a trial
-  run); `--block-rows` 16 rows per Ray block (the default 256 would make 200 images one block: one reading task,
-  nothing for a second node to read, the embedder idle until it ends); the rest as the CLI runs it. The report's
-  `images_per_second` is embedded images over the Ray pipeline's wall time (Ray connected, the driver's encoder
+  one embedder per worker node, each holding `--embedder-cpus` 0.6 and each reading task `--reader-cpus` 0.4, so a
+  node holds one of each and two embedders cannot share a node (found here, and since made `cluster.py`'s own
+  defaults: at 0.25 and 0.5 Ray put both embedders on one node in a trial run; one embedder per two CPUs gave two
+  1-CPU nodes one); `--block-rows` 16 rows per Ray block (the 256 it had then made 200 images one block: nothing
+  for a second node to read; `cluster.py` now cuts at least four blocks per CPU); the rest as the CLI runs it. The
+  report's `images_per_second` is embedded images over the Ray pipeline's wall time (Ray connected, the driver's encoder
   made, the listing written), `seconds` the whole call (with the archive's index where cluster_index builds one,
   `index_seconds`); `first_batch_after_s`, the first poll that saw an embedder at work (worker processes started,
   imports, encoders made), and `images_per_second_after_first_batch`, the rate from then to the pipeline's end.
