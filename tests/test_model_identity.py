@@ -225,7 +225,7 @@ def test_previous_release_collection_searches_with_its_recorded_model_and_gains_
 
     assert len(before["results"]) == 9 and still_v1["schema_version"] == 1
     manifest = json.loads((v1_index / "default" / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["schema_version"] == SCHEMA_VERSION == 5 and manifest["precision"] == "fp32"
+    assert manifest["schema_version"] == SCHEMA_VERSION == 6 and manifest["precision"] == "fp32"
     assert manifest["model"] == HUB_NAME
     assert manifest["model_identity"] == model_identity(cached_model)
     # The copies borrow the catalogued vectors (same content), so old and new entries score alike per photo.
