@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: a tiny real CLIP checkpoint on disk, a deterministic fake encoder, image folders,
 MCP clients of our server, a bounded wait, services for the CLI, and `python` in a child process."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -289,26 +290,64 @@ def local_ray(ray_home: Path) -> Iterator[None]:
     from server.indexing.cluster import LOCAL_NODE_ADDRESS
 
     temp = Path(tempfile.mkdtemp(prefix="cs-ray-"))
-    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_USAGE_STATS_ENABLED", "AWS_EC2_METADATA_DISABLED")}
-    os.environ.update(HOME=str(ray_home), RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true")
-    ray.init(
-        _node_ip_address=LOCAL_NODE_ADDRESS,
-        _temp_dir=str(temp),
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=256 * 1024 * 1024,
-        configure_logging=False,
-    )
+    with environment(HOME=str(ray_home), RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true"):
+        ray.init(
+            _node_ip_address=LOCAL_NODE_ADDRESS,
+            _temp_dir=str(temp),
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 1024 * 1024,
+            configure_logging=False,
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Environment variables set for the block, then put back as they were (unset ones unset again)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        ray.shutdown()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        shutil.rmtree(temp, ignore_errors=True)
+
+
+def block_pictures(
+    folder: Path, count: int, start: int = 0, groups: int = 3, size: tuple[int, int] = (48, 40), prefix: str = "part"
+) -> list[Path]:
+    """Distinct PNGs (4×4 blocks of random colour, seeded by number), so that no two vectors tie; spread over
+    `groups` subfolders `<prefix><n>`."""
+    paths = []
+    for i in range(start, start + count):
+        blocks = np.random.default_rng(i).integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+        path = folder / f"{prefix}{i % groups}" / f"img{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(blocks).resize(size, Image.Resampling.NEAREST).save(path)
+        paths.append(path)
+    return paths
+
+
+def archive_against_exact(
+    service: ClipSearch, collection: str, query: str, k: int = 10
+) -> tuple[Any, dict[str, float], float]:
+    """An archive's top `k` for a text query, every listed object's exact cosine with it (the shards' float32
+    vectors) by path, and the exact k-th best score."""
+    from server.store.shards import ShardStore
+
+    hits = service.search_text(query, k=k, collection=collection).results
+    vector = service.encoder_for(service.collection(collection)).encode_texts([query])[0]
+    _, vectors, paths = ShardStore(service.settings.index_dir / collection).vectors()
+    exact = dict(zip(paths, (vectors @ vector).tolist(), strict=True))
+    return hits, exact, sorted(exact.values(), reverse=True)[k - 1]
 
 
 @pytest.fixture

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import mcp_client
+from conftest import archive_against_exact, block_pictures, mcp_client
 from server.config import Settings
 from server.errors import CollectionMismatch, InvalidArgument
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
 from server.service import ClipSearch
-from server.store.shards import ShardStore
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("pyarrow")
@@ -26,34 +24,15 @@ OPTIONS = ClusterOptions(block_rows=16, embed_batch=16, shard_rows=24, embedders
 QUERIES = ("a red car", "a blue sky over the sea", "green leaves", "a dark night", "a white page of text")
 
 
-def noisy_photos(folder: Path, count: int, start: int = 0) -> list[Path]:
-    """Distinct pictures (blocks of random colour), so that no two vectors tie."""
-    paths = []
-    for i in range(start, start + count):
-        rng = np.random.default_rng(i)
-        blocks = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-        path = folder / f"part{i % 3}" / f"img{i:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(blocks).resize((48, 40), Image.Resampling.NEAREST).save(path)
-        paths.append(path)
-    return paths
-
-
 def service_over(index_dir: Path, tiny_clip: Path) -> ClipSearch:
     return ClipSearch(Settings(index_dir=index_dir, model=str(tiny_clip), engine="onnx"))
-
-
-def exact_scores(index_dir: Path, name: str, query: np.ndarray) -> dict[str, float]:
-    """Every listed object's exact cosine with `query`, from the shards' float32 vectors."""
-    _, vectors, paths = ShardStore(index_dir / name).vectors()
-    return dict(zip(paths, (vectors @ query).tolist(), strict=True))
 
 
 def test_an_archive_is_searched_like_a_collection_and_agrees_with_exact_search(
     local_ray: None, tiny_clip: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "photos"
-    noisy_photos(folder, 90)
+    block_pictures(folder, 90)
     index_dir = tmp_path / "index"
     report = cluster_index(folder, "archive", index_dir, EncoderRecipe(str(tiny_clip)), options=OPTIONS)
     assert (report.embedded, report.index_type, report.index_built, report.index_vectors) == (90, "ivfpq", True, 90)
@@ -63,12 +42,9 @@ def test_an_archive_is_searched_like_a_collection_and_agrees_with_exact_search(
     listed = {c.name: c for c in service.list_collections().collections}
     assert (listed["archive"].index_type, listed["archive"].images) == ("ivfpq", 90)
 
-    encoder = service.encoder_for(service.collection("archive"))
     found_among_exact = []
     for query in QUERIES:
-        hits = service.search_text(query, k=10, collection="archive").results
-        exact = exact_scores(index_dir, "archive", encoder.encode_texts([query])[0])
-        tenth = sorted(exact.values(), reverse=True)[9]
+        hits, exact, tenth = archive_against_exact(service, "archive", query)
         assert len(hits) == 10
         for hit in hits:  # scores are cosines of the float16 copies: within 1e-3 of the float32 ones
             assert hit.score == pytest.approx(exact[hit.path], abs=2e-3)
@@ -88,7 +64,7 @@ def test_a_rerun_keeps_the_index_and_a_grown_source_rebuilds_it_with_the_new_pho
     local_ray: None, tiny_clip: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "photos"
-    files = noisy_photos(folder, 30)
+    files = block_pictures(folder, 30)
     index_dir = tmp_path / "index"
     recipe = EncoderRecipe(str(tiny_clip))
     first = cluster_index(folder, "archive", index_dir, recipe, options=OPTIONS)
@@ -96,7 +72,7 @@ def test_a_rerun_keeps_the_index_and_a_grown_source_rebuilds_it_with_the_new_pho
     assert (again.embedded, again.index_built, again.index_vectors) == (0, False, 30)
     assert again.index_nprobe == first.index_nprobe
 
-    added = noisy_photos(folder, 10, start=30)
+    added = block_pictures(folder, 10, start=30)
     files[0].unlink()
     grown = cluster_index(folder, "archive", index_dir, recipe, options=OPTIONS)
     assert (grown.embedded, grown.index_built, grown.index_vectors) == (10, True, 39)
@@ -112,7 +88,7 @@ def test_a_moved_archive_opens_and_what_needs_the_vectors_in_the_catalog_is_refu
     local_ray: None, tiny_clip: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "photos"
-    files = noisy_photos(folder, 20)
+    files = block_pictures(folder, 20)
     cluster_index(folder, "archive", tmp_path / "index", EncoderRecipe(str(tiny_clip)), options=OPTIONS)
     moved = tmp_path / "elsewhere"
     shutil.move(tmp_path / "index", moved)
@@ -133,7 +109,7 @@ def test_an_archive_whose_index_files_are_missing_says_to_build_it_again(
     local_ray: None, tiny_clip: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "photos"
-    noisy_photos(folder, 12)
+    block_pictures(folder, 12)
     index_dir = tmp_path / "index"
     cluster_index(folder, "archive", index_dir, EncoderRecipe(str(tiny_clip)), options=OPTIONS)
     for lists in (index_dir / "archive").glob("lists.*.ivfdata"):
@@ -147,7 +123,7 @@ async def test_over_mcp_an_archive_is_listed_searched_by_text_and_example_and_it
     local_ray: None, tiny_clip: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "photos"
-    files = noisy_photos(folder, 16)
+    files = block_pictures(folder, 16)
     index_dir = tmp_path / "index"
     cluster_index(folder, "archive", index_dir, EncoderRecipe(str(tiny_clip)), options=OPTIONS)
     service = service_over(index_dir, tiny_clip)

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import LocalS3, clipsearch, save_color, until
+from conftest import LocalS3, archive_against_exact, block_pictures, clipsearch, environment, save_color, until
 from server.config import Settings
 from server.indexing.cluster import ClusterOptions, EncoderRecipe, cluster_index
 from server.results import ClusterIndexReport
@@ -47,30 +46,22 @@ def two_workers() -> Iterator[tuple[Any, Any]]:
 
     temp = Path(tempfile.mkdtemp(prefix="cs-nodes-"))
     (temp / "ray").mkdir()
-    names = ("HOME", "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED", "AWS_EC2_METADATA_DISABLED")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ.update(
-        HOME=str(temp), RAY_TMPDIR=str(temp), RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true"
-    )
-    head = {"num_cpus": 0, "node_ip_address": "127.0.0.2", "include_dashboard": False, "object_store_memory": 100 * MIB}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    try:
-        workers = tuple(
-            cluster.add_node(num_cpus=1, node_ip_address=address, object_store_memory=100 * MIB)
-            for address in ("127.0.0.3", "127.0.0.4")
-        )
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, configure_logging=False)
-        yield cluster, workers
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(temp, ignore_errors=True)
+    variables = {"HOME": str(temp), "RAY_TMPDIR": str(temp), "RAY_USAGE_STATS_ENABLED": "0"}
+    with environment(**variables, AWS_EC2_METADATA_DISABLED="true"):
+        head = {"num_cpus": 0, "node_ip_address": "127.0.0.2", "include_dashboard": False}
+        cluster = Cluster(initialize_head=True, head_node_args={**head, "object_store_memory": 100 * MIB})
+        try:
+            workers = tuple(
+                cluster.add_node(num_cpus=1, node_ip_address=address, object_store_memory=100 * MIB)
+                for address in ("127.0.0.3", "127.0.0.4")
+            )
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, configure_logging=False)
+            yield cluster, workers
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_the_command_embeds_on_the_cluster_at_the_address_it_is_given(
@@ -100,11 +91,7 @@ def test_2000_images_from_s3_on_two_worker_nodes_equal_the_single_machine_index_
     single-machine `clipsearch index` of the same files (cosine >= 0.99999), and the archive's top 10 agrees with
     exact search over its shards within the calibrated recall."""
     folder = tmp_path / "photos"
-    for i in range(2000):
-        blocks = np.random.default_rng(i).integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-        path = folder / f"d{i % 10}" / f"img{i:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(blocks).resize((40, 32), Image.Resampling.NEAREST).save(path)
+    block_pictures(folder, 2000, groups=10, size=(40, 32), prefix="d")
     client = local_s3.client()
     client.create_bucket(Bucket="archive")
     for path in sorted(folder.rglob("*.png")):
@@ -128,12 +115,9 @@ def test_2000_images_from_s3_on_two_worker_nodes_equal_the_single_machine_index_
     assert cosines.min() >= 0.99999
 
     service = ClipSearch(Settings(index_dir=index_dir, model=str(tiny_clip), engine="onnx"))
-    encoder = service.encoder_for(service.collection("big"))
     agreed = []
     for query in ("a red square", "blue and green", "a dark picture", "bright colours", "a grey pattern"):
-        hits = service.search_text(query, k=10, collection="big").results
-        exact = dict(zip(uris, (vectors @ encoder.encode_texts([query])[0]).tolist(), strict=True))
-        tenth = sorted(exact.values(), reverse=True)[9]
+        hits, exact, tenth = archive_against_exact(service, "big", query)
         agreed += [exact[h.path] >= tenth - 2e-3 for h in hits]
     assert np.mean(agreed) >= 0.9
 

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from server.store import ondisk_index
 from server.store.archive_catalog import ROW_COLUMNS, generation_of, publish_rows
+from server.store.index_files import remove_other_generations
 from server.store.manifest import MANIFEST, Manifest, load_manifest, write_manifest
 from server.store.shards import ArchiveInfo, ShardStore, vector_matrix
 
@@ -103,7 +104,7 @@ def build_archive_index(
             ocr="off",
         ),
     )
-    ondisk_index.remove_other_generations(folder, generation)
+    remove_other_generations(folder, generation)
     seconds = round(time.monotonic() - started, 3)
     log.info("archive %s: %d vectors, nlist %d, nprobe %d, recall@10 %.3f", name, count, index.nlist, nprobe, recall)
     return ArchiveIndex(True, count, int(index.nlist), nprobe, round(recall, 4), seconds)

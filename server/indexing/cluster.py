@@ -160,7 +160,7 @@ def cluster_index(
             with _ray(address) as where:
                 nodes = _nodes()
                 began = time.monotonic()
-                embedded, written = _embed(store, source, todo, recipe, encoder, info.dim, options, failures)
+                embedded, written = _embed(store, source, todo, recipe, encoder, info.dim, options, failures, nodes)
                 embed_seconds = time.monotonic() - began
                 tasks = _in_ray_tasks(options.reader_cpus)
                 index = build_archive_index(store, name, source.describe(), info, family, tasks)
@@ -282,6 +282,7 @@ def _embed(
     dim: int,
     options: ClusterOptions,
     failures: list[Failure],
+    nodes: int,
 ) -> tuple[int, int]:
     """Run the pipeline over `todo`; shards written by the driver as rows arrive, each id once (a retried task may
     deliver a row again). Returns (embedded, shards written)."""
@@ -297,7 +298,7 @@ def _embed(
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     shape = tuple(encoder.preprocess(Image.new("RGB", (encoder.input_size, encoder.input_size))).shape)
     resources = ray.cluster_resources()
-    plan = plan_embedders(resources, recipe, options, _nodes())
+    plan = plan_embedders(resources, recipe, options, nodes)
     # At least four blocks per CPU, so that every node has reading to do even in a small run.
     block_rows = max(1, min(options.block_rows, math.ceil(len(todo) / (4 * max(1.0, resources.get("CPU", 1.0))))))
     blocks = [_key_table_of(todo[i : i + block_rows]) for i in range(0, len(todo), block_rows)]

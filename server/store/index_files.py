@@ -20,7 +20,7 @@ from server.store.ondisk_index import MappedArchive
 
 log = logging.getLogger(__name__)
 
-_INDEX_FILE = re.compile(r"index\.(\d+)\.faiss")
+_GENERATION_FILE = re.compile(r"(?:index|lists|vectors|ids)\.(\d+)\.(?:faiss|ivfdata|f16\.npy|npy)")
 
 
 def load_index(
@@ -124,8 +124,14 @@ def save_index(folder: Path, generation: int, index: Any) -> None:
     # Streamed to the file, never copied whole in memory.
     target = folder / f"index.{generation}.faiss"
     write_atomically_with(target, lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
-    for old in folder.glob("index.*.faiss"):
-        match = _INDEX_FILE.fullmatch(old.name)
+    remove_other_generations(folder, generation)
+
+
+def remove_other_generations(folder: Path, generation: int) -> None:
+    """Every index file of another generation removed: a collection's `index.<g>.faiss`, an archive's lists, float16
+    vectors and ids too. A reader that has them open or mapped keeps reading them until it lets go."""
+    for path in folder.iterdir():
+        match = _GENERATION_FILE.fullmatch(path.name)
         if match and int(match.group(1)) != generation:
             with contextlib.suppress(OSError):
-                old.unlink()
+                path.unlink()

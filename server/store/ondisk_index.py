@@ -17,7 +17,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -56,7 +55,6 @@ def ids_file(folder: Path, generation: int) -> Path:
     return folder / f"ids.{generation}.npy"
 
 
-GENERATION_FILE = re.compile(r"(?:index|lists|vectors|ids)\.(\d+)\.(?:faiss|ivfdata|f16\.npy|npy)")
 RERANK = 8  # candidates by code per result, scored exactly
 
 
@@ -159,9 +157,9 @@ def merge(
     from faiss.contrib.ondisk import merge_ondisk
 
     _write_vectors(folder, generation, chunks, count, trained.d)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".parts-") as temp, native_stdout_to_stderr():
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".parts-") as temp:
         names = []
-        for number, part in enumerate(parts):
+        for number, part in enumerate(parts):  # the parts come as their tasks finish: not yet in the redirection
             name = Path(temp) / f"part-{number:06d}.faiss"
             name.write_bytes(part)
             names.append(str(name))
@@ -169,9 +167,10 @@ def merge(
         lists = lists_file(folder, generation)
         with contextlib.suppress(FileNotFoundError):
             lists.unlink()  # a previous attempt at this generation that crashed
-        merge_ondisk(target, names, str(lists))
         written = index_file(folder, generation)
-        faiss.write_index(target, f"{written}.tmp")
+        with native_stdout_to_stderr():
+            merge_ondisk(target, names, str(lists))
+            faiss.write_index(target, f"{written}.tmp")
     Path(f"{written}.tmp").replace(written)
 
 
@@ -291,13 +290,3 @@ Runner = Callable[[Callable[..., bytes], Iterable[tuple[Any, ...]]], Iterator[by
 def run_here(fn: Callable[..., bytes], calls: Iterable[tuple[Any, ...]]) -> Iterator[bytes]:
     for args in calls:
         yield fn(*args)
-
-
-def remove_other_generations(folder: Path, generation: int) -> None:
-    """An archive's files of other generations removed (a reader that has them open keeps reading them: their pages
-    stay until it lets go)."""
-    for path in folder.iterdir():
-        match = GENERATION_FILE.fullmatch(path.name)
-        if match and int(match.group(1)) != generation:
-            with contextlib.suppress(OSError):
-                path.unlink()
